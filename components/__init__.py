@@ -1,0 +1,1 @@
+"""Reusable parts of the pipeline: models, data, training, evaluation, tracking."""

@@ -1,0 +1,1 @@
+"""Embedded datasets, WebDataset shard writing and rank-aware shard reading."""

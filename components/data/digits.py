@@ -1,0 +1,61 @@
+"""scikit-learn's 8x8 handwritten digits (1,797 images, 16 grey levels), shipped inside sklearn.
+
+The split is stratified by class and fixed by a seed: the same seed and fractions give the
+same indices on every machine, and no stage downstream of ingest ever re-splits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from components.config import DigitsConfig
+from components.data.manifest import write_manifest
+
+NUM_CLASSES = 10
+IMAGE_SIZE = 8
+PIXEL_MAX = 16.0  # raw values are counts 0..16 of a 4x4 block
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float,
+                     seed: int) -> dict[str, np.ndarray]:
+    """Per-class shuffled split; every class is in every split in its overall proportion."""
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_test = round(len(idx) * test_fraction)
+        n_val = round(len(idx) * val_fraction)
+        parts["test"].append(idx[:n_test])
+        parts["val"].append(idx[n_test:n_test + n_val])
+        parts["train"].append(idx[n_test + n_val:])
+    return {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
+
+
+def ingest(cfg: DigitsConfig, out_dir: Path) -> dict:
+    """Write the images, labels and split indices to ``out_dir`` with a checksum manifest."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = bunch.images.astype(np.uint8)  # (N, 8, 8), 0..16
+    labels = bunch.target.astype(np.int64)  # (N,)
+    split = stratified_split(labels, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(out_dir / "digits.npz", images=images, labels=labels)
+    np.savez(out_dir / "split.npz", **split)
+    return write_manifest(out_dir, {
+        "dataset": "digits", "source": "sklearn.datasets.load_digits",
+        "num_samples": int(len(labels)), "num_classes": NUM_CLASSES,
+        "split_sizes": {k: int(len(v)) for k, v in split.items()},
+    })
+
+
+def load_raw(raw_dir: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Images scaled to [0, 1] as (N, 1, 8, 8) float32, labels (N,), and the split."""
+    with np.load(raw_dir / "digits.npz") as f:
+        images = (f["images"].astype(np.float32) / PIXEL_MAX)[:, None]
+        labels = f["labels"]
+    with np.load(raw_dir / "split.npz") as f:
+        split = {k: f[k] for k in ("train", "val", "test")}
+    return images, labels, split

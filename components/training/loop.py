@@ -1,0 +1,225 @@
+"""The one training loop: ``train_loop_per_worker(config)``, shared by train and every tune trial.
+
+It runs the same way in four settings, chosen by the launcher, not by the loop:
+in a Ray Train worker group (DDP over N workers), in Ray Train's local mode (in-process),
+inside a plain Ray Tune function trial, and in a plain Python call (tests, benchmarks).
+What differs between them is injected through ``config["hooks"]``: objects with
+``on_step(row)`` (rank 0, every ``log_every`` steps, buffered) and
+``on_epoch(metrics, checkpoint_dir)`` (every rank, once per epoch).
+
+``config`` keys:
+    algo: family name in the registry.
+    train: ``TrainConfig`` as a plain dict (``components.config.to_dict``).
+    data_dir: absolute path of the shard directory.
+    run_dir: absolute path where this run keeps epoch checkpoints and its step history;
+        a run restarted with the same run_dir resumes from its latest checkpoint.
+    distributed: True inside a Ray Train worker group or local mode (uses ray.train's context).
+    hooks: list of hook objects.
+    max_epochs: optional cap below ``train.epochs`` (the schedule still spans ``train.epochs``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from components.config import to_dict, train_config_from_dict
+from components.data.shards import ShardDataset
+from components.models import get_family
+from components.training import checkpoint as ckpt
+from components.training import optim, schedules
+
+HISTORY = "steps.jsonl"
+KEEP_CHECKPOINTS = 2
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run stops and nothing from it is registered."""
+
+
+class Hook(Protocol):
+    def on_step(self, rows: list[dict[str, float]]) -> None: ...
+    def on_epoch(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None: ...
+
+
+class _Context:
+    """Rank, world size and device, from Ray Train when inside it."""
+
+    def __init__(self, distributed: bool, use_gpu: bool):
+        if distributed:
+            import ray.train
+            import ray.train.torch
+
+            ctx = ray.train.get_context()
+            self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+            self.device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
+        else:
+            self.rank, self.world_size = 0, 1
+            self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+
+    def all_reduce(self, values: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            torch.distributed.all_reduce(values)
+        return values
+
+
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on GPU by default; fp32 on CPU unless asked (bf16 needs no loss scaling)."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _to(batch: Iterable[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, ...]:
+    return tuple(t.to(device, non_blocking=True) for t in batch)
+
+
+@torch.no_grad()
+def evaluate_split(model: nn.Module, family: Any, dataset: ShardDataset, ctx: _Context,
+                   precision: str) -> dict[str, float]:
+    """Mean loss and accuracy over a whole split, exact across ranks."""
+    model.eval()
+    totals: dict[str, torch.Tensor] = {}
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None)
+    for batch in loader:
+        with _autocast(precision, ctx.device):
+            out = family.eval_step(model, _to(batch, ctx.device))
+        for k, v in out.items():
+            totals[k] = totals.get(k, 0) + v.detach().double().cpu()
+    keys = sorted(totals)
+    reduced = ctx.all_reduce(torch.stack([totals[k] for k in keys])) if keys else torch.zeros(0)
+    sums = dict(zip(keys, reduced.tolist()))
+    count = sums.pop("count", 0) or 1
+    return {("accuracy" if k == "correct" else k): v / count for k, v in sums.items()}
+
+
+def _read_history(path: Path, up_to_step: int) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["step"] <= up_to_step]
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
+    """Train ``config["algo"]`` with ``config["train"]``; returns the last epoch's metrics."""
+    algo = config["algo"]
+    cfg = train_config_from_dict(algo, config["train"])
+    family = get_family(algo)
+    hooks: list[Hook] = list(config.get("hooks") or [])
+    run_dir = Path(config["run_dir"])
+    ckpt_root = run_dir / "checkpoints"
+    ctx = _Context(config.get("distributed", False), cfg.use_gpu)
+    if ctx.world_size > 1 or config.get("single_thread"):
+        torch.set_num_threads(1)  # workers sharing a machine's cores; the driver sets nothing
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = family.build(cfg.model).to(ctx.device)
+    optimizer = optim.build(model, cfg.optimizer, cfg.lr)
+
+    train_ds = ShardDataset(config["data_dir"], "train", rank=ctx.rank, world_size=ctx.world_size,
+                            shuffle=True, seed=cfg.seed, batch_size=cfg.batch_size)
+    val_ds = ShardDataset(config["data_dir"], "val", rank=ctx.rank, world_size=ctx.world_size,
+                          batch_size=max(256, cfg.batch_size))
+    steps_per_epoch = []
+    for e in range(cfg.epochs):
+        train_ds.set_epoch(e)
+        steps_per_epoch.append(train_ds.num_batches())
+    total_steps = sum(steps_per_epoch)
+    lr_at = schedules.build(cfg.schedule, cfg.lr, total_steps)
+
+    # Resume: Ray's checkpoint after a worker-group restart, else our own latest in run_dir.
+    start_epoch, step, resumed_from = 0, 0, None
+    ray_ckpt = None
+    if config.get("distributed"):
+        import ray.train
+        ray_ckpt = ray.train.get_checkpoint()
+    with contextlib.ExitStack() as stack:
+        source = Path(stack.enter_context(ray_ckpt.as_directory())) if ray_ckpt else ckpt.latest(ckpt_root)
+        if source is not None:
+            state, meta = ckpt.load(source)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["torch_rng"])
+            start_epoch, step, resumed_from = state["epoch"] + 1, state["step"], str(source)
+    history_path = run_dir / HISTORY
+    history = _read_history(history_path, step) if ctx.rank == 0 else []
+    if ctx.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        history_path.write_text("".join(json.dumps(r) + "\n" for r in history))
+
+    if ctx.world_size > 1:
+        import ray.train.torch
+        model = ray.train.torch.prepare_model(model, move_to_device=False)
+    core = model.module if hasattr(model, "module") else model
+
+    loader = torch.utils.data.DataLoader(train_ds, batch_size=None, num_workers=cfg.loader_workers,
+                                         pin_memory=ctx.device.type == "cuda")
+    max_epochs = min(cfg.epochs, config.get("max_epochs") or cfg.epochs)
+    metrics: dict[str, float] = {"epoch": start_epoch - 1, "resumed": float(resumed_from is not None)}
+    for epoch in range(start_epoch, max_epochs):
+        model.train()
+        train_ds.set_epoch(epoch)
+        t0, seen, sums, rows = time.perf_counter(), 0, {"loss": 0.0, "correct": 0.0, "count": 0.0}, []
+        for batch in loader:
+            lr = lr_at(step)
+            optim.set_lr(optimizer, lr)
+            with _autocast(cfg.precision, ctx.device):
+                out = family.training_step(model, _to(batch, ctx.device), cfg.model,
+                                           label_smoothing=cfg.label_smoothing)
+            loss = out["loss"]
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"{algo}: loss became {loss.item()} at step {step} (epoch {epoch}, lr {lr:.4g}); "
+                    f"lower train.{algo}.lr (now {cfg.lr}) or set train.{algo}.grad_clip; nothing was registered")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = (nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                         if cfg.grad_clip > 0 else None)
+            optimizer.step()
+            step += 1
+            n = int(out["count"])
+            seen += n
+            sums["loss"] += loss.item() * n
+            sums["correct"] += float(out.get("correct", 0))
+            sums["count"] += n
+            if ctx.rank == 0 and (step % cfg.log_every == 0 or step == 1):
+                row = {"step": step, "epoch": epoch, "lr": lr, "loss": loss.item()}
+                if "correct" in out:
+                    row["accuracy"] = float(out["correct"]) / max(n, 1)
+                if grad_norm is not None:
+                    row["grad_norm"] = float(grad_norm)
+                rows.append(row)
+        elapsed = time.perf_counter() - t0
+        train_totals = ctx.all_reduce(torch.tensor([sums["loss"], sums["correct"], sums["count"]], dtype=torch.float64))
+        val = evaluate_split(core, family, val_ds, ctx, cfg.precision)
+        metrics = {
+            "epoch": epoch, "step": step, "lr": lr_at(max(step - 1, 0)),
+            "train_loss": train_totals[0].item() / max(train_totals[2].item(), 1),
+            "train_accuracy": train_totals[1].item() / max(train_totals[2].item(), 1),
+            **{f"val_{k}": v for k, v in val.items()},
+            "samples_per_s": seen * ctx.world_size / max(elapsed, 1e-9), "epoch_time_s": elapsed,
+        }
+        if not math.isfinite(metrics["val_loss"]):
+            raise TrainingDiverged(f"{algo}: validation loss is {metrics['val_loss']} after epoch {epoch}; "
+                                   f"lower train.{algo}.lr (now {cfg.lr}); nothing was registered")
+        checkpoint_dir = None
+        if ctx.rank == 0:
+            with history_path.open("a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+            checkpoint_dir = ckpt.save(ckpt.epoch_dir(ckpt_root, epoch), model=core, optimizer=optimizer,
+                                       epoch=epoch, step=step, config=to_dict(cfg), metrics=metrics)
+            ckpt.prune(ckpt_root, KEEP_CHECKPOINTS)
+        for hook in hooks:
+            if ctx.rank == 0:
+                hook.on_step(rows)
+            hook.on_epoch(metrics, checkpoint_dir)
+    return metrics

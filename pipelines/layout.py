@@ -1,0 +1,75 @@
+"""Where each stage reads and writes: the one place that knows the repository's file layout."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.config import ConfigError, load_all, load_params
+from components.data.manifest import DataError
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of one repository checkout; ``root`` is where dvc.yaml lives."""
+    root: Path
+
+    def raw(self, dataset: str) -> Path:
+        return self.root / "data" / "raw" / dataset
+
+    def shards(self, dataset: str) -> Path:
+        return self.root / "data" / "shards" / dataset
+
+    def model(self, algo: str, candidate: str) -> Path:
+        return self.root / "models" / algo / candidate
+
+    def metrics(self, stage: str, algo: str) -> Path:
+        return self.root / "metrics" / stage / f"{algo}.json"
+
+    def plots(self, stage: str, algo: str) -> Path:
+        return self.root / "plots" / stage / algo
+
+    def storage_root(self, configured: str) -> str:
+        """Absolute path or URL for Ray results and checkpoints (outside DVC outputs)."""
+        if not configured:
+            return str(self.root / ".runs")
+        if "://" in configured:
+            return configured
+        path = Path(configured).expanduser()
+        return str(path if path.is_absolute() else (self.root / path).resolve())
+
+
+def stage_args(description: str, with_algo: bool = True, with_dataset: bool = False) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    if with_algo:
+        parser.add_argument("--algo", required=True, help="algorithm name, e.g. resnet")
+    if with_dataset:
+        parser.add_argument("--dataset", required=True, help="dataset name, e.g. digits")
+    parser.add_argument("--params", default="params.yaml", help="path of params.yaml")
+    return parser.parse_args()
+
+
+def load(args: argparse.Namespace) -> tuple[dict, Layout]:
+    """Read and validate all of params.yaml; a bad value stops the stage before any work."""
+    raw = load_params(args.params)
+    load_all(raw)
+    return raw, Layout(Path(args.params).resolve().parent)
+
+
+def run_stage(main) -> None:
+    """Run a stage's main; known user errors print one clear line instead of a traceback."""
+    try:
+        main()
+    except (ConfigError, DataError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def quiet_third_parties() -> None:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
