@@ -69,7 +69,9 @@ def run_stage(main) -> None:
 
 
 def quiet_third_parties() -> None:
+    import logging
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # no "Reported metrics" line per epoch
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")

@@ -37,7 +37,8 @@ from components.models import get_family
 from components.training import checkpoint as ckpt
 from components.training import optim, schedules
 
-HISTORY = "steps.jsonl"
+HISTORY = "steps.jsonl"  # a row every log_every steps
+EPOCHS = "epochs.jsonl"  # a row per epoch
 KEEP_CHECKPOINTS = 2
 
 
@@ -102,11 +103,10 @@ def evaluate_split(model: nn.Module, family: Any, dataset: ShardDataset, ctx: _C
     return {("accuracy" if k == "correct" else k): v / count for k, v in sums.items()}
 
 
-def _read_history(path: Path, up_to_step: int) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["step"] <= up_to_step]
+def _truncate_history(path: Path, up_to_step: int) -> None:
+    """Drop rows past the checkpoint we resume from (they will be produced again)."""
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= up_to_step))
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
@@ -150,11 +150,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
             optimizer.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["torch_rng"])
             start_epoch, step, resumed_from = state["epoch"] + 1, state["step"], str(source)
-    history_path = run_dir / HISTORY
-    history = _read_history(history_path, step) if ctx.rank == 0 else []
     if ctx.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        history_path.write_text("".join(json.dumps(r) + "\n" for r in history))
+        for name in (HISTORY, EPOCHS):
+            _truncate_history(run_dir / name, step)
 
     if ctx.world_size > 1:
         import ray.train.torch
@@ -213,8 +212,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
                                    f"lower train.{algo}.lr (now {cfg.lr}); nothing was registered")
         checkpoint_dir = None
         if ctx.rank == 0:
-            with history_path.open("a") as f:
+            with (run_dir / HISTORY).open("a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
+            with (run_dir / EPOCHS).open("a") as f:
+                f.write(json.dumps(metrics) + "\n")
             checkpoint_dir = ckpt.save(ckpt.epoch_dir(ckpt_root, epoch), model=core, optimizer=optimizer,
                                        epoch=epoch, step=step, config=to_dict(cfg), metrics=metrics)
             ckpt.prune(ckpt_root, KEEP_CHECKPOINTS)

@@ -1,0 +1,30 @@
+"""The pyfunc model every registered family is served as.
+
+MLflow loads it "from code" (``mlflow.pyfunc.log_model(python_model=<file>)``): the model
+is this class plus its weights in safetensors, so loading runs no unpickling. The model's
+artifact folder carries ``config.json`` naming the family and its config.
+"""
+
+from __future__ import annotations
+
+
+import mlflow.pyfunc
+
+
+class FamilyModel(mlflow.pyfunc.PythonModel):
+    """``predict`` delegates to the family's own ``predict`` (which validates its input)."""
+
+    def load_context(self, context) -> None:
+        from components.config import train_config_from_dict
+        from components.models import get_family
+        from components.training.checkpoint import load_exported
+
+        state, meta = load_exported(context.artifacts["weights"])
+        self.family = get_family(meta["algo"])
+        self.cfg = train_config_from_dict(meta["algo"], meta["train"]).model
+        self.model = self.family.build(self.cfg)
+        self.model.load_state_dict(state)
+        self.model.eval()
+
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a schema from them
+        return self.family.predict(self.model, model_input, self.cfg)

@@ -1,0 +1,195 @@
+"""MLflow: the store, runs, nested tune-trial runs, model logging, the registry and its aliases.
+
+The default store is embedded in the repository: ``sqlite:///<repo>/mlflow.db`` with
+artifacts under ``<repo>/mlartifacts`` (both git-ignored), which is what a plain
+``mlflow ui`` started in the repository root opens. ``MLFLOW_TRACKING_URI`` overrides it.
+One experiment per algorithm, named after it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+_MAX_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
+
+
+def tracking_uri(root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def configure(root: Path) -> str:
+    """Point MLflow at the project's store; check a remote server answers before any work."""
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if uri.startswith("http"):
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)
+        except Exception as exc:
+            raise ConnectionError(f"cannot reach the MLflow tracking server at MLFLOW_TRACKING_URI={uri} ({exc}); "
+                                  f"start it or unset MLFLOW_TRACKING_URI to use the local store") from None
+    return uri
+
+
+def experiment_id(name: str, root: Path) -> str:
+    """The experiment called ``name``; created with artifacts in ``<root>/mlartifacts`` on the local store."""
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if mlflow.get_tracking_uri().startswith("sqlite:"):
+        location = (Path(root).resolve() / "mlartifacts").as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def params_of(config: dict[str, Any]) -> dict[str, str]:
+    from components.config import flatten
+
+    return {k: str(v)[:500] for k, v in flatten(config).items()}
+
+
+def log_batch(client: MlflowClient, run_id: str, *, metrics: list[Metric] = (),
+              params: dict[str, str] | None = None, tags: dict[str, str] | None = None) -> None:
+    """Log in as few calls as MLflow's per-call limits allow (1000 metrics, 100 params)."""
+    metrics = list(metrics)
+    params_l = [Param(k, v) for k, v in (params or {}).items()]
+    for i in range(0, len(params_l), 100):
+        client.log_batch(run_id, params=params_l[i:i + 100])
+    if tags:
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    for i in range(0, len(metrics), _MAX_BATCH):
+        client.log_batch(run_id, metrics=metrics[i:i + _MAX_BATCH])
+
+
+def step_metrics(rows: list[dict], prefix: str = "") -> list[Metric]:
+    now = int(time.time() * 1000)
+    return [Metric(f"{prefix}{k}", float(v), now, int(r["step"]))
+            for r in rows for k, v in r.items() if k not in ("step", "epoch")]
+
+
+class MlflowHook:
+    """Training-loop hook: step rows and epoch metrics into one MLflow run (rank 0 only).
+
+    Picklable, so it travels to Ray Train workers; the client is made lazily in the worker.
+    """
+
+    all_ranks = False
+
+    def __init__(self, uri: str, run_id: str):
+        self.uri, self.run_id = uri, run_id
+        self._client: MlflowClient | None = None
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.uri)
+        return self._client
+
+    def __getstate__(self) -> dict:
+        return {"uri": self.uri, "run_id": self.run_id, "_client": None}
+
+    def on_step(self, rows: list[dict]) -> None:
+        if rows:
+            log_batch(self.client, self.run_id, metrics=step_metrics(rows, "step/"))
+
+    def on_epoch(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        now = int(time.time() * 1000)
+        log_batch(self.client, self.run_id, metrics=[
+            Metric(k, float(v), now, int(metrics["epoch"])) for k, v in metrics.items() if k != "epoch"])
+
+
+def tune_callback(uri: str, experiment: str, parent_run_id: str, runs_root: Path):
+    """A Ray Tune callback (runs in the driver) making one nested MLflow run per trial.
+
+    Epoch metrics are logged as they arrive; each trial's per-step learning rate and loss
+    are read from its run directory ``runs_root/<trial_id>`` when it ends (early-stopped,
+    finished or failed).
+    """
+    from ray.tune import Callback
+
+    class NestedTrialRuns(Callback):
+        def __init__(self) -> None:
+            self.client = MlflowClient(uri)
+            self.runs: dict[str, str] = {}
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            run = self.client.create_run(experiment, run_name=trial.trial_id, tags={
+                "mlflow.parentRunId": parent_run_id, "stage": "tune", "trial_id": trial.trial_id})
+            self.runs[trial.trial_id] = run.info.run_id
+            log_batch(self.client, run.info.run_id, params={
+                k: str(v) for k, v in trial.config.items() if k in ("schedule", "lr", "warmup")})
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            run_id = self.runs.get(trial.trial_id)
+            if run_id is None:
+                return
+            now = int(time.time() * 1000)
+            log_batch(self.client, run_id, metrics=[
+                Metric(k, float(result[k]), now, int(result["epoch"]))
+                for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr") if k in result])
+
+        def _finish(self, trial, status: str) -> None:
+            run_id = self.runs.pop(trial.trial_id, None)
+            if run_id is None:
+                return
+            steps = Path(runs_root) / trial.trial_id / "steps.jsonl"
+            if steps.exists():
+                rows = [json.loads(x) for x in steps.read_text().splitlines() if x.strip()]
+                log_batch(self.client, run_id, metrics=step_metrics(rows, "step/"))
+            self.client.set_terminated(run_id, status)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._finish(trial, "FINISHED")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._finish(trial, "FAILED")
+
+    return NestedTrialRuns()
+
+
+# ------------------------------------------------------------------------------ registry
+
+def champion_version(name: str):
+    """The model version holding the ``champion`` alias, or None."""
+    client = MlflowClient()
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def register(model_uri: str, name: str, *, tags: dict[str, str], description: str,
+             metric: str, value: float, mode: str, min_improvement: float = 0.0) -> tuple[Any, str, Any]:
+    """Register ``model_uri`` as a new version of ``name`` and give it an alias.
+
+    ``champion`` moves to the new version only when it beats the current champion on
+    ``metric`` (by more than ``min_improvement``, in direction ``mode``); otherwise the new
+    version becomes ``challenger``. Returns (version, alias, previous champion or None).
+    """
+    client = MlflowClient()
+    if client.search_registered_models(filter_string=f"name = '{name}'") == []:
+        client.create_registered_model(name, description=(
+            f"Champion = the best {name} on the test split by {metric} ({mode}); "
+            f"challenger = the latest version that did not beat it."))
+    version = mlflow.register_model(model_uri, name, tags=tags)
+    client.update_model_version(name, version.version, description=description)
+    previous = champion_version(name)
+    if previous is None:
+        better = True
+    else:
+        old = float(previous.tags.get(f"test_{metric}", "nan"))
+        better = (value > old + min_improvement) if mode == "max" else (value < old - min_improvement)
+        better = better or old != old  # a champion without the metric loses
+    alias = CHAMPION if better else CHALLENGER
+    client.set_registered_model_alias(name, alias, version.version)
+    return version, alias, previous

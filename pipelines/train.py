@@ -1,0 +1,113 @@
+"""Stage train: one Ray Train run of ``train.<algo>`` on the dataset's shards, tracked in MLflow.
+
+Reads ``train.<algo>``, ``runtime`` and ``data/shards/<dataset>``. Writes
+``models/<algo>/train/`` (safetensors weights + config), ``metrics/train/<algo>.json``
+and ``plots/train/<algo>/`` (per-step and per-epoch tables, curves.png).
+
+Epoch checkpoints live under the storage root, keyed by config and data version, so a
+run that was interrupted resumes from its last epoch when the stage runs again.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+from components import tracking
+from components.config import to_dict, train_config
+from components.evaluation import plots
+from components.training import checkpoint as ckpt
+from components.training import launch
+from components.training.loop import EPOCHS, HISTORY, TrainingDiverged
+from pipelines import lineage
+from pipelines.layout import load, quiet_third_parties, run_stage, stage_args
+
+
+def main() -> None:
+    args = stage_args(__doc__)
+    quiet_third_parties()
+    raw, layout = load(args)
+    algo = args.algo
+    cfg = train_config(raw, algo)
+    dataset = raw["algorithms"][algo]["dataset"]
+    shard_dir = layout.shards(dataset)
+    data_version = lineage.data_version(shard_dir)
+    storage = layout.storage_root(raw.get("runtime", {}).get("storage_root", ""))
+    key = lineage.run_key(algo, to_dict(cfg), data_version)
+    run_dir = f"{storage}/runs/{algo}/train-{key}"
+
+    uri = tracking.configure(layout.root)
+    client = tracking.MlflowClient()
+    exp = tracking.experiment_id(algo, layout.root)
+    run = client.create_run(exp, run_name=f"train-{key}", tags={
+        "stage": "train", "algo": algo, "git_commit": lineage.git_commit(layout.root),
+        "data_version": data_version,
+        "dvc_data_md5": lineage.dvc_md5(layout.root, f"data/shards/{dataset}"),
+        "num_workers": str(cfg.num_workers)})
+    tracking.log_batch(client, run.info.run_id, params=tracking.params_of(to_dict(cfg)))
+    print(f"train {algo}: {cfg.epochs} epochs, {max(cfg.num_workers, 1)} worker(s) "
+          f"({'local mode' if cfg.num_workers == 0 else 'DDP'}), run dir {run_dir}", flush=True)
+    config = {"algo": algo, "train": to_dict(cfg), "data_dir": str(shard_dir), "run_dir": run_dir,
+              "hooks": [tracking.MlflowHook(uri, run.info.run_id), launch.RayTrainReport(), Progress(cfg.epochs)]}
+    t0 = time.perf_counter()
+    try:
+        launch.fit(config, num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, storage_path=f"{storage}/ray",
+                   name=f"{algo}-train-{key}", ray_num_cpus=raw.get("runtime", {}).get("ray_num_cpus", 0))
+    except BaseException as exc:
+        client.set_terminated(run.info.run_id, "FAILED")
+        if isinstance(exc, TrainingDiverged):
+            raise SystemExit(f"error: {exc}") from None
+        raise
+    wall = time.perf_counter() - t0
+
+    latest = ckpt.latest(f"{run_dir}/checkpoints")
+    state, meta = ckpt.load(latest)
+    out = layout.model(algo, "train")
+    shutil.rmtree(out, ignore_errors=True)
+    ckpt.export(out, state["model"], {"algo": algo, "candidate": "train", "train": meta["config"],
+                                      "val_metrics": {k: v for k, v in meta["metrics"].items() if k.startswith("val_")},
+                                      "data_version": data_version, "mlflow_run_id": run.info.run_id})
+
+    steps = lineage.read_jsonl(f"{run_dir}/{HISTORY}")
+    epochs = lineage.read_jsonl(f"{run_dir}/{EPOCHS}")
+    plot_dir = layout.plots("train", algo)
+    shutil.rmtree(plot_dir, ignore_errors=True)
+    # One table per curve: dvc.yaml's per-stage plots take one y column per file.
+    for col in ("loss", "accuracy", "lr"):
+        lineage.write_csv(plot_dir / f"{col}.csv", [{"step": r["step"], col: r[col]} for r in steps if col in r])
+    lineage.write_csv(plot_dir / "val_accuracy.csv", [{"step": e["step"], "val_accuracy": e["val_accuracy"]} for e in epochs])
+    plots.save(plots.training_curves(steps, epochs, f"{algo}: train"), plot_dir / "curves.png")
+    client.log_artifact(run.info.run_id, str(plot_dir / "curves.png"))
+
+    final = {k: v for k, v in meta["metrics"].items() if k not in ("resumed",)}
+    final["wall_time_s"] = wall
+    lineage.write_json(layout.metrics("train", algo), final)
+    client.set_terminated(run.info.run_id, "FINISHED")
+    print(f"train {algo}: val_accuracy {final.get('val_accuracy', float('nan')):.4f} "
+          f"after {final['epoch'] + 1} epochs in {wall:.1f}s -> {out}")
+
+
+class Progress:
+    """Hook: one line per epoch with rates and ETA; plain lines read well in CI logs and terminals."""
+
+    all_ranks = False
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+        self.t0 = None
+
+    def on_step(self, rows: list[dict]) -> None:
+        pass
+
+    def on_epoch(self, metrics: dict[str, float], checkpoint_dir) -> None:
+        now = time.perf_counter()
+        self.t0 = self.t0 or now - metrics["epoch_time_s"]
+        done = metrics["epoch"] + 1
+        eta = (now - self.t0) / max(done, 1) * (self.epochs - done)
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
+                          if k in ("train_loss", "val_loss", "val_accuracy", "lr", "samples_per_s"))
+        print(f"  epoch {done}/{self.epochs}: {shown}; eta {eta:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    run_stage(main)
