@@ -57,7 +57,7 @@ def init_ray(num_cpus: int = 0) -> None:
         if address:
             ray.init(address=address, log_to_driver=True)
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=True,
+            ray.init(num_cpus=num_cpus or os.cpu_count(), log_to_driver=True,
                      configure_logging=False)
     except ConnectionError as exc:
         raise ConnectionError(f"cannot reach the Ray cluster at RAY_ADDRESS={address!r} ({exc}); "

@@ -87,8 +87,9 @@ def build(cfg: ScheduleConfig, lr: float, total_steps: int) -> Schedule:
     """The schedule named in ``cfg`` as a function of step, peaking at ``lr``.
 
     Fractions in ``cfg`` (warm-up, step_every, milestones) are turned into steps of a run
-    of ``total_steps``. A warm-up ramps linearly into any schedule but one-cycle, whose
-    rise is its own warm-up (``pct_start``). For ``inverse_sqrt`` the curve is the paper's, rescaled so that
+    of ``total_steps``. A warm-up ramps linearly to ``lr``; cosine and linear then decay over
+    the remaining steps, and step/multistep/exponential/constant start after it. One-cycle
+    ignores it: its rise is its own warm-up (``pct_start``). For ``inverse_sqrt`` the curve is the paper's, rescaled so that
     its peak equals ``lr`` (the paper's own peak is d_model**-0.5 * warmup**-0.5).
     """
     if total_steps < 1:
@@ -122,5 +123,5 @@ def build(cfg: ScheduleConfig, lr: float, total_steps: int) -> Schedule:
         raise ValueError(f"unknown schedule {name!r}")
     if warmup_steps and name in ("constant", "step", "multistep", "exponential"):
         base = fn
-        fn = lambda s: _warmup(s, base(warmup_steps), warmup_steps) if s < warmup_steps else base(s)  # noqa: E731
+        fn = lambda s: _warmup(s, lr, warmup_steps) if s < warmup_steps else base(s - warmup_steps)  # noqa: E731
     return fn

@@ -1,0 +1,104 @@
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from components.data.manifest import DataError, verify_manifest
+from components.data.shards import ShardDataset, read_stats
+from components.data import digits
+from components.config import DigitsConfig
+from tests.conftest import numbered_shards
+
+
+def epoch_ids(shards, world_size, loader_workers, epoch, batch_size=16):
+    """Sample ids each rank sees in one epoch, and each rank's batch count."""
+    per_rank, batches = [], []
+    for rank in range(world_size):
+        ds = ShardDataset(shards, "train", rank=rank, world_size=world_size, shuffle=True, seed=3,
+                          batch_size=batch_size)
+        ds.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=loader_workers)
+        got = [x[:, 0, 0, 0].long().tolist() for x, _ in loader]
+        batches.append(len(got))
+        per_rank.append([i for b in got for i in b])
+    return per_rank, batches
+
+
+@pytest.mark.parametrize("world_size, loader_workers", [(1, 0), (2, 0), (2, 2), (3, 2)])
+def test_every_sample_exactly_once_per_epoch_with_equal_batches(tmp_path, world_size, loader_workers):
+    n = 203  # shards of uneven size: 13 x 15-16
+    shards = numbered_shards(tmp_path, n, 16)
+    orders = []
+    for epoch in range(2):
+        per_rank, batches = epoch_ids(shards, world_size, loader_workers, epoch)
+        seen = Counter(i for ids in per_rank for i in ids)
+        assert sorted(seen) == list(range(n)) and set(seen.values()) == {1}
+        assert len(set(batches)) == 1  # DDP needs equal step counts on every rank
+        orders.append([i for ids in per_rank for i in ids])
+    assert orders[0] != orders[1]  # reshuffled per epoch
+
+
+def test_fewer_shards_than_workers_is_a_clear_error(tmp_path):
+    shards = numbered_shards(tmp_path, 20, 16)  # 2 shards
+    with pytest.raises(DataError, match="fewer than 3 workers; lower samples_per_shard"):
+        ShardDataset(shards, "train", rank=0, world_size=3)
+
+
+def test_truncated_shard_is_named(tmp_path):
+    shards = numbered_shards(tmp_path, 64, 16)
+    victim = shards / "train-000002.tar"
+    victim.write_bytes(victim.read_bytes()[:700])
+    with pytest.raises(DataError, match=r"train-000002.tar: shard is corrupt or truncated"):
+        list(ShardDataset(shards, "train"))
+
+
+def test_corrupt_shard_without_checksums_is_named(tmp_path):
+    from components.data.shards import read_shard
+
+    shards = numbered_shards(tmp_path, 32, 16)
+    victim = shards / "train-000001.tar"
+    data = bytearray(victim.read_bytes())
+    data[600:1400] = b"\xff" * 800
+    victim.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="train-000001.tar: cannot read shard"):
+        read_shard(victim)
+
+
+def test_missing_shards_say_how_to_make_them(tmp_path):
+    with pytest.raises(DataError, match="stats.json: not found; create the shards with `dvc repro`"):
+        ShardDataset(tmp_path, "train")
+    shards = numbered_shards(tmp_path / "s", 32, 16)
+    (shards / "train-000000.tar").unlink()
+    with pytest.raises(DataError, match="train-000000.tar: shard not found"):
+        list(ShardDataset(shards, "train"))
+
+
+def test_shards_are_byte_identical_when_rewritten(tmp_path):
+    a = read_stats(numbered_shards(tmp_path / "a", 50, 16))
+    b = read_stats(numbered_shards(tmp_path / "b", 50, 16))
+    assert [s["sha256"] for s in a["splits"]["train"]["shards"]] == [s["sha256"] for s in b["splits"]["train"]["shards"]]
+
+
+def test_digits_split_is_fixed_stratified_and_disjoint(tmp_path):
+    m1 = digits.ingest(DigitsConfig(), tmp_path / "a")
+    m2 = digits.ingest(DigitsConfig(), tmp_path / "b")
+    assert m1["files"]["split.npz"]["sha256"] == m2["files"]["split.npz"]["sha256"]
+    images, labels, split = digits.load_raw(tmp_path / "a")
+    assert images.shape == (1797, 1, 8, 8) and 0 <= images.min() and images.max() <= 1
+    all_idx = np.concatenate(list(split.values()))
+    assert len(all_idx) == len(set(all_idx)) == 1797
+    for part in split.values():  # every class in every split near its overall share
+        assert np.abs(np.bincount(labels[part], minlength=10) / len(part) - 0.1).max() < 0.02
+    (tmp_path / "a" / "split.npz").write_bytes(b"changed")
+    with pytest.raises(DataError, match="split.npz: checksum does not match"):
+        verify_manifest(tmp_path / "a", fix="re-run ingest")
+
+
+def test_digits_shards_hold_the_split(digits_shards):
+    stats = read_stats(digits_shards)
+    assert {k: v["samples"] for k, v in stats["splits"].items()} == {"train": 1259, "val": 269, "test": 269}
+    batches = list(ShardDataset(digits_shards, "test", batch_size=32))
+    x, y = batches[0]
+    assert x.shape[1:] == (1, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.long
+    assert all(len(b[1]) <= 32 for b in batches) and sum(len(b[1]) for b in batches) == 269

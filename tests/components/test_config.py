@@ -1,0 +1,66 @@
+import pytest
+
+from components.config import ConfigError, load_all, load_params, parse, train_config, tune_config, TrainConfig
+from tests.conftest import REPO
+
+
+def test_every_section_of_params_yaml_loads(repo_params):
+    params = load_all(repo_params)
+    assert "resnet" in params.algorithms
+    cfg = train_config(repo_params, "resnet")
+    assert cfg.model.depth == repo_params["train"]["resnet"]["model"]["depth"]
+    assert tune_config(repo_params, "resnet").space.schedule
+
+
+def _with(repo_params, path: str, value):
+    import copy
+
+    raw = copy.deepcopy(repo_params)
+    *parents, last = path.split(".")
+    node = raw
+    for p in parents:
+        node = node[p]
+    node[last] = value
+    return raw
+
+
+@pytest.mark.parametrize("path, value, message", [
+    ("train.resnet.optimizer.momentm", 0.9, "train.resnet.optimizer.momentm: unknown key"),
+    ("train.resnet.epochs", "ten", "train.resnet.epochs: must be an integer"),
+    ("train.resnet.epochs", 2.5, "train.resnet.epochs: must be an integer"),
+    ("train.resnet.optimizer.momentum", 1.5, "train.resnet.optimizer.momentum: must be in [0, 1)"),
+    ("train.resnet.lr", -0.1, "train.resnet.lr: must be in (0"),
+    ("train.resnet.schedule.name", "cosyne", "train.resnet.schedule.name: must be one of"),
+    ("train.resnet.model.depth", 21, "train.resnet.model.depth: CIFAR-style basic depths are 6n+2"),
+    ("train.resnet.use_gpu", "yes", "train.resnet.use_gpu: must be true or false"),
+    ("tune.resnet.space.schedule", ["cosine", "warp"], "tune.resnet.space.schedule: unknown schedule ['warp']"),
+    ("tune.resnet.grace_period", 99, "tune.resnet.grace_period: must be <= epochs"),
+    ("data.digits.val_fraction", 0.7, "data.digits.val_fraction: must be in (0, 0.5)"),
+])
+def test_bad_values_fail_with_the_full_key_path(repo_params, path, value, message):
+    with pytest.raises(ConfigError) as err:
+        load_all(_with(repo_params, path, value))
+    assert message in str(err.value)
+
+
+def test_unknown_algorithm_lists_the_valid_ones(repo_params):
+    raw = _with(repo_params, "algorithms", {"resnett": {"dataset": "digits"}})
+    with pytest.raises(ConfigError, match=r"algorithms.resnett: unknown algorithm 'resnett'; valid: \['resnet'\]"):
+        load_all(raw)
+
+
+def test_yaml_exponent_without_dot_is_read_as_a_number():
+    cfg = parse(TrainConfig, {"lr": "1e-3"}, "train.x")
+    assert cfg.lr == pytest.approx(1e-3)
+
+
+def test_missing_params_file_says_where(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("train: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_repo_params_file_is_the_one_tested():
+    assert (REPO / "params.yaml").exists()

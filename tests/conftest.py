@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny real WebDataset shards written by the project's own code."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from components.config import DigitsConfig
+from components.data import digits
+from components.data.shards import write_shards
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+@pytest.fixture(scope="session")
+def repo_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+@pytest.fixture(scope="session")
+def digits_shards(tmp_path_factory) -> Path:
+    """The real digits dataset, split and sharded as the pipeline does it (small shards)."""
+    root = tmp_path_factory.mktemp("digits")
+    digits.ingest(DigitsConfig(samples_per_shard=64), root / "raw")
+    images, labels, split = digits.load_raw(root / "raw")
+    write_shards(root / "shards", {k: (images[i], labels[i]) for k, i in split.items()}, 64, {"dataset": "digits"})
+    return root / "shards"
+
+
+def numbered_shards(directory: Path, n: int, per_shard: int, split: str = "train") -> Path:
+    """Shards whose sample i has input filled with i, so a reader's output names its samples."""
+    inputs = np.arange(n, dtype=np.float32)[:, None, None, None] * np.ones((1, 1, 2, 2), np.float32)
+    targets = np.arange(n) % 10
+    splits = {s: (inputs, targets) for s in ("train", "val", "test")} if split == "all" else {split: (inputs, targets)}
+    write_shards(directory, splits, per_shard, {"dataset": "numbered"})
+    return directory
