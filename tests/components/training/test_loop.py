@@ -1,0 +1,96 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from components.config import TrainConfig, ScheduleConfig, to_dict
+from components.data.shards import write_shards
+from components.models import resnet
+from components.training import checkpoint as ckpt
+from components.training.loop import EPOCHS, HISTORY, TrainingDiverged, train_loop_per_worker
+
+
+def tiny_train(epochs=2, **kw) -> dict:
+    cfg = TrainConfig(lr=0.05, epochs=epochs, batch_size=64, log_every=5,
+                      schedule=ScheduleConfig(name="cosine", warmup=0.1), **kw)
+    cfg.model = resnet.Config(depth=8)
+    return to_dict(cfg)
+
+
+class Recorder:
+    all_ranks = False
+
+    def __init__(self):
+        self.rows, self.epochs = [], []
+
+    def on_step(self, rows):
+        self.rows += rows
+
+    def on_epoch(self, metrics, checkpoint_dir):
+        self.epochs.append((metrics, checkpoint_dir))
+
+
+def test_trains_checkpoints_and_logs(digits_shards, tmp_path):
+    rec = Recorder()
+    m = train_loop_per_worker({"algo": "resnet", "train": tiny_train(3), "data_dir": str(digits_shards),
+                               "run_dir": str(tmp_path), "hooks": [rec]})
+    assert m["epoch"] == 2 and m["val_accuracy"] > 0.5  # far above chance (0.1) after 3 tiny epochs
+    assert [e[0]["epoch"] for e in rec.epochs] == [0, 1, 2]
+    assert rec.epochs[0][0]["val_loss"] > rec.epochs[-1][0]["val_loss"]
+    lrs = [r["lr"] for r in rec.rows]
+    assert max(lrs) == pytest.approx(0.05, rel=0.05) and lrs[-1] < lrs[len(lrs) // 2]  # cosine decays
+    state, meta = ckpt.load(ckpt.latest(tmp_path / "checkpoints"))
+    assert meta["epoch"] == 2 and meta["config"]["lr"] == 0.05 and "momentum_buffer" in str(state["optimizer"])
+    assert len(list((tmp_path / "checkpoints").glob("epoch-*"))) == 2  # older ones pruned
+
+
+def test_resumes_from_the_latest_checkpoint(digits_shards, tmp_path):
+    cfg = {"algo": "resnet", "train": tiny_train(3), "data_dir": str(digits_shards), "run_dir": str(tmp_path)}
+    first = train_loop_per_worker({**cfg, "max_epochs": 2})  # "crash" after epoch 1
+    assert first["epoch"] == 1
+    rec = Recorder()
+    resumed = train_loop_per_worker({**cfg, "hooks": [rec]})
+    assert [e[0]["epoch"] for e in rec.epochs] == [2]  # only the missing epoch ran
+    assert resumed["step"] == first["step"] * 3 // 2
+    epochs = [json.loads(x)["epoch"] for x in (tmp_path / EPOCHS).read_text().splitlines()]
+    assert epochs == [0, 1, 2]
+    steps = [json.loads(x)["step"] for x in (tmp_path / HISTORY).read_text().splitlines()]
+    assert steps == sorted(set(steps))
+
+
+def test_resumed_run_equals_uninterrupted_run(digits_shards, tmp_path):
+    cfg = {"algo": "resnet", "train": tiny_train(2), "data_dir": str(digits_shards)}
+    whole = train_loop_per_worker({**cfg, "run_dir": str(tmp_path / "a")})
+    train_loop_per_worker({**cfg, "run_dir": str(tmp_path / "b"), "max_epochs": 1})
+    resumed = train_loop_per_worker({**cfg, "run_dir": str(tmp_path / "b")})
+    assert resumed["val_loss"] == pytest.approx(whole["val_loss"], rel=1e-4)
+
+
+def test_nan_loss_stops_the_run_with_a_clear_error(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.random((128, 1, 8, 8)).astype(np.float32)
+    x[5, 0, 4, 4] = np.nan  # the centre survives the random shift
+    write_shards(tmp_path / "shards", {s: (x, np.arange(128) % 10) for s in ("train", "val")}, 64, {})
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step \d+ .*lower train.resnet.lr"):
+        train_loop_per_worker({"algo": "resnet", "train": tiny_train(1), "data_dir": str(tmp_path / "shards"),
+                               "run_dir": str(tmp_path / "run")})
+    assert ckpt.latest(tmp_path / "run" / "checkpoints") is None  # nothing from a diverged epoch
+
+
+def test_gradient_clipping_bounds_the_update(digits_shards, tmp_path):
+    rec = Recorder()
+    train_loop_per_worker({"algo": "resnet", "train": tiny_train(1, grad_clip=0.5), "data_dir": str(digits_shards),
+                           "run_dir": str(tmp_path), "hooks": [rec]})
+    assert all("grad_norm" in r for r in rec.rows)  # pre-clip norm is logged
+
+
+def test_exported_weights_load_without_pickle(digits_shards, tmp_path):
+    train_loop_per_worker({"algo": "resnet", "train": tiny_train(1), "data_dir": str(digits_shards),
+                           "run_dir": str(tmp_path)})
+    state, meta = ckpt.load(ckpt.latest(tmp_path / "checkpoints"))
+    ckpt.export(tmp_path / "export", state["model"], {"algo": "resnet", "train": meta["config"]})
+    weights, m2 = ckpt.load_exported(tmp_path / "export")
+    model = resnet.build(resnet.Config(depth=8))
+    model.load_state_dict(weights)
+    assert torch.equal(model.fc.weight, state["model"]["fc.weight"])

@@ -1,0 +1,161 @@
+"""`dvc repro` end to end in a temporary git repository: real DVC, real Ray, real MLflow.
+
+Tiny params keep it to a few minutes on 2 cores; train runs as a 2-worker DDP job here so
+the worker-group path is exercised, and as local mode in the `dvc exp run` that follows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.e2e
+
+
+def tiny_params() -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"]["digits"]["samples_per_shard"] = 96
+    t = params["train"]["resnet"]
+    t.update(epochs=3, num_workers=2, log_every=2)
+    t["model"]["depth"] = 8
+    params["tune"]["resnet"].update(samples_per_schedule=1, epochs=2, grace_period=1)
+    params["tune"]["resnet"]["space"]["schedule"] = ["cosine", "onecycle"]
+    return params
+
+
+def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("project")
+    for name in ("components", "pipelines"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(REPO / name, root / name)
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
+    env.update(GIT_AUTHOR_NAME="ci", GIT_AUTHOR_EMAIL="ci@example.com", GIT_COMMITTER_NAME="ci",
+               GIT_COMMITTER_EMAIL="ci@example.com", RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
+    run(["git", "init", "-q", "-b", "main"], root, env)
+    run(["dvc", "init", "-q"], root, env)
+    run(["dvc", "config", "core.analytics", "false"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-qm", "project"], root, env)
+    first = run(["dvc", "repro"], root, env)
+    return root, env, first
+
+
+def mlflow_client(root: Path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_repro_runs_all_six_stages_and_writes_metrics(project):
+    root, env, first = project
+    for stage in ("ingest@digits", "preprocess@digits", "train@resnet", "tune@resnet", "evaluate@resnet",
+                  "register@resnet"):
+        assert f"Running stage '{stage}'" in first.stdout
+    assert "2 worker(s) (DDP)" in first.stdout
+    ev = json.loads((root / "metrics/eval/resnet.json").read_text())
+    assert ev["primary_metric"] == "accuracy" and ev["selected"] in ("train", "tune")
+    assert 0.3 < ev[ev["selected"]]["accuracy"] <= 1.0  # far above chance even after 3 tiny epochs
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], root, env).stdout)
+    assert "metrics/eval/resnet.json" in json.dumps(shown)
+    plots = run(["dvc", "plots", "show", "--json"], root, env)
+    assert "plots/train/resnet/lr.csv" in plots.stdout and "plots/tune/resnet/trials.csv" in plots.stdout
+    for png in ("plots/train/resnet/curves.png", "plots/tune/resnet/sweep.png", "plots/eval/resnet/confusion_train.png"):
+        assert (root / png).stat().st_size > 5000
+
+
+def test_second_repro_does_nothing(project):
+    root, env, _ = project
+    again = run(["dvc", "repro"], root, env)
+    assert "Running stage" not in again.stdout
+    assert "up to date" in again.stdout.lower() or "didn't change" in again.stdout
+
+
+def test_mlflow_has_train_run_tune_parent_with_nested_trials_and_champion(project):
+    root, _, _ = project
+    client = mlflow_client(root)
+    exp = client.get_experiment_by_name("resnet")
+    runs = client.search_runs([exp.experiment_id])
+    by_stage = {}
+    for r in runs:
+        by_stage.setdefault(r.data.tags.get("stage"), []).append(r)
+    assert len(by_stage["train"]) == 1 and by_stage["train"][0].info.status == "FINISHED"
+    assert "step/lr" in by_stage["train"][0].data.metrics and "val_accuracy" in by_stage["train"][0].data.metrics
+    (parent,) = [r for r in runs if r.data.tags.get("stage") == "tune"
+                 and "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+    assert all("step/lr" in c.data.metrics for c in children)
+
+    version = client.get_model_version_by_alias("resnet", "champion")
+    assert {"git_commit", "data_version", "dvc_data_md5", "test_accuracy"} <= set(version.tags)
+    assert len(version.tags["git_commit"]) >= 40 and version.tags["dvc_data_md5"] != "unknown"
+    assert "Test metrics" in version.description and "models:/resnet@champion" in version.description
+
+
+def test_champion_loads_in_a_fresh_process_and_checks_input(project):
+    root, env, _ = project
+    script = textwrap.dedent(f"""
+        import numpy as np, mlflow, json
+        mlflow.set_tracking_uri("sqlite:///{root / 'mlflow.db'}")
+        model = mlflow.pyfunc.load_model("models:/resnet@champion")
+        assert model.metadata.signature is not None
+        batch = np.random.default_rng(0).random((6, 8, 8)).astype(np.float32)
+        probs = model.predict(batch)
+        out = {{"shape": list(probs.shape), "sums": np.asarray(probs).sum(1).tolist()}}
+        for bad in (np.zeros((6, 64), np.float32), np.zeros((6, 8, 8), np.int64)):
+            try:
+                model.predict(bad)
+                out.setdefault("errors", []).append(None)
+            except Exception as exc:
+                out.setdefault("errors", []).append(str(exc))
+        print(json.dumps(out))
+    """)
+    env = {**env, "PYTHONPATH": ""}
+    proc = run([sys.executable, "-c", script], Path("/"), env)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["shape"] == [6, 10] and all(abs(s - 1) < 1e-4 for s in out["sums"])
+    assert all(out["errors"]), out["errors"]  # both bad inputs rejected
+    assert "shape" in out["errors"][0].lower()
+    assert "int64" in out["errors"][1] or "dtype" in out["errors"][1].lower()
+
+
+def test_exp_run_with_new_lr_reruns_only_train_and_after(project):
+    root, env, _ = project
+    proc = run(["dvc", "exp", "run", "-S", "train.resnet.lr=0.05", "-S", "train.resnet.num_workers=0"], root, env)
+    out = proc.stdout
+    for stage in ("train@resnet", "tune@resnet", "evaluate@resnet", "register@resnet"):
+        assert f"Running stage '{stage}'" in out
+    for stage in ("ingest@digits", "preprocess@digits"):
+        assert f"Running stage '{stage}'" not in out
+    assert "local mode" in out
+    client = mlflow_client(root)
+    versions = client.search_model_versions("name = 'resnet'")
+    assert len(versions) == 2
+    aliases = client.get_registered_model("resnet").aliases  # {alias: version}
+    assert "champion" in aliases
+    new_alias = [a for a, v in aliases.items() if str(v) == "2"]
+    assert new_alias and new_alias[0] in ("champion", "challenger")
+    if new_alias[0] == "challenger":  # the old champion kept its alias because it was not beaten
+        old, new = (float(client.get_model_version("resnet", v).tags["test_accuracy"]) for v in ("1", "2"))
+        assert new <= old
