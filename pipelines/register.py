@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
 
 from components import tracking
-from components.config import ConfigError, parse, RegisterConfig, to_dict, train_config_from_dict
+from components.config import parse, RegisterConfig, train_config_from_dict
 from components.models import get_family
 from pipelines import lineage
 from pipelines.layout import load, run_stage, stage_args
@@ -37,7 +36,7 @@ def model_card(algo: str, version_meta: dict, test: dict, primary: str, data_ver
         f"**Data version**: {data_version}",
         f"**Key params**: {json.dumps(keys)}; optimizer {train['optimizer']['name']}, "
         f"schedule {train['schedule']['name']}; model {json.dumps(train['model'])}",
-        f"**Test metrics**: " + ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)),
+        "**Test metrics**: " + ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)),
         f"**Primary metric**: {primary}",
         "**Load**: `mlflow.pyfunc.load_model(\"models:/%s@champion\").predict(images)` with images a "
         "float32 array (N, 8, 8) of pixel values in [0, 1]; returns class probabilities (N, 10)." % algo,
@@ -69,7 +68,6 @@ def main() -> None:
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, cfg.num_classes))]))
 
     tracking.configure(layout.root)
-    client = tracking.MlflowClient()
     exp = tracking.experiment_id(algo, layout.root)
     commit = lineage.git_commit(layout.root)
     dataset = raw["algorithms"][algo]["dataset"]
