@@ -60,13 +60,9 @@ def main() -> None:
         raise
     wall = time.perf_counter() - t0
 
-    latest = ckpt.latest(f"{run_dir}/checkpoints")
-    state, meta = ckpt.load(latest)
     out = layout.model(algo, "train")
-    shutil.rmtree(out, ignore_errors=True)
-    ckpt.export(out, state["model"], {"algo": algo, "candidate": "train", "train": meta["config"],
-                                      "val_metrics": {k: v for k, v in meta["metrics"].items() if k.startswith("val_")},
-                                      "data_version": data_version, "mlflow_run_id": run.info.run_id})
+    last = ckpt.export_latest(f"{run_dir}/checkpoints", out, {
+        "algo": algo, "candidate": "train", "data_version": data_version, "mlflow_run_id": run.info.run_id})
 
     steps = lineage.read_jsonl(f"{run_dir}/{HISTORY}")
     epochs = lineage.read_jsonl(f"{run_dir}/{EPOCHS}")
@@ -79,7 +75,7 @@ def main() -> None:
     plots.save(plots.training_curves(steps, epochs, f"{algo}: train"), plot_dir / "curves.png")
     client.log_artifact(run.info.run_id, str(plot_dir / "curves.png"))
 
-    final = {k: v for k, v in meta["metrics"].items() if k not in ("resumed",)}
+    final = {k: v for k, v in last.items() if k != "resumed"}
     final["wall_time_s"] = wall
     lineage.write_json(layout.metrics("train", algo), final)
     client.set_terminated(run.info.run_id, "FINISHED")

@@ -13,7 +13,6 @@ launches a TorchTrainer of N DDP workers that reports to Tune through TuneReport
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -140,14 +139,9 @@ def main() -> None:
         raise SystemExit(f"error: all {len(trials)} trials of tune.{algo} failed; first error: {trials[0]['error']}")
     best = max(ok, key=lambda t: (t["val_accuracy"], -t["val_loss"]))
 
-    best_dir = f"{runs_root}/{best['trial_id']}"
-    state, meta = ckpt.load(ckpt.latest(f"{best_dir}/checkpoints"))
-    out = layout.model(algo, "tune")
-    shutil.rmtree(out, ignore_errors=True)
-    ckpt.export(out, state["model"], {"algo": algo, "candidate": "tune", "train": meta["config"],
-                                      "val_metrics": {k: v for k, v in meta["metrics"].items() if k.startswith("val_")},
-                                      "data_version": data_version, "mlflow_run_id": parent.info.run_id,
-                                      "trial_id": best["trial_id"]})
+    ckpt.export_latest(f"{runs_root}/{best['trial_id']}/checkpoints", layout.model(algo, "tune"), {
+        "algo": algo, "candidate": "tune", "data_version": data_version, "mlflow_run_id": parent.info.run_id,
+        "trial_id": best["trial_id"]})
 
     plot_dir = layout.plots("tune", algo)
     shutil.rmtree(plot_dir, ignore_errors=True)
@@ -177,5 +171,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     run_stage(main)

@@ -73,6 +73,19 @@ def export(directory: Path, model_state: dict[str, torch.Tensor], meta: dict[str
     return directory
 
 
+def export_latest(run_checkpoints: Path, directory: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Replace ``directory`` with the weights of the newest epoch checkpoint under ``run_checkpoints``.
+
+    ``meta`` is written beside them with the run's train config and val metrics added;
+    returns that epoch's metrics.
+    """
+    state, saved = load(latest(run_checkpoints))
+    shutil.rmtree(directory, ignore_errors=True)
+    export(directory, state["model"], {**meta, "train": saved["config"], "val_metrics": {
+        k: v for k, v in saved["metrics"].items() if k.startswith("val_")}})
+    return saved["metrics"]
+
+
 def load_exported(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     directory = Path(directory)
     for name in (WEIGHTS, CONFIG):
