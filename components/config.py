@@ -206,15 +206,6 @@ class ScheduleConfig:
 
 
 @dataclass
-class DigitsConfig:
-    """``data.digits``: scikit-learn's 8x8 digits, split once by a seed."""
-    seed: int = 0
-    val_fraction: float = field(default=0.15, metadata=bounds(gt=0, lt=0.5))
-    test_fraction: float = field(default=0.15, metadata=bounds(gt=0, lt=0.5))
-    samples_per_shard: int = field(default=128, metadata=bounds(ge=1))
-
-
-@dataclass
 class RuntimeConfig:
     """``runtime``: where Ray results, checkpoints and shards' copies live.
 
@@ -291,8 +282,8 @@ class RegisterConfig:
 
 @dataclass
 class Algorithm:
-    """``algorithms.<name>``: which dataset a family trains on."""
-    dataset: Literal["digits"]
+    """``algorithms.<name>``: which dataset (a section of ``data``) a family trains on."""
+    dataset: str
 
 
 @dataclass
@@ -304,9 +295,6 @@ class Params:
     train: dict[str, Any] = field(default_factory=dict)
     tune: dict[str, Any] = field(default_factory=dict)
     register: RegisterConfig = field(default_factory=RegisterConfig)
-
-
-DATASETS: dict[str, type] = {"digits": DigitsConfig}
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -340,9 +328,10 @@ def load_all(raw: dict[str, Any]) -> Params:
 
 
 def dataset_config(raw: dict[str, Any], name: str) -> Any:
-    if name not in DATASETS:
-        raise ConfigError(f"data.{name}: unknown dataset; valid: {sorted(DATASETS)}")
-    return parse(DATASETS[name], (raw.get("data") or {}).get(name), f"data.{name}")
+    """``data.<name>`` parsed into its dataset module's Config."""
+    from components.data import get_dataset
+
+    return parse(get_dataset(name, f"data.{name}").Config, (raw.get("data") or {}).get(name), f"data.{name}")
 
 
 def train_config(raw: dict[str, Any], algo: str) -> TrainConfig:

@@ -27,4 +27,5 @@ class FamilyModel(mlflow.pyfunc.PythonModel):
         self.model.eval()
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a schema from them
-        return self.family.predict(self.model, model_input, self.cfg)
+        # ``params`` are the family's inference options declared in its signature (e.g. beam_size).
+        return self.family.predict(self.model, model_input, self.cfg, **(params or {}))

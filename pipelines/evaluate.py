@@ -1,9 +1,11 @@
 """Stage evaluate: test-split metrics of the train and tune candidates; picks one on val.
 
 Reads ``models/<algo>/{train,tune}/`` and the dataset's val and test shards. Writes
-``metrics/eval/<algo>.json`` (test metrics per candidate, the selected candidate, the
-family's primary metric and direction) and ``plots/eval/<algo>/`` (confusion matrix
-images and per-class accuracy tables per candidate). Selection uses val only; test is reported, never used to choose.
+``metrics/eval/<algo>.json`` (test metrics per candidate, their val metrics, the selected
+candidate, the family's primary metric and direction), ``plots/eval/<algo>/`` (the
+family's images) and ``reports/<algo>/evaluate.md`` (tables: per-class accuracy, sample
+translations...). Selection uses val only, by the family's ``SELECT_BY``; test is
+reported, never used to choose.
 """
 
 from __future__ import annotations
@@ -12,13 +14,8 @@ import math
 import shutil
 import time
 
-import numpy as np
-
 from components import tracking
 from components.config import train_config_from_dict
-from components.data.shards import ShardDataset
-from components.evaluation import plots
-from components.evaluation.classification import classification_report
 from components.models import get_family
 from components.training.checkpoint import load_exported
 from pipelines import lineage
@@ -27,12 +24,8 @@ from pipelines.layout import load, run_stage, stage_args
 CANDIDATES = ("train", "tune")
 
 
-def probabilities(family, model, cfg, shard_dir, split: str) -> tuple[np.ndarray, np.ndarray]:
-    probs, labels = [], []
-    for x, y in ShardDataset(shard_dir, split, batch_size=512):
-        probs.append(family.predict(model, x.numpy(), cfg))
-        labels.append(y.numpy())
-    return np.concatenate(probs), np.concatenate(labels)
+def scalars(result: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def main() -> None:
@@ -42,31 +35,40 @@ def main() -> None:
     family = get_family(algo)
     shard_dir = layout.shards(raw["algorithms"][algo]["dataset"])
     plot_dir = layout.plots("eval", algo)
-    shutil.rmtree(plot_dir, ignore_errors=True)
+    report_path = layout.root / "reports" / algo / "evaluate.md"
+    for d in (plot_dir, report_path.parent):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
 
-    results = {}
+    results, sections = {}, [f"# {algo}: evaluation\n"]
     for name in CANDIDATES:
+        t0 = time.perf_counter()
         state, meta = load_exported(layout.model(algo, name))
         cfg = train_config_from_dict(algo, meta["train"]).model
         model = family.build(cfg)
         model.load_state_dict(state)
-        val = classification_report(*probabilities(family, model, cfg, shard_dir, "val"))
-        test = classification_report(*probabilities(family, model, cfg, shard_dir, "test"))
-        finite = all(math.isfinite(v) for v in (val["accuracy"], val["nll"], test["accuracy"], test["nll"]))
-        results[name] = {**{k: test[k] for k in ("accuracy", "min_class_accuracy", "nll", "ece")},
-                         "val_accuracy": val["accuracy"], "val_nll": val["nll"], "valid": finite}
-        plots.save(plots.confusion(np.array(test["confusion_matrix"]),
-                                   f"{algo} ({name}): test accuracy {test['accuracy']:.4f}"),
-                   plot_dir / f"confusion_{name}.png")
-        lineage.write_csv(plot_dir / f"per_class_{name}.csv",
-                          [{"class": c, "accuracy": a} for c, a in test["per_class_accuracy"].items()])
+        val = scalars(family.evaluate(model, cfg, shard_dir, "val"))
+        test_full = family.evaluate(model, cfg, shard_dir, "test")
+        test = scalars(test_full)
+        finite = all(math.isfinite(v) for v in (*val.values(), *test.values()))
+        results[name] = {**test, **{f"val_{k}": v for k, v in val.items()}, "valid": finite}
+        sections.append(family.report(test_full, f"{algo} ({name} candidate), test split", plot_dir, name))
+        print(f"evaluate {algo}/{name}: test {family.PRIMARY_METRIC} {test[family.PRIMARY_METRIC]:.4f}, "
+              f"val {family.PRIMARY_METRIC} {val[family.PRIMARY_METRIC]:.4f} ({time.perf_counter() - t0:.1f}s)",
+              flush=True)
 
     valid = [n for n in CANDIDATES if results[n]["valid"]]
-    # Select on val (accuracy, then NLL); the test split only reports.
-    selected = max(valid, key=lambda n: (results[n]["val_accuracy"], -results[n]["val_nll"])) if valid else None
+
+    def rank(n: str) -> tuple:  # val only: the test split never chooses
+        return tuple(results[n][f"val_{m}"] * (1 if mode == "max" else -1) for m, mode in family.SELECT_BY)
+
+    selected = max(valid, key=rank) if valid else None
     summary = {"primary_metric": family.PRIMARY_METRIC, "mode": family.PRIMARY_MODE,
+               "selected_by": [f"val_{m} ({mode})" for m, mode in family.SELECT_BY],
                "selected": selected, **results}
     lineage.write_json(layout.metrics("eval", algo), summary)
+    sections.insert(1, f"Selected candidate: **{selected}** (on val: {', '.join(summary['selected_by'])})\n")
+    report_path.write_text("\n".join(sections))
 
     tracking.configure(layout.root)
     client = tracking.MlflowClient()
@@ -78,10 +80,9 @@ def main() -> None:
         tracking.Metric(f"{n}_test_{k}", float(v), now, 0)
         for n, r in results.items() for k, v in r.items() if k != "valid"])
     client.log_artifacts(run.info.run_id, str(plot_dir))
+    client.log_artifact(run.info.run_id, str(report_path))
     client.set_terminated(run.info.run_id, "FINISHED")
-    for n, r in results.items():
-        print(f"evaluate {algo}/{n}: test accuracy {r['accuracy']:.4f}, ece {r['ece']:.4f}, "
-              f"val accuracy {r['val_accuracy']:.4f}{'  <- selected' if n == selected else ''}")
+    print(f"evaluate {algo}: selected {selected}; report {report_path.relative_to(layout.root)}")
     if selected is None:
         raise SystemExit(f"error: no valid {algo} candidate (non-finite metrics); nothing can be registered")
 

@@ -1,6 +1,8 @@
 """Stage ingest: write a dataset's raw files, its fixed split and a checksum manifest.
 
-Reads ``data.<dataset>`` (seed, val_fraction, test_fraction); writes ``data/raw/<dataset>/``.
+Reads ``data.<dataset>``; writes ``data/raw/<dataset>/``. What a dataset is (sklearn's
+digits, generated number translations, a user's corpus) is the business of its module
+in ``components/data``.
 """
 
 from __future__ import annotations
@@ -8,10 +10,8 @@ from __future__ import annotations
 import shutil
 
 from components.config import dataset_config
-from components.data import digits
+from components.data import get_dataset
 from pipelines.layout import load, run_stage, stage_args
-
-INGESTERS = {"digits": digits.ingest}
 
 
 def main() -> None:
@@ -20,7 +20,7 @@ def main() -> None:
     cfg = dataset_config(raw, args.dataset)
     out = layout.raw(args.dataset)
     shutil.rmtree(out, ignore_errors=True)
-    manifest = INGESTERS[args.dataset](cfg, out)
+    manifest = get_dataset(args.dataset).ingest(cfg, out)
     print(f"ingest {args.dataset}: {manifest['num_samples']} samples, split {manifest['split_sizes']} -> {out}")
 
 

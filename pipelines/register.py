@@ -12,10 +12,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
-from mlflow.models import ModelSignature
-from mlflow.types.schema import Schema, TensorSpec
-
 from components import tracking
 from components.config import parse, RegisterConfig, train_config_from_dict
 from components.models import get_family
@@ -23,23 +19,22 @@ from pipelines import lineage
 from pipelines.layout import load, run_stage, stage_args
 
 PIP_REQUIREMENTS = ["torch==2.13.0", "mlflow==3.17.2", "safetensors", "numpy", "pyyaml"]
-PAPERS = {"resnet": "He et al. 2016, Deep Residual Learning for Image Recognition (arXiv:1512.03385)"}
 
 
-def model_card(algo: str, version_meta: dict, test: dict, primary: str, data_version: str) -> str:
+def model_card(family, algo: str, version_meta: dict, test: dict, primary: str, data_version: str) -> str:
     train = version_meta["train"]
     keys = {k: train[k] for k in ("lr", "epochs", "batch_size") if k in train}
+    model = {k: v for k, v in train["model"].items() if k != "tokenizer"}
     return "\n".join([
         f"# {algo}",
-        f"**Algorithm**: {PAPERS.get(algo, algo)}",
+        f"**Algorithm**: {family.PAPER}",
         f"**Candidate**: {version_meta['candidate']} (selected on the val split)",
         f"**Data version**: {data_version}",
         f"**Key params**: {json.dumps(keys)}; optimizer {train['optimizer']['name']}, "
-        f"schedule {train['schedule']['name']}; model {json.dumps(train['model'])}",
+        f"schedule {train['schedule']['name']}; model {json.dumps(model)}",
         "**Test metrics**: " + ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)),
         f"**Primary metric**: {primary}",
-        "**Load**: `mlflow.pyfunc.load_model(\"models:/%s@champion\").predict(images)` with images a "
-        "float32 array (N, 8, 8) of pixel values in [0, 1]; returns class probabilities (N, 10)." % algo,
+        f"**Load**: {family.usage(algo)}",
     ])
 
 
@@ -53,7 +48,7 @@ def main() -> None:
     selected = summary.get("selected")
     if not selected or not summary[selected].get("valid"):
         raise SystemExit(f"error: evaluate selected no valid {algo} candidate; nothing registered")
-    test = {k: v for k, v in summary[selected].items() if k != "valid"}
+    test = {k: v for k, v in summary[selected].items() if k != "valid" and not k.startswith("val_")}
     metric, mode = summary["primary_metric"], summary["mode"]
     value = float(test[metric])
     if not math.isfinite(value):
@@ -62,10 +57,7 @@ def main() -> None:
     weights = layout.model(algo, selected)
     meta = json.loads((weights / "config.json").read_text())
     cfg = train_config_from_dict(algo, meta["train"]).model
-    example = family.example_input(cfg)[:, 0] if cfg.in_channels == 1 else family.example_input(cfg)
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *example.shape[1:]))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, cfg.num_classes))]))
+    example, signature = family.serving_example(cfg), family.signature(cfg)
 
     tracking.configure(layout.root)
     exp = tracking.experiment_id(algo, layout.root)
@@ -85,7 +77,7 @@ def main() -> None:
             artifacts={"weights": str(weights)}, code_paths=[str(Path(__file__).resolve().parents[1] / "components")],
             signature=signature, input_example=example, pip_requirements=PIP_REQUIREMENTS)
     version, alias, previous = tracking.register(
-        info.model_uri, algo, tags=tags, description=model_card(algo, meta, test, f"{metric} ({mode})", meta["data_version"]),
+        info.model_uri, algo, tags=tags, description=model_card(family, algo, meta, test, f"{metric} ({mode})", meta["data_version"]),
         metric=metric, value=value, mode=mode, min_improvement=rcfg.min_improvement)
     result = {"version": int(version.version), "alias": alias, f"test_{metric}": value,
               "previous_champion": int(previous.version) if previous else 0}

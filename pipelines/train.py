@@ -68,10 +68,12 @@ def main() -> None:
     epochs = lineage.read_jsonl(f"{run_dir}/{EPOCHS}")
     plot_dir = layout.plots("train", algo)
     shutil.rmtree(plot_dir, ignore_errors=True)
-    # One table per curve: dvc.yaml's per-stage plots take one y column per file.
-    for col in ("loss", "accuracy", "lr"):
-        lineage.write_csv(plot_dir / f"{col}.csv", [{"step": r["step"], col: r[col]} for r in steps if col in r])
-    lineage.write_csv(plot_dir / "val_accuracy.csv", [{"step": e["step"], "val_accuracy": e["val_accuracy"]} for e in epochs])
+    # One table per curve (step, value): dvc.yaml plots the directory with x = step, y = the last column.
+    for col in ("loss", "accuracy", "lr", "grad_norm"):
+        if steps and col in steps[0]:
+            lineage.write_csv(plot_dir / f"{col}.csv", [{"step": r["step"], col: r[col]} for r in steps if col in r])
+    for col in (k for k in (epochs[0] if epochs else {}) if k.startswith("val_")):
+        lineage.write_csv(plot_dir / f"{col}.csv", [{"step": e["step"], col: e[col]} for e in epochs])
     plots.save(plots.training_curves(steps, epochs, f"{algo}: train"), plot_dir / "curves.png")
     client.log_artifact(run.info.run_id, str(plot_dir / "curves.png"))
 
@@ -79,7 +81,8 @@ def main() -> None:
     final["wall_time_s"] = wall
     lineage.write_json(layout.metrics("train", algo), final)
     client.set_terminated(run.info.run_id, "FINISHED")
-    print(f"train {algo}: val_accuracy {final.get('val_accuracy', float('nan')):.4f} "
+    print(f"train {algo}: val_loss {final.get('val_loss', float('nan')):.4f}, "
+          f"val_accuracy {final.get('val_accuracy', float('nan')):.4f} "
           f"after {final['epoch'] + 1} epochs in {wall:.1f}s -> {out}")
 
 

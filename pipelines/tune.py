@@ -20,15 +20,13 @@ from typing import Any
 
 from components import tracking
 from components.config import to_dict, train_config, tune_config
+from components.models import get_family
 from components.evaluation import plots
 from components.training import checkpoint as ckpt
 from components.training import launch
 from components.training.loop import HISTORY, train_loop_per_worker
 from pipelines import lineage
 from pipelines.layout import load, quiet_third_parties, run_stage, stage_args
-
-SELECT_BY = ("val_accuracy", "val_loss")  # higher accuracy first, then lower loss
-
 
 def trial_config(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """The base ``train`` section with one trial's schedule, peak LR and warm-up."""
@@ -66,6 +64,9 @@ def main() -> None:
     from ray.tune.search import BasicVariantGenerator
 
     cfg, tcfg = train_config(raw, algo), tune_config(raw, algo)
+    family = get_family(algo)
+    metric, mode = family.VAL_METRIC, family.VAL_MODE  # what ASHA compares after every epoch
+    sign = 1.0 if mode == "max" else -1.0
     base = {**to_dict(cfg), "epochs": tcfg.epochs}
     dataset = raw["algorithms"][algo]["dataset"]
     shard_dir = layout.shards(dataset)
@@ -106,7 +107,7 @@ def main() -> None:
                      "lr": tune.loguniform(*tcfg.space.lr),
                      "warmup": tune.choice(tcfg.space.warmup)},
         tune_config=tune.TuneConfig(
-            metric=SELECT_BY[0], mode="max", num_samples=tcfg.samples_per_schedule,
+            metric=metric, mode=mode, num_samples=tcfg.samples_per_schedule,
             scheduler=ASHAScheduler(time_attr="training_iteration", max_t=tcfg.epochs,
                                     grace_period=tcfg.grace_period, reduction_factor=tcfg.reduction_factor),
             search_alg=BasicVariantGenerator(random_state=tcfg.seed),
@@ -129,15 +130,15 @@ def main() -> None:
         m = r.metrics or {}
         trial_id = m.get("trial_id") or Path(r.path).name
         trials.append({"trial_id": trial_id, **r.config, "epochs_run": int(m.get("training_iteration", 0)),
-                       "val_accuracy": m.get("val_accuracy", float("nan")),
                        "val_loss": m.get("val_loss", float("nan")),
                        "status": "error" if r.error else ("early-stopped" if m.get("training_iteration", 0) < tcfg.epochs else "completed"),
-                       "error": str(r.error).splitlines()[0][:200] if r.error else ""})
-    ok = [t for t in trials if not t["error"] and t["val_accuracy"] == t["val_accuracy"]]
+                       "error": str(r.error).splitlines()[0][:200] if r.error else "",
+                       metric: m.get(metric, float("nan"))})  # last column: what dvc plots draws
+    ok = [t for t in trials if not t["error"] and t[metric] == t[metric]]
     if not ok:
         client.set_terminated(parent.info.run_id, "FAILED")
         raise SystemExit(f"error: all {len(trials)} trials of tune.{algo} failed; first error: {trials[0]['error']}")
-    best = max(ok, key=lambda t: (t["val_accuracy"], -t["val_loss"]))
+    best = max(ok, key=lambda t: (sign * t[metric], -t["val_loss"]))
 
     ckpt.export_latest(f"{runs_root}/{best['trial_id']}/checkpoints", layout.model(algo, "tune"), {
         "algo": algo, "candidate": "tune", "data_version": data_version, "mlflow_run_id": parent.info.run_id,
@@ -151,12 +152,12 @@ def main() -> None:
         t["steps"] = lineage.read_jsonl(f"{runs_root}/{t['trial_id']}/{HISTORY}")
     lineage.write_csv(plot_dir / "lr.csv", [{"trial": f"{t['schedule']}-{t['trial_id'][-5:]}", "step": r["step"], "lr": r["lr"]}
                                             for t in trials for r in t["steps"]])
-    plots.save(plots.sweep(trials, "val_accuracy", f"{algo}: tune"), plot_dir / "sweep.png")
+    plots.save(plots.sweep(trials, metric, f"{algo}: tune"), plot_dir / "sweep.png")
     client.log_artifact(parent.info.run_id, str(plot_dir / "sweep.png"))
     client.log_artifact(parent.info.run_id, str(plot_dir / "trials.csv"))
 
     summary = {"best_trial": best["trial_id"], "best_schedule": best["schedule"], "best_lr": best["lr"],
-               "best_warmup": best["warmup"], "best_val_accuracy": best["val_accuracy"],
+               "best_warmup": best["warmup"], f"best_{metric}": best[metric],
                "best_val_loss": best["val_loss"], "trials": len(trials),
                "early_stopped": sum(t["status"] == "early-stopped" for t in trials),
                "failed": sum(t["status"] == "error" for t in trials), "wall_time_s": wall}
@@ -166,7 +167,7 @@ def main() -> None:
         if isinstance(v, (int, float))], tags={"best_trial": best["trial_id"], "best_schedule": best["schedule"]})
     client.set_terminated(parent.info.run_id, "FINISHED")
     print(f"tune {algo}: best {best['schedule']} lr={best['lr']:.3g} warmup={best['warmup']} "
-          f"val_accuracy {best['val_accuracy']:.4f}; {summary['early_stopped']} early-stopped, "
+          f"{metric} {best[metric]:.4f}; {summary['early_stopped']} early-stopped, "
           f"{summary['failed']} failed, {wall:.1f}s")
 
 

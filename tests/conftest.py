@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import yaml
 
-from components.config import DigitsConfig
 from components.data import digits
 from components.data.shards import write_shards
 
@@ -26,9 +25,8 @@ def repo_params() -> dict:
 def digits_shards(tmp_path_factory) -> Path:
     """The real digits dataset, split and sharded as the pipeline does it (small shards)."""
     root = tmp_path_factory.mktemp("digits")
-    digits.ingest(DigitsConfig(samples_per_shard=64), root / "raw")
-    images, labels, split = digits.load_raw(root / "raw")
-    write_shards(root / "shards", {k: (images[i], labels[i]) for k, i in split.items()}, 64, {"dataset": "digits"})
+    manifest = digits.ingest(digits.Config(samples_per_shard=64), root / "raw")
+    digits.preprocess(digits.Config(samples_per_shard=64), root / "raw", root / "shards", manifest)
     return root / "shards"
 
 
@@ -36,6 +34,7 @@ def numbered_shards(directory: Path, n: int, per_shard: int, split: str = "train
     """Shards whose sample i has input filled with i, so a reader's output names its samples."""
     inputs = np.arange(n, dtype=np.float32)[:, None, None, None] * np.ones((1, 1, 2, 2), np.float32)
     targets = np.arange(n) % 10
-    splits = {s: (inputs, targets) for s in ("train", "val", "test")} if split == "all" else {split: (inputs, targets)}
+    columns = {"input.npy": inputs, "target.cls": targets}
+    splits = {s: columns for s in ("train", "val", "test")} if split == "all" else {split: columns}
     write_shards(directory, splits, per_shard, {"dataset": "numbered"})
     return directory

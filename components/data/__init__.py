@@ -1,1 +1,28 @@
-"""Embedded datasets, WebDataset shard writing and rank-aware shard reading."""
+"""The registry of datasets: one explicit dict from a ``data.<name>`` section to its module.
+
+Each module exports ``Config`` (its ``data.<name>`` section), ``ingest(cfg, out_dir) ->
+manifest`` (raw files, a fixed split, checksums) and ``preprocess(cfg, raw_dir, out_dir,
+manifest) -> stats`` (WebDataset shards per split, ``stats.json`` and any assets such as
+a tokenizer, fitted on the train split only).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from components.config import ConfigError
+
+
+def datasets() -> dict[str, ModuleType]:
+    from components.data import digits, translation
+
+    return {"digits": digits, "translation": translation}
+
+
+def get_dataset(name: str, path: str = "dataset") -> ModuleType:
+    """The dataset module registered as ``name``; an unknown name lists the valid ones."""
+    registry = datasets()
+    try:
+        return registry[name]
+    except KeyError:
+        raise ConfigError(f"{path}: unknown dataset {name!r}; valid: {sorted(registry)}") from None

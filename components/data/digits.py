@@ -6,16 +6,27 @@ same indices on every machine, and no stage downstream of ingest ever re-splits.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from components.config import DigitsConfig
+from components.config import bounds
 from components.data.manifest import write_manifest
+from components.data.shards import write_shards
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 8
 PIXEL_MAX = 16.0  # raw values are counts 0..16 of a 4x4 block
+
+
+@dataclass
+class Config:
+    """``data.digits``: scikit-learn's 8x8 digits, split once by a seed."""
+    seed: int = 0
+    val_fraction: float = field(default=0.15, metadata=bounds(gt=0, lt=0.5))
+    test_fraction: float = field(default=0.15, metadata=bounds(gt=0, lt=0.5))
+    samples_per_shard: int = field(default=128, metadata=bounds(ge=1))
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float,
@@ -33,7 +44,7 @@ def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: flo
     return {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
 
 
-def ingest(cfg: DigitsConfig, out_dir: Path) -> dict:
+def ingest(cfg: Config, out_dir: Path) -> dict:
     """Write the images, labels and split indices to ``out_dir`` with a checksum manifest."""
     from sklearn.datasets import load_digits
 
@@ -59,3 +70,18 @@ def load_raw(raw_dir: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarra
     with np.load(raw_dir / "split.npz") as f:
         split = {k: f[k] for k in ("train", "val", "test")}
     return images, labels, split
+
+
+def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, manifest: dict) -> dict:
+    """Shards of ``input.npy`` (1, 8, 8) float32 + ``target.cls`` per split, with class counts."""
+    images, labels, split = load_raw(raw_dir)
+    columns = {k: {"input.npy": images[idx], "target.cls": labels[idx]} for k, idx in split.items()}
+    split_meta = {}
+    for k, idx in split.items():
+        classes, counts = np.unique(labels[idx], return_counts=True)
+        split_meta[k] = {"class_counts": {str(int(c)): int(n) for c, n in zip(classes, counts)},
+                         "input_mean": float(images[idx].mean()), "input_std": float(images[idx].std()),
+                         "input_shape": list(images.shape[1:])}
+    return write_shards(out_dir, columns, cfg.samples_per_shard, split_meta=split_meta, meta={
+        "dataset": "digits", "num_classes": manifest["num_classes"], "input_shape": list(images.shape[1:]),
+        "raw_manifest_sha256": {k: v["sha256"] for k, v in manifest["files"].items()}})

@@ -1,8 +1,16 @@
 """WebDataset shards: writing them, and reading them split by Ray rank and loader worker.
 
 A shard directory holds ``{split}-NNNNNN.tar`` files and ``stats.json`` (sample counts,
-sha256 and bytes per shard, class counts, pixel statistics). Each sample is a tar group
-``<key>.input.npy`` + ``<key>.target.cls``.
+sha256 and bytes per shard, the sample fields, and whatever the dataset adds: class
+counts, pixel statistics, the name of a tokenizer file). A sample is a tar group of
+fields named by extension, as WebDataset does: ``<key>.input.npy`` + ``<key>.target.cls``
+for images, ``<key>.src.npy`` + ``<key>.tgt.npy`` + ``<key>.src.txt`` ... for text.
+``.npy`` decodes to a tensor, ``.cls`` to an int, ``.txt`` to a str. Training reads the
+fields listed in ``stats.json["fields"]``; evaluation may ask for others (e.g. raw text).
+
+Batches are tuples in field order: equal-shaped tensors are stacked, 1-D tensors of
+different lengths are padded with 0 at the end (token id 0 is padding), ints become a
+long tensor and strings a list.
 
 Reading an epoch: the split's shard list is shuffled with ``(seed, epoch)`` (the same
 order on every rank), dealt to ranks round-robin, then to the rank's DataLoader workers
@@ -18,13 +26,16 @@ keeps them equal without dropping or repeating a sample.
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import io
 import json
 import math
 import random
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,43 +49,64 @@ SPLITS = ("train", "val", "test")
 CACHE_LIMIT_BYTES = 512 << 20  # decode once and keep in memory below this size per split
 
 
-def shard_name(split: str, i: int) -> str:
-    return f"{split}-{i:06d}.tar"
+def shard_name(split: str, i: int, compress: bool = False) -> str:
+    return f"{split}-{i:06d}.tar" + (".gz" if compress else "")
 
 
-def write_split(out_dir: Path, split: str, inputs: np.ndarray, targets: np.ndarray,
-                samples_per_shard: int) -> list[dict]:
-    """Write one split as near-equal shards (sizes differ by at most one sample)."""
-    n = len(targets)
+def write_split(out_dir: Path, split: str, columns: dict[str, Sequence], samples_per_shard: int,
+                compress: bool = False) -> list[dict]:
+    """Write one split as near-equal shards (sizes differ by at most one sample).
+
+    ``columns`` maps a field name (``input.npy``, ``target.cls``, ``src.txt``...) to one
+    value per sample, all of the same length. ``compress`` gzips each shard (``.tar.gz``):
+    worth it for many small members (a sentence pair is ~60 bytes of data in 2 KB of tar
+    headers and padding); readers detect it by itself.
+    """
+    lengths = {k: len(v) for k, v in columns.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"split {split!r}: fields have different lengths {lengths}")
+    n = next(iter(lengths.values()))
     n_shards = max(1, math.ceil(n / samples_per_shard))
     bounds = np.linspace(0, n, n_shards + 1).round().astype(int)
     entries = []
     for i in range(n_shards):
-        path = out_dir / shard_name(split, i)
-        with open(path, "wb") as f, wds.TarWriter(f, mtime=0.0) as sink:  # mtime=0: byte-identical reruns
+        path = out_dir / shard_name(split, i, compress)
+        # mtime=0 in tar and gzip headers: byte-identical reruns.
+        with open(path, "wb") as raw, (gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if compress
+                                       else contextlib.nullcontext(raw)) as f, wds.TarWriter(f, mtime=0.0) as sink:
             for j in range(bounds[i], bounds[i + 1]):
-                sink.write({"__key__": f"{split}{j:07d}", "input.npy": inputs[j], "target.cls": int(targets[j])})
+                sink.write({"__key__": f"{split}{j:07d}", **{k: _encode(k, v[j]) for k, v in columns.items()}})
         entries.append({"file": path.name, "samples": int(bounds[i + 1] - bounds[i]),
                         "bytes": path.stat().st_size, "sha256": sha256(path)})
     return entries
 
 
-def write_shards(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]],
-                 samples_per_shard: int, meta: dict) -> dict:
-    """Write every split and ``stats.json``; returns the stats."""
+def _encode(field: str, value: Any) -> Any:
+    if field.endswith(".cls"):
+        return int(value)
+    return value  # .npy arrays and .txt strings: webdataset's writer encodes them by extension
+
+
+def write_shards(out_dir: Path, splits: dict[str, dict[str, Sequence]], samples_per_shard: int, meta: dict,
+                 fields: Sequence[str] | None = None, split_meta: dict[str, dict] | None = None,
+                 compress: bool = False) -> dict:
+    """Write every split and ``stats.json``; returns the stats.
+
+    Args:
+        splits: split name -> field name -> one value per sample.
+        meta: dataset-wide entries of ``stats.json``.
+        fields: the fields training reads, in batch order (default: every field, in order).
+        split_meta: extra per-split entries (class counts, statistics).
+        compress: gzip every shard (``.tar.gz``).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    stats: dict = {**meta, "splits": {}}
-    for split, (inputs, targets) in splits.items():
-        shards = write_split(out_dir, split, inputs, targets, samples_per_shard)
-        classes, counts = np.unique(targets, return_counts=True)
-        stats["splits"][split] = {
-            "samples": int(len(targets)),
-            "shards": shards,
-            "class_counts": {str(int(c)): int(k) for c, k in zip(classes, counts)},
-            "input_mean": float(inputs.mean()), "input_std": float(inputs.std()),
-            "input_shape": list(inputs.shape[1:]),
-        }
-    (out_dir / STATS).write_text(json.dumps(stats, indent=2) + "\n")
+    first = next(iter(splits.values()))
+    stats: dict = {**meta, "fields": list(fields or first), "splits": {}}
+    for split, columns in splits.items():
+        shards = write_split(out_dir, split, columns, samples_per_shard, compress)
+        stats["splits"][split] = {"samples": sum(s["samples"] for s in shards), "shards": shards,
+                                  **(split_meta or {}).get(split, {})}
+    (out_dir / STATS).write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
     return stats
 
 
@@ -85,12 +117,20 @@ def read_stats(shard_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _decode(sample: dict) -> tuple[torch.Tensor, int]:
-    return torch.from_numpy(np.load(io.BytesIO(sample["input.npy"]), allow_pickle=False)), int(sample["target.cls"])
+def _decode_field(name: str, raw: bytes) -> Any:
+    if name.endswith(".npy"):
+        return torch.from_numpy(np.load(io.BytesIO(raw), allow_pickle=False))
+    if name.endswith(".cls"):
+        return int(raw)
+    if name.endswith(".txt"):
+        return raw.decode("utf-8")
+    raise KeyError(f"field {name!r} has no decoder (use .npy, .cls or .txt)")
 
 
-def read_shard(path: Path, expected: dict | None = None) -> list[tuple[torch.Tensor, int]]:
-    """All samples of one shard; a missing, truncated or corrupt file raises DataError naming it."""
+def read_shard(path: Path, expected: dict | None = None,
+               fields: Sequence[str] = ("input.npy", "target.cls")) -> list[tuple]:
+    """All samples of one shard as tuples of ``fields``; a missing, truncated or corrupt file
+    raises DataError naming it."""
     fix = "re-create it with `dvc repro --force preprocess` (or `dvc checkout` if it is DVC-tracked)"
     if not path.exists():
         raise DataError(f"{path}: shard not found; {fix}")
@@ -99,8 +139,8 @@ def read_shard(path: Path, expected: dict | None = None) -> list[tuple[torch.Ten
     try:
         with open(path, "rb") as stream:
             files = ({**f, "__url__": str(path)} for f in wds.tariterators.tar_file_iterator(stream))
-            samples = [_decode(s) for s in wds.tariterators.group_by_keys(files)]
-    except (tarfile.TarError, EOFError, OSError, KeyError, ValueError) as exc:
+            samples = [tuple(_decode_field(k, s[k]) for k in fields) for s in wds.tariterators.group_by_keys(files)]
+    except (tarfile.TarError, EOFError, OSError, KeyError, ValueError, gzip.BadGzipFile) as exc:
         raise DataError(f"{path}: cannot read shard ({type(exc).__name__}: {exc}); {fix}") from None
     if expected is not None and len(samples) != expected["samples"]:
         raise DataError(f"{path}: holds {len(samples)} samples, stats.json says {expected['samples']}; {fix}")
@@ -108,7 +148,7 @@ def read_shard(path: Path, expected: dict | None = None) -> list[tuple[torch.Ten
 
 
 class ShardDataset(IterableDataset):
-    """One split of a shard directory as an iterable of ``(input, target)``.
+    """One split of a shard directory as an iterable of samples (tuples of fields).
 
     Args:
         shard_dir: directory with the shards and ``stats.json``.
@@ -116,12 +156,14 @@ class ShardDataset(IterableDataset):
         rank, world_size: this Ray Train worker's place in the group (shards are dealt by rank).
         shuffle: reshuffle shard order and samples every epoch (call :meth:`set_epoch`).
         seed: base seed of all shuffles.
-        batch_size: yield ``(inputs (B, ...), targets (B,))`` batches, equally many on every rank;
+        batch_size: yield collated batches (see :func:`collate`), equally many on every rank;
             ``None`` yields single samples. Use with ``DataLoader(ds, batch_size=None)``.
+        fields: the fields of a sample, in order; default ``stats.json["fields"]``.
     """
 
     def __init__(self, shard_dir: str | Path, split: str, *, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = False, seed: int = 0, batch_size: int | None = None):
+                 shuffle: bool = False, seed: int = 0, batch_size: int | None = None,
+                 fields: Sequence[str] | None = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if not 0 <= rank < world_size:
@@ -134,6 +176,7 @@ class ShardDataset(IterableDataset):
         if split not in stats["splits"]:
             raise DataError(f"{self.shard_dir / STATS}: has no split {split!r}; re-run preprocess")
         self.shards: list[dict] = stats["splits"][split]["shards"]
+        self.fields = tuple(fields or stats.get("fields") or ("input.npy", "target.cls"))
         if len(self.shards) < world_size:
             raise DataError(f"{self.shard_dir / STATS}: split {split!r} has {len(self.shards)} shards, fewer than "
                             f"{world_size} workers; lower samples_per_shard in params.yaml data section")
@@ -180,13 +223,13 @@ class ShardDataset(IterableDataset):
             return self._cache[entry["file"]]
         # Verify a checksum once per process; later epochs re-read but skip hashing.
         expected = entry if entry["file"] not in self._verified else None
-        samples = read_shard(self.shard_dir / entry["file"], expected)
+        samples = read_shard(self.shard_dir / entry["file"], expected, self.fields)
         self._verified.add(entry["file"])
         if self._cache_ok:
             self._cache[entry["file"]] = samples
         return samples
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
+    def __iter__(self) -> Iterator[tuple]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
         samples = [s for entry in self.shards_for(worker, num_workers) for s in self._load(entry)]
@@ -199,6 +242,24 @@ class ShardDataset(IterableDataset):
         return (collate(samples[a:b]) for a, b in zip(edges[:-1], edges[1:]))
 
 
-def collate(samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    inputs, targets = zip(*samples)
-    return torch.stack(inputs), torch.tensor(targets, dtype=torch.long)
+def collate(samples: list[tuple]) -> tuple:
+    """Batch samples field by field: stack tensors (padding 1-D ones of unequal length with 0),
+    ints to a long tensor, strings to a list."""
+    return tuple(_collate_field(list(values)) for values in zip(*samples))
+
+
+def _collate_field(values: list) -> Any:
+    first = values[0]
+    if isinstance(first, torch.Tensor):
+        if all(v.shape == first.shape for v in values):
+            return torch.stack(values)
+        if first.dim() != 1:
+            raise DataError(f"cannot batch tensors of shapes {sorted({tuple(v.shape) for v in values})}; "
+                            f"only 1-D sequences are padded")
+        out = torch.zeros(len(values), max(len(v) for v in values), dtype=first.dtype)
+        for i, v in enumerate(values):
+            out[i, :len(v)] = v
+        return out
+    if isinstance(first, int):
+        return torch.tensor(values, dtype=torch.long)
+    return values

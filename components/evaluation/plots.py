@@ -85,6 +85,27 @@ def confusion(matrix: np.ndarray, title: str) -> Figure:
     return fig
 
 
+def bars(groups: Sequence, series: dict[str, Sequence[float]], counts: Sequence[int], title: str,
+         xlabel: str, ylabel: str) -> Figure:
+    """Grouped bars (one colour per series) with the sample count of each group written above it."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(groups) + 2), 3.6))
+    x = np.arange(len(groups))
+    width = 0.8 / max(len(series), 1)
+    for i, (name, ys) in enumerate(series.items()):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, ys, width, label=name)
+    for xi, n in zip(x, counts):
+        ax.text(xi, 1.01, str(n), ha="center", va="bottom", fontsize=6, color="grey")
+    ax.set_xticks(x, [str(g) for g in groups])
+    ax.set_ylim(0, 1.08)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: Figure, path) -> None:
     from pathlib import Path
 

@@ -1,8 +1,15 @@
 """The registry of algorithm families: one explicit dict from name to module.
 
-Each module exports the same contract: ``Config`` (its ``train.<name>.model`` section),
-``build(cfg)``, ``training_step``, ``eval_step``, ``example_input``, ``predict``, and
-``PRIMARY_METRIC`` / ``PRIMARY_MODE`` (the metric ``register`` compares and its direction).
+Each module exports the same contract:
+
+- ``Config`` (its ``train.<name>.model`` section) and ``bind(cfg, stats, data_dir)``, which
+  fills or checks data-derived fields (a tokenizer, the class count) before ``build(cfg)``;
+- ``training_step`` and ``eval_step`` for the shared training loop;
+- ``evaluate(model, cfg, shard_dir, split) -> dict`` and ``report(result, title, plot_dir, name)
+  -> markdown`` for the evaluate stage, which selects a candidate on val by ``SELECT_BY``;
+- ``predict``, ``signature``, ``serving_example``, ``usage`` and ``PAPER`` for the registry;
+- ``PRIMARY_METRIC`` / ``PRIMARY_MODE``: the test metric ``register`` compares, and its direction;
+- ``VAL_METRIC`` / ``VAL_MODE``: the per-epoch metric tune's early stopping compares.
 """
 
 from __future__ import annotations
@@ -10,10 +17,11 @@ from __future__ import annotations
 from types import ModuleType
 
 from components.config import ConfigError
-from components.models import resnet
+from components.models import resnet, transformer
 
 FAMILIES: dict[str, ModuleType] = {
     "resnet": resnet,
+    "transformer": transformer,
 }
 
 

@@ -25,8 +25,11 @@ from torch import nn
 
 from components.config import ConfigError, bounds
 
-PRIMARY_METRIC = "accuracy"
+PAPER = "He et al. 2016, Deep Residual Learning for Image Recognition (arXiv:1512.03385)"
+PRIMARY_METRIC = "accuracy"  # test top-1; register compares it
 PRIMARY_MODE = "max"
+SELECT_BY = (("accuracy", "max"), ("nll", "min"))  # evaluate picks a candidate on val by these
+VAL_METRIC, VAL_MODE = "val_accuracy", "max"  # per-epoch metric tune's ASHA compares
 
 IMAGENET_LAYOUTS = {
     18: ("basic", [2, 2, 2, 2]),
@@ -229,6 +232,18 @@ def build(cfg: Config) -> nn.Module:
     return ResNet(cfg)
 
 
+def bind(cfg: Config, stats: dict, data_dir) -> Config:
+    """Check the model's input and class count against the shards (nothing to fill in)."""
+    classes, shape = stats.get("num_classes"), stats.get("input_shape")
+    if classes is not None and classes != cfg.num_classes:
+        raise ConfigError(f"num_classes: the data has {classes} classes, the model {cfg.num_classes}; "
+                          f"set train.resnet.model.num_classes: {classes}")
+    if shape is not None and list(shape) != [cfg.in_channels, cfg.image_size, cfg.image_size]:
+        raise ConfigError(f"in_channels/image_size: the data's images are {tuple(shape)}, the model expects "
+                          f"{(cfg.in_channels, cfg.image_size, cfg.image_size)}")
+    return cfg
+
+
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Translate each image by up to ``max_shift`` pixels (zero padding), independently per image."""
     if max_shift == 0:
@@ -289,3 +304,48 @@ def predict(model: nn.Module, batch: np.ndarray, cfg: Config) -> np.ndarray:
     """Class probabilities (N, num_classes) for a numpy batch of images."""
     model.eval()
     return torch.softmax(model(prepare_input(batch, cfg)), dim=1).numpy()
+
+
+# ---------------------------------------------------------------------------- evaluate / register
+
+def evaluate(model: nn.Module, cfg: Config, shard_dir, split: str) -> dict:
+    """Top-1, per-class accuracy, NLL, ECE and the confusion matrix on a split."""
+    from components.data.shards import ShardDataset
+    from components.evaluation.classification import classification_report
+
+    probs, labels = [], []
+    for x, y in ShardDataset(shard_dir, split, batch_size=512):
+        probs.append(predict(model, x.numpy(), cfg))
+        labels.append(y.numpy())
+    return classification_report(np.concatenate(probs), np.concatenate(labels))
+
+
+def report(result: dict, title: str, plot_dir, name: str) -> str:
+    """The confusion matrix as an image in ``plot_dir``; per-class accuracy as markdown."""
+    from components.evaluation import plots
+
+    plots.save(plots.confusion(np.array(result["confusion_matrix"]), f"{title}: test accuracy "
+                               f"{result['accuracy']:.4f}"), plot_dir / f"confusion_{name}.png")
+    rows = "\n".join(f"| {c} | {a:.4f} |" for c, a in result["per_class_accuracy"].items())
+    return (f"## {title}\n\naccuracy {result['accuracy']:.4f}, NLL {result['nll']:.4f}, ECE {result['ece']:.4f}\n\n"
+            f"| class | accuracy |\n|---|---|\n{rows}\n\nConfusion matrix: `{plot_dir.name}/confusion_{name}.png`\n")
+
+
+def signature(cfg: Config):
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    shape = (-1, cfg.image_size, cfg.image_size) if cfg.in_channels == 1 else \
+        (-1, cfg.in_channels, cfg.image_size, cfg.image_size)
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), shape)]),
+                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, cfg.num_classes))]))
+
+
+def serving_example(cfg: Config) -> np.ndarray:
+    x = example_input(cfg)
+    return x[:, 0] if cfg.in_channels == 1 else x
+
+
+def usage(name: str) -> str:
+    return (f'`mlflow.pyfunc.load_model("models:/{name}@champion").predict(images)` with images a float32 array '
+            f'(N, 8, 8) of pixel values in [0, 1]; returns class probabilities (N, 10).')

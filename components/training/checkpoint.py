@@ -68,7 +68,9 @@ def export(directory: Path, model_state: dict[str, torch.Tensor], meta: dict[str
     """Write deployable weights (safetensors) and their config to ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model_state.items()}, directory / WEIGHTS)
+    # Tied weights (a Transformer's shared embeddings) are one tensor under several names;
+    # safetensors stores no aliases, so each name gets its own copy and loading re-ties them.
+    save_file({k: v.detach().clone().contiguous() for k, v in model_state.items()}, directory / WEIGHTS)
     (directory / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return directory
 

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from components.config import to_dict, train_config_from_dict
-from components.data.shards import ShardDataset
+from components.data.shards import ShardDataset, read_stats
 from components.models import get_family
 from components.training import checkpoint as ckpt
 from components.training import optim, schedules
@@ -121,6 +121,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     if ctx.world_size > 1 or config.get("single_thread"):
         torch.set_num_threads(1)  # workers sharing a machine's cores; the driver sets nothing
 
+    # Data-derived model fields (a tokenizer's vocabulary, the class count) are bound here and
+    # saved in every checkpoint's config, so an exported model rebuilds without the data.
+    cfg.model = family.bind(cfg.model, read_stats(config["data_dir"]), config["data_dir"])
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = family.build(cfg.model).to(ctx.device)
     optimizer = optim.build(model, cfg.optimizer, cfg.lr)
@@ -185,8 +188,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
                          if cfg.grad_clip > 0 else None)
             optimizer.step()
             step += 1
-            n = int(out["count"])
-            seen += n
+            n = int(out["count"])  # what the loss averages over: samples, or tokens
+            seen += len(batch[0])
             sums["loss"] += loss.item() * n
             sums["correct"] += float(out.get("correct", 0))
             sums["count"] += n

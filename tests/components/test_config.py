@@ -45,7 +45,7 @@ def test_bad_values_fail_with_the_full_key_path(repo_params, path, value, messag
 
 def test_unknown_algorithm_lists_the_valid_ones(repo_params):
     raw = _with(repo_params, "algorithms", {"resnett": {"dataset": "digits"}})
-    with pytest.raises(ConfigError, match=r"algorithms.resnett: unknown algorithm 'resnett'; valid: \['resnet'\]"):
+    with pytest.raises(ConfigError, match=r"algorithms.resnett: unknown algorithm 'resnett'; valid: \['resnet', 'transformer'\]"):
         load_all(raw)
 
 

@@ -30,6 +30,13 @@ def tiny_params() -> dict:
     t["model"]["depth"] = 8
     params["tune"]["resnet"].update(samples_per_schedule=1, epochs=2, grace_period=1)
     params["tune"]["resnet"]["space"]["schedule"] = ["cosine", "onecycle"]
+    params["data"]["translation"].update(num_train=800, num_val=100, num_test=100, vocab_size=120,
+                                         samples_per_shard=400)
+    t = params["train"]["transformer"]
+    t.update(epochs=4, batch_size=32, lr=3e-3)
+    t["model"].update(d_model=32, d_ff=64, heads=2, encoder_layers=1, decoder_layers=1, beam_size=2)
+    params["tune"]["transformer"].update(samples_per_schedule=1, epochs=1, grace_period=1)
+    params["tune"]["transformer"]["space"]["schedule"] = ["inverse_sqrt", "cosine"]
     return params
 
 
@@ -82,6 +89,51 @@ def test_repro_runs_all_six_stages_and_writes_metrics(project):
     assert "plots/train/resnet/lr.csv" in plots.stdout and "plots/tune/resnet/trials.csv" in plots.stdout
     for png in ("plots/train/resnet/curves.png", "plots/tune/resnet/sweep.png", "plots/eval/resnet/confusion_train.png"):
         assert (root / png).stat().st_size > 5000
+
+
+def test_repro_runs_the_transformer_through_the_same_stages(project):
+    root, env, first = project
+    for stage in ("ingest@translation", "preprocess@translation", "train@transformer", "tune@transformer",
+                  "evaluate@transformer", "register@transformer"):
+        assert f"Running stage '{stage}'" in first.stdout
+    ev = json.loads((root / "metrics/eval/transformer.json").read_text())
+    assert ev["primary_metric"] == "exact_match" and ev["selected"] in ("train", "tune")
+    chosen = ev[ev["selected"]]
+    for key in ("exact_match", "bleu", "chrf", "greedy_exact_match", "greedy_bleu", "greedy_chrf"):
+        assert 0.0 <= chosen[key] <= 100.0
+    assert chosen["chrf"] > 15  # well above an untrained model's (~5): four tiny epochs learn the pieces
+    assert chosen["num_samples"] == 100
+    report = (root / "reports/transformer/evaluate.md").read_text()
+    assert "Worst translations" in report and "| source | reference | hypothesis |" in report
+    assert (root / "plots/eval/transformer/exact_match_by_length_train.png").stat().st_size > 5000
+    assert (root / "data/shards/translation/tokenizer.json").exists()
+    test_sources = {line.split("\t")[0] for line in (root / "data/raw/translation/test.tsv").read_text().splitlines()}
+    train_sources = {line.split("\t")[0] for line in (root / "data/raw/translation/train.tsv").read_text().splitlines()}
+    assert len(test_sources) == 100 and not test_sources & train_sources
+
+
+def test_transformer_champion_translates_raw_strings_in_a_fresh_process(project):
+    root, env, _ = project
+    script = textwrap.dedent(f"""
+        import json, mlflow
+        mlflow.set_tracking_uri("sqlite:///{root / 'mlflow.db'}")
+        model = mlflow.pyfunc.load_model("models:/transformer@champion")
+        src = ["three hundred and forty-two", "seventeen", "nine million and one"]
+        out = {{"beam": model.predict(src), "greedy": model.predict(src, params={{"beam_size": 1}})}}
+        try:
+            model.predict([1, 2])
+        except Exception as exc:
+            out["error"] = str(exc)
+        print(json.dumps(out))
+    """)
+    proc = run([sys.executable, "-c", script], Path("/"), {**env, "PYTHONPATH": ""})
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name in ("beam", "greedy"):
+        assert len(out[name]) == 3 and all(isinstance(t, str) for t in out[name])
+    assert out.get("error")
+    client = mlflow_client(root)
+    version = client.get_model_version_by_alias("transformer", "champion")
+    assert "Vaswani" in version.description and "test_exact_match" in version.tags
 
 
 def test_second_repro_does_nothing(project):

@@ -7,7 +7,6 @@ import torch
 from components.data.manifest import DataError, verify_manifest
 from components.data.shards import ShardDataset, read_stats
 from components.data import digits
-from components.config import DigitsConfig
 from tests.conftest import numbered_shards
 
 
@@ -81,8 +80,8 @@ def test_shards_are_byte_identical_when_rewritten(tmp_path):
 
 
 def test_digits_split_is_fixed_stratified_and_disjoint(tmp_path):
-    m1 = digits.ingest(DigitsConfig(), tmp_path / "a")
-    m2 = digits.ingest(DigitsConfig(), tmp_path / "b")
+    m1 = digits.ingest(digits.Config(), tmp_path / "a")
+    m2 = digits.ingest(digits.Config(), tmp_path / "b")
     assert m1["files"]["split.npz"]["sha256"] == m2["files"]["split.npz"]["sha256"]
     images, labels, split = digits.load_raw(tmp_path / "a")
     assert images.shape == (1797, 1, 8, 8) and 0 <= images.min() and images.max() <= 1

@@ -1,0 +1,469 @@
+"""The encoder-decoder Transformer of Vaswani et al. 2017 ("Attention Is All You Need").
+
+Paper facts this module follows:
+
+- token embeddings are multiplied by sqrt(d_model) and added to sinusoidal position
+  encodings PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(...)
+  (Section 3.5); learned position embeddings are the option the paper compared;
+- attention is softmax(QK^T / sqrt(d_k)) V over ``heads`` heads of d_k = d_model / heads
+  (Section 3.2), computed here by torch's fused ``scaled_dot_product_attention``;
+- each sub-layer is wrapped as LayerNorm(x + Dropout(Sublayer(x))) (post-norm, Section 5.4);
+  ``norm: pre`` gives x + Dropout(Sublayer(LayerNorm(x))) with a final LayerNorm per stack,
+  which trains without a warm-up more easily;
+- the decoder's self-attention is causal; its second attention reads the encoder output;
+- the decoder's input embedding and the pre-softmax projection share one matrix (Section 3.4);
+  with a joint source/target vocabulary the encoder's embedding is shared too;
+- label smoothing 0.1 and Adam(0.9, 0.98, 1e-9) with lr = d_model^-0.5 * min(s^-0.5, s * w^-1.5)
+  are the training recipe (Section 5.3-5.4), set in params.yaml.
+
+Masks: source padding is masked in encoder self-attention and in cross-attention. Target
+padding needs no mask: padding only ever follows the real tokens, and the causal mask
+already keeps every real position from seeing anything after it.
+
+Decoding (greedy and beam search with the GNMT length penalty ((5 + |Y|) / 6)^alpha) runs
+incrementally: each decoder layer caches its self-attention keys/values and the
+cross-attention keys/values of the encoder output, so step t costs O(t), not O(t^2).
+
+Batches are ``(src, tgt)`` int tensors of token ids padded with 0; ``tgt`` holds neither
+``<bos>`` nor ``<eos>``: :func:`training_step` adds them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from components.config import ConfigError, bounds
+from components.data.tokenizer import BOS, EOS, PAD, Tokenizer
+
+PAPER = "Vaswani et al. 2017, Attention Is All You Need (arXiv:1706.03762)"
+PRIMARY_METRIC = "exact_match"  # test exact match of beam-search translations; register compares it
+PRIMARY_MODE = "max"
+SELECT_BY = (("exact_match", "max"), ("chrf", "max"))  # evaluate picks a candidate on val by these
+VAL_METRIC, VAL_MODE = "val_accuracy", "max"  # per-epoch metric tune's ASHA compares (token accuracy)
+
+
+@dataclass
+class Config:
+    """``train.transformer.model``. ``vocab_size`` and ``tokenizer`` come from the data."""
+    d_model: int = field(default=128, metadata=bounds(ge=8))
+    heads: int = field(default=4, metadata=bounds(ge=1))
+    encoder_layers: int = field(default=2, metadata=bounds(ge=1))
+    decoder_layers: int = field(default=2, metadata=bounds(ge=1))
+    d_ff: int = field(default=512, metadata=bounds(ge=1))
+    dropout: float = field(default=0.1, metadata=bounds(ge=0, lt=1))
+    norm: Literal["post", "pre"] = "post"
+    positional: Literal["sinusoidal", "learned"] = "sinusoidal"
+    share_embeddings: bool = True  # encoder and decoder embeddings (needs the joint vocabulary)
+    tie_output: bool = True  # decoder embedding == output projection
+    max_len: int = field(default=64, metadata=bounds(ge=2))  # longest source or target (tokens)
+    beam_size: int = field(default=4, metadata=bounds(ge=1))
+    length_penalty: float = field(default=0.6, metadata=bounds(ge=0))
+    vocab_size: int = field(default=0, metadata=bounds(ge=0))  # 0: from the data's tokenizer
+    tokenizer: dict[str, Any] = field(default_factory=dict)  # filled from the data at train time; leave unset
+
+    def validate(self) -> None:
+        if self.d_model % self.heads:
+            raise ConfigError(f"heads: d_model ({self.d_model}) must be divisible by heads ({self.heads})")
+        if self.positional == "sinusoidal" and self.d_model % 2:
+            raise ConfigError(f"d_model: sinusoidal position encoding needs an even d_model, got {self.d_model}")
+
+
+def bind(cfg: Config, stats: dict, data_dir) -> Config:
+    """Fill the data-derived fields (tokenizer, vocab size) from the shard directory."""
+    from pathlib import Path
+
+    assets = stats.get("assets", {})
+    if "tokenizer" not in assets:
+        raise ConfigError(f"{data_dir}: the shards have no tokenizer; the transformer needs a translation "
+                          f"dataset (algorithms.transformer.dataset)")
+    tok = Tokenizer.load(Path(data_dir) / assets["tokenizer"])
+    if stats.get("max_len", 0) + 1 > cfg.max_len:  # +1 for <bos>/<eos>
+        raise ConfigError(f"max_len: the data has sequences of {stats['max_len']} tokens; "
+                          f"set train.transformer.model.max_len >= {stats['max_len'] + 1}")
+    return replace(cfg, vocab_size=len(tok), tokenizer=tok.to_dict())
+
+
+# ---------------------------------------------------------------------------- layers
+
+def sinusoidal_table(length: int, d_model: int) -> torch.Tensor:
+    """PE (length, d_model): sin on even channels, cos on odd, wavelengths 2pi..10000*2pi."""
+    pos = torch.arange(length, dtype=torch.float64)[:, None]
+    freq = torch.exp(-math.log(10000.0) * torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
+    table = torch.zeros(length, d_model, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)
+    return table.float()
+
+
+class Attention(nn.Module):
+    """Multi-head attention through ``F.scaled_dot_product_attention``.
+
+    ``mask`` is boolean, broadcastable to (B, heads, Lq, Lk), True where attending is allowed.
+    ``cache`` (a dict) makes it incremental: self-attention appends this step's keys and
+    values; cross-attention (``static=True``) computes the memory's keys/values once.
+    """
+
+    def __init__(self, d_model: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.d_k, self.dropout = heads, d_model // heads, dropout
+        self.q = nn.Linear(d_model, d_model)
+        self.kv = nn.Linear(d_model, 2 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B, H, L, d_k)
+        return x.unflatten(-1, (self.heads, self.d_k)).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None = None,
+                causal: bool = False, cache: dict | None = None, static: bool = False) -> torch.Tensor:
+        q = self._split(self.q(x))
+        if cache is not None and static and "k" in cache:
+            k, v = cache["k"], cache["v"]
+        else:
+            k, v = (self._split(t) for t in self.kv(memory).chunk(2, dim=-1))
+            if cache is not None:
+                if not static and "k" in cache:
+                    k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
+                cache["k"], cache["v"] = k, v
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+            is_causal=causal and cache is None)  # a cached step attends to all of its past
+        return self.out(out.transpose(1, 2).flatten(2))
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, d_model: int, d_ff: int, dropout: float):
+        super().__init__(nn.Linear(d_model, d_ff), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model))
+
+
+class Residual(nn.Module):
+    """Post-norm LN(x + drop(f(x))) or pre-norm x + drop(f(LN(x)))."""
+
+    def __init__(self, d_model: int, dropout: float, pre: bool):
+        super().__init__()
+        self.norm, self.drop, self.pre = nn.LayerNorm(d_model), nn.Dropout(dropout), pre
+
+    def forward(self, x: torch.Tensor, f) -> torch.Tensor:
+        if self.pre:
+            return x + self.drop(f(self.norm(x)))
+        return self.norm(x + self.drop(f(x)))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        pre = cfg.norm == "pre"
+        self.attn = Attention(cfg.d_model, cfg.heads, cfg.dropout)
+        self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
+        self.res1, self.res2 = Residual(cfg.d_model, cfg.dropout, pre), Residual(cfg.d_model, cfg.dropout, pre)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.res1(x, lambda h: self.attn(h, h, mask))
+        return self.res2(x, self.ff)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        pre = cfg.norm == "pre"
+        self.self_attn = Attention(cfg.d_model, cfg.heads, cfg.dropout)
+        self.cross_attn = Attention(cfg.d_model, cfg.heads, cfg.dropout)
+        self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
+        self.res = nn.ModuleList(Residual(cfg.d_model, cfg.dropout, pre) for _ in range(3))
+
+    def forward(self, y: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
+                cache: dict | None = None) -> torch.Tensor:
+        self_cache = cross_cache = None
+        if cache is not None:
+            self_cache, cross_cache = cache.setdefault("self", {}), cache.setdefault("cross", {})
+        y = self.res[0](y, lambda h: self.self_attn(h, h, causal=True, cache=self_cache))
+        y = self.res[1](y, lambda h: self.cross_attn(h, memory, memory_mask, cache=cross_cache, static=True))
+        return self.res[2](y, self.ff)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        if cfg.vocab_size < 5:
+            raise ConfigError("vocab_size: unset; the model takes it from the data's tokenizer (bind)")
+        self.cfg = cfg
+        d = cfg.d_model
+        self.tgt_embed = nn.Embedding(cfg.vocab_size, d, padding_idx=PAD)
+        self.src_embed = self.tgt_embed if cfg.share_embeddings else nn.Embedding(cfg.vocab_size, d, padding_idx=PAD)
+        if cfg.positional == "sinusoidal":
+            self.register_buffer("pe", sinusoidal_table(cfg.max_len + 1, d), persistent=False)
+            self.pos_embed = None
+        else:
+            self.pos_embed = nn.Embedding(cfg.max_len + 1, d)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        pre = cfg.norm == "pre"
+        self.enc_norm = nn.LayerNorm(d) if pre else nn.Identity()
+        self.dec_norm = nn.LayerNorm(d) if pre else nn.Identity()
+        self.generator = nn.Linear(d, cfg.vocab_size, bias=False)
+        self._init_weights()
+        if cfg.tie_output:
+            self.generator.weight = self.tgt_embed.weight
+
+    def _init_weights(self) -> None:
+        for name, p in self.named_parameters():
+            if p.dim() > 1 and "embed" not in name:
+                nn.init.xavier_uniform_(p)
+        for emb in {self.src_embed, self.tgt_embed}:
+            nn.init.normal_(emb.weight, 0.0, self.cfg.d_model ** -0.5)  # x sqrt(d_model) -> unit scale
+            with torch.no_grad():
+                emb.weight[PAD].zero_()
+
+    def _embed(self, table: nn.Embedding, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        if ids.shape[1] + offset > self.cfg.max_len + 1:
+            raise ValueError(f"sequence of {ids.shape[1] + offset} tokens exceeds max_len {self.cfg.max_len}")
+        x = table(ids) * math.sqrt(self.cfg.d_model)
+        if self.pos_embed is None:
+            x = x + self.pe[offset:offset + ids.shape[1]]
+        else:
+            x = x + self.pos_embed(torch.arange(offset, offset + ids.shape[1], device=ids.device))
+        return self.drop(x)
+
+    @staticmethod
+    def source_mask(src: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 1, S) True at real source tokens: every query may attend to them."""
+        return (src != PAD)[:, None, None, :]
+
+    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = self.source_mask(src)
+        x = self._embed(self.src_embed, src)
+        for layer in self.encoder:
+            x = layer(x, mask)
+        return self.enc_norm(x), mask
+
+    def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
+               caches: list[dict] | None = None, offset: int = 0) -> torch.Tensor:
+        """Logits (B, T, V) for decoder inputs ``tgt_in`` (starting with <bos>)."""
+        y = self._embed(self.tgt_embed, tgt_in, offset)
+        for i, layer in enumerate(self.decoder):
+            y = layer(y, memory, memory_mask, None if caches is None else caches[i])
+        return self.generator(self.dec_norm(y))
+
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        memory, mask = self.encode(src)
+        return self.decode(tgt_in, memory, mask)
+
+
+# ---------------------------------------------------------------------------- decoding
+
+def _reorder(caches: list[dict], index: torch.Tensor) -> None:
+    for cache in caches:
+        for part in cache.values():
+            for k in ("k", "v"):
+                if k in part:
+                    part[k] = part[k].index_select(0, index)
+
+
+@torch.no_grad()
+def greedy(model: Transformer, src: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
+    """Token ids (B, <= max_len) by argmax at every step; rows end with <eos> then <pad>."""
+    model.eval()
+    max_len = max_len or model.cfg.max_len
+    memory, mask = model.encode(src)
+    b = src.shape[0]
+    caches: list[dict] = [{} for _ in model.decoder]
+    token = torch.full((b, 1), BOS, dtype=torch.long, device=src.device)
+    out, done = [], torch.zeros(b, dtype=torch.bool, device=src.device)
+    for t in range(max_len):
+        logits = model.decode(token, memory, mask, caches, offset=t)[:, -1]
+        logits[:, [PAD, BOS]] = -math.inf  # never produced by a live hypothesis
+        token = logits.argmax(-1, keepdim=True)
+        token[done] = PAD
+        out.append(token)
+        done |= token[:, 0] == EOS
+        if done.all():
+            break
+    return torch.cat(out, 1)
+
+
+def length_penalty(length: torch.Tensor, alpha: float) -> torch.Tensor:
+    """GNMT's lp(Y) = ((5 + |Y|) / 6)^alpha (Wu et al. 2016); scores are log p(Y) / lp(Y)."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+@torch.no_grad()
+def beam_search(model: Transformer, src: torch.Tensor, beam_size: int, alpha: float = 0.6,
+                max_len: int | None = None) -> torch.Tensor:
+    """Token ids (B, <= max_len) of the best of ``beam_size`` hypotheses by length-penalised score.
+
+    Each step expands every live hypothesis by every token and keeps the ``beam_size`` best by
+    summed log-probability; a hypothesis that emitted <eos> stays in the beam unchanged
+    (extended by <pad> at no cost). The winner is the beam with the best score / lp(length).
+    With ``beam_size`` 1 this is exactly :func:`greedy`.
+    """
+    model.eval()
+    max_len = max_len or model.cfg.max_len
+    b, k, device = src.shape[0], beam_size, src.device
+    memory, mask = model.encode(src)
+    memory, mask = memory.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)
+    caches: list[dict] = [{} for _ in model.decoder]
+    scores = torch.zeros(b, k, device=device)
+    scores[:, 1:] = -math.inf  # all beams start identical: expand only the first
+    lengths = torch.zeros(b, k, device=device)
+    done = torch.zeros(b, k, dtype=torch.bool, device=device)
+    tokens = torch.zeros(b, k, 0, dtype=torch.long, device=device)
+    last = torch.full((b * k, 1), BOS, dtype=torch.long, device=device)
+    for t in range(max_len):
+        logits = model.decode(last, memory, mask, caches, offset=t)[:, -1].float()
+        logits[:, [PAD, BOS]] = -math.inf  # never produced by a live hypothesis
+        logp = logits.log_softmax(-1)
+        v = logp.shape[-1]
+        logp = logp.view(b, k, v)
+        # A finished beam may only continue with <pad>, at log-probability 0.
+        frozen = torch.full_like(logp, -math.inf)
+        frozen[..., PAD] = 0.0
+        logp = torch.where(done[..., None], frozen, logp)
+        cand = (scores[..., None] + logp).view(b, k * v)
+        scores, flat = cand.topk(k, dim=-1)
+        beam, token = flat // v, flat % v
+        tokens = torch.cat([tokens.gather(1, beam[..., None].expand(-1, -1, tokens.shape[-1])), token[..., None]], -1)
+        was_done = done.gather(1, beam)
+        lengths = lengths.gather(1, beam) + (~was_done).float()
+        done = was_done | (token == EOS)
+        _reorder(caches, (beam + torch.arange(b, device=device)[:, None] * k).view(-1))
+        last = token.view(-1, 1)
+        if done.all():
+            break
+    best = (scores / length_penalty(lengths, alpha)).argmax(-1)
+    return tokens[torch.arange(b, device=device), best]
+
+
+# ---------------------------------------------------------------------------- the family contract
+
+def build(cfg: Config) -> nn.Module:
+    return Transformer(cfg)
+
+
+def shift(tgt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoder input ``<bos> y`` and labels ``y <eos>`` from padded targets ``y``."""
+    lengths = (tgt != PAD).sum(1)
+    labels = F.pad(tgt, (0, 1), value=PAD)
+    labels[torch.arange(len(tgt), device=tgt.device), lengths] = EOS
+    return F.pad(tgt, (1, 0), value=BOS), labels
+
+
+def training_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], cfg: Config,
+                  label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
+    """Label-smoothed cross-entropy per target token (padding ignored)."""
+    src, tgt = (t.long() for t in batch)  # shards store int16 ids
+    tgt_in, labels = shift(tgt)
+    logits = model(src, tgt_in)
+    loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=PAD,
+                           label_smoothing=label_smoothing)
+    with torch.no_grad():
+        real = labels != PAD
+        correct = ((logits.argmax(-1) == labels) & real).sum()
+    return {"loss": loss, "correct": correct, "count": real.sum()}
+
+
+@torch.no_grad()
+def eval_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Sums over target tokens (teacher forcing), so workers can all-reduce exact means."""
+    src, tgt = (t.long() for t in batch)
+    tgt_in, labels = shift(tgt)
+    logits = model(src, tgt_in)
+    real = labels != PAD
+    return {"loss": F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=PAD, reduction="sum"),
+            "correct": ((logits.argmax(-1) == labels) & real).sum(), "count": real.sum()}
+
+
+def example_input(cfg: Config) -> list[str]:
+    return ["three hundred and forty-two", "seventeen"]
+
+
+def prepare_input(batch: Any, cfg: Config) -> tuple[torch.Tensor, Tokenizer]:
+    """Validate a list of source strings and return them as padded ids (B, S)."""
+    if isinstance(batch, np.ndarray):
+        batch = batch.tolist()
+    elif hasattr(batch, "iloc"):  # a pandas DataFrame/Series: its first column
+        batch = (batch.iloc[:, 0] if batch.ndim == 2 else batch).tolist()
+    if isinstance(batch, str) or not isinstance(batch, (list, tuple)):
+        raise TypeError(f"expected a list of source strings, got {type(batch).__name__}")
+    bad = [i for i, s in enumerate(batch) if not isinstance(s, str)]
+    if bad:
+        raise TypeError(f"item {bad[0]} is {type(batch[bad[0]]).__name__}, expected a string")
+    tok = Tokenizer.from_dict(cfg.tokenizer)
+    ids = [tok.encode(s) for s in batch]
+    too_long = [i for i, x in enumerate(ids) if len(x) > cfg.max_len]
+    if too_long:
+        raise ValueError(f"source {too_long[0]} has {len(ids[too_long[0]])} tokens; the model reads at most "
+                         f"{cfg.max_len}")
+    width = max([len(x) for x in ids] + [1])
+    src = torch.zeros(len(ids), width, dtype=torch.long)
+    for i, x in enumerate(ids):
+        src[i, :len(x)] = torch.tensor(x, dtype=torch.long)
+    return src, tok
+
+
+@torch.no_grad()
+def translate(model: nn.Module, src: torch.Tensor, cfg: Config, beam_size: int | None = None) -> torch.Tensor:
+    beam_size = cfg.beam_size if beam_size is None else beam_size
+    if beam_size == 1:
+        return greedy(model, src)
+    return beam_search(model, src, beam_size, cfg.length_penalty)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batch: Any, cfg: Config, beam_size: int | None = None) -> list[str]:
+    """Translations of a list of source strings (beam search of ``cfg.beam_size``; 1 = greedy)."""
+    model.eval()
+    src, tok = prepare_input(batch, cfg)
+    if len(src) == 0:
+        return []
+    return [tok.decode(row) for row in translate(model, src, cfg, beam_size).tolist()]
+
+
+# ---------------------------------------------------------------------------- evaluate / register
+
+def evaluate(model: nn.Module, cfg: Config, shard_dir, split: str) -> dict:
+    """Exact match, BLEU and chrF of beam search (the unprefixed metrics) and greedy (``greedy_*``)."""
+    from components.data.shards import ShardDataset
+    from components.evaluation import translation
+
+    model.eval()
+    tok = Tokenizer.from_dict(cfg.tokenizer)
+
+    def decoder(beam: int):
+        return lambda src: [tok.decode(r) for r in translate(model, src.long(), cfg, beam).tolist()]
+
+    batches = ShardDataset(shard_dir, split, batch_size=500, fields=("src.npy", "src.txt", "tgt.txt"))
+    return translation.evaluate({"beam": decoder(cfg.beam_size), "greedy": decoder(1)}, batches)
+
+
+def report(result: dict, title: str, plot_dir, name: str) -> str:
+    """Exact match by source length as an image in ``plot_dir``; metrics and the best/worst
+    test translations as markdown."""
+    from components.evaluation import plots, translation
+
+    plots.save(translation.length_figure(result, f"{title}: exact match by source length"),
+               plot_dir / f"exact_match_by_length_{name}.png")
+    return translation.markdown(result, title)
+
+
+def signature(cfg: Config):
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]),
+                          params=ParamSchema([ParamSpec("beam_size", "long", cfg.beam_size)]))
+
+
+def serving_example(cfg: Config) -> list[str]:
+    return example_input(cfg)
+
+
+def usage(name: str) -> str:
+    return (f'`mlflow.pyfunc.load_model("models:/{name}@champion").predict(["three hundred and forty-two"])` '
+            f'returns the German translations as a list of strings; `params={{"beam_size": 1}}` decodes greedily.')

@@ -1,0 +1,226 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from components.config import ConfigError, OptimizerConfig, ScheduleConfig, TrainConfig, to_dict
+from components.data import translation
+from components.data.shards import ShardDataset, read_stats
+from components.data.tokenizer import BOS, EOS, PAD, Tokenizer
+from components.models import transformer as T
+from components.training.loop import train_loop_per_worker
+
+TEXTS = ["three hundred and forty-two", "dreihundertzweiundvierzig", "seventeen", "siebzehn",
+         "one million and one", "eine Million eins", "forty-two", "zweiundvierzig"]
+
+
+def model(**kw) -> T.Transformer:
+    torch.manual_seed(0)
+    cfg = T.Config(d_model=32, heads=4, encoder_layers=2, decoder_layers=2, d_ff=64, dropout=0.0,
+                   vocab_size=40, max_len=24, **kw)
+    return T.build(cfg).eval()
+
+
+def ids(rng: np.random.Generator, b: int, n: int, vocab: int = 40) -> torch.Tensor:
+    return torch.as_tensor(rng.integers(4, vocab, (b, n)))
+
+
+# ---------------------------------------------------------------------------- masks
+
+def test_a_decoder_position_never_sees_the_future():
+    m, rng = model(), np.random.default_rng(0)
+    src, tgt = ids(rng, 2, 7), ids(rng, 2, 9)
+    base = m(src, tgt)
+    for j in range(1, 9):
+        changed = tgt.clone()
+        changed[:, j:] = torch.as_tensor(rng.integers(4, 40, (2, 9 - j)))
+        out = m(src, changed)
+        torch.testing.assert_close(out[:, :j], base[:, :j])  # positions before j are untouched
+        assert not torch.allclose(out[:, j:], base[:, j:])  # and the changed ones do change
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_padding_never_changes_the_outputs_of_real_tokens(norm):
+    m, rng = model(norm=norm), np.random.default_rng(1)
+    src, tgt = ids(rng, 3, 6), ids(rng, 3, 5)
+    base = m(src, tgt)
+    padded_src = F.pad(src, (0, 4), value=PAD)
+    padded_tgt = F.pad(tgt, (0, 3), value=PAD)
+    out = m(padded_src, padded_tgt)
+    torch.testing.assert_close(out[:, :5], base, atol=1e-5, rtol=1e-5)
+    memory, mask = m.encode(padded_src)
+    torch.testing.assert_close(memory[:, :6], m.encode(src)[0], atol=1e-5, rtol=1e-5)
+    assert mask[:, 0, 0].tolist() == [[True] * 6 + [False] * 4] * 3
+
+
+def test_attention_is_softmax_of_scaled_dot_products():
+    torch.manual_seed(0)
+    attn = T.Attention(16, 4, 0.0).eval()
+    x, mem = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    mask[1, ..., 5:] = False
+    q = attn.q(x).view(2, 5, 4, 4).transpose(1, 2)
+    k, v = (t.view(2, 7, 4, 4).transpose(1, 2) for t in attn.kv(mem).chunk(2, -1))
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(4)
+    weights = scores.masked_fill(~mask, -math.inf).softmax(-1)
+    expected = attn.out((weights @ v).transpose(1, 2).reshape(2, 5, 16))
+    torch.testing.assert_close(attn(x, mem, mask), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_sinusoidal_table_is_the_papers_formula():
+    pe = T.sinusoidal_table(50, 16)
+    for pos in (0, 7, 49):
+        for i in range(8):
+            angle = pos / 10000 ** (2 * i / 16)
+            assert pe[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+            assert pe[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+
+
+def test_output_projection_is_tied_to_the_embeddings():
+    m = model()
+    assert m.generator.weight is m.tgt_embed.weight is m.src_embed.weight
+    untied = model(tie_output=False, share_embeddings=False)
+    assert untied.generator.weight is not untied.tgt_embed.weight
+    assert untied.src_embed is not untied.tgt_embed
+
+
+# ---------------------------------------------------------------------------- decoding
+
+@pytest.mark.parametrize("positional", ["sinusoidal", "learned"])
+def test_cached_incremental_decoding_equals_the_full_forward(positional):
+    m, rng = model(positional=positional), np.random.default_rng(2)
+    src = F.pad(ids(rng, 2, 6), (0, 2), value=PAD)
+    tgt_in = torch.cat([torch.full((2, 1), BOS), ids(rng, 2, 6)], 1)
+    full = m(src, tgt_in)
+    memory, mask = m.encode(src)
+    caches = [{} for _ in m.decoder]
+    steps = [m.decode(tgt_in[:, t:t + 1], memory, mask, caches, offset=t) for t in range(tgt_in.shape[1])]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_beam_search_with_beam_one_equals_greedy():
+    m, rng = model(), np.random.default_rng(3)
+    src = F.pad(ids(rng, 5, 8), (0, 3), value=PAD)
+    g = T.greedy(m, src, max_len=12)
+    b = T.beam_search(m, src, beam_size=1, max_len=12)
+    assert torch.equal(g, b[:, :g.shape[1]]) and (b[:, g.shape[1]:] == PAD).all()
+
+
+def test_length_penalty_is_gnmt():
+    assert T.length_penalty(torch.tensor(1.0), 0.0).item() == 1.0
+    assert T.length_penalty(torch.tensor(7.0), 0.6).item() == pytest.approx((12 / 6) ** 0.6)
+
+
+def test_shift_adds_bos_and_eos():
+    tgt = torch.tensor([[5, 6, 7], [8, 0, 0]])
+    tgt_in, labels = T.shift(tgt)
+    assert tgt_in.tolist() == [[BOS, 5, 6, 7], [BOS, 8, 0, 0]]
+    assert labels.tolist() == [[5, 6, 7, EOS], [8, EOS, 0, 0]]
+
+
+def test_config_rejects_heads_that_do_not_divide_d_model():
+    from components.config import parse
+
+    with pytest.raises(ConfigError, match="heads: d_model \\(30\\) must be divisible by heads \\(4\\)"):
+        parse(T.Config, {"d_model": 30, "heads": 4}, "train.transformer.model")
+
+
+# ---------------------------------------------------------------------------- tokenizer
+
+def test_tokenizer_round_trips_and_is_deterministic(tmp_path):
+    tok = Tokenizer.fit(TEXTS * 3, vocab_size=60)
+    assert Tokenizer.fit(TEXTS * 3, vocab_size=60).merges == tok.merges
+    assert len(tok) <= 60 and tok.merges  # merges were learned
+    for text in TEXTS + ["  forty-two   hundred  "]:
+        assert tok.decode(tok.encode(text)) == " ".join(text.split())
+        assert len(tok.encode(text)) < len(text.replace(" ", "")) + text.count(" ") + 1
+    tok.save(tmp_path / "tok.json")
+    again = Tokenizer.load(tmp_path / "tok.json")
+    assert again.encode("dreihundertsiebzehn") == tok.encode("dreihundertsiebzehn")
+    assert tok.decode(tok.encode("qx")) == "<unk><unk>"  # characters never seen in training
+    assert tok.decode([*tok.encode("siebzehn"), EOS, *tok.encode("zwei")]) == "siebzehn"
+
+
+def test_tokenizer_rejects_a_vocabulary_smaller_than_the_alphabet():
+    with pytest.raises(ValueError, match="raise the tokenizer's vocab_size"):
+        Tokenizer.fit(TEXTS, vocab_size=10)
+
+
+# ---------------------------------------------------------------------------- data
+
+@pytest.fixture(scope="module")
+def number_shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("numbers")
+    cfg = translation.Config(num_train=600, num_val=80, num_test=80, max_digits=4, vocab_size=90,
+                             samples_per_shard=200)
+    manifest = translation.ingest(cfg, root / "raw")
+    translation.preprocess(cfg, root / "raw", root / "shards", manifest)
+    return root
+
+
+def test_number_data_keeps_test_numbers_out_of_training(number_shards):
+    raw = number_shards / "raw"
+    train = {s for s, _ in translation.read_split(raw, "train")}
+    test = translation.read_split(raw, "test")
+    assert len(test) == 80 and not train & {s for s, _ in test}
+    assert ("three hundred and forty-two", "dreihundertzweiundvierzig") in translation.number_pairs(
+        np.array([342]), "en", "de")
+    stats = read_stats(number_shards / "shards")
+    assert stats["fields"] == ["src.npy", "tgt.npy"] and stats["assets"]["tokenizer"] == "tokenizer.json"
+    src, tgt = next(iter(ShardDataset(number_shards / "shards", "train", batch_size=16)))
+    assert src.shape[0] == 16 and src.dtype == torch.int16 and (src[:, 0] != PAD).all()
+    tok = Tokenizer.load(number_shards / "shards" / "tokenizer.json")
+    _, src_text, tgt_text = next(iter(ShardDataset(number_shards / "shards", "test", batch_size=8,
+                                                   fields=("src.npy", "src.txt", "tgt.txt"))))
+    assert len(src_text) == 8 and all(tok.decode(tok.encode(t)) == t for t in tgt_text)
+
+
+def test_tsv_corpus_is_read_deduplicated_and_split_by_source(tmp_path):
+    lines = [f"sentence {i}\tSatz {i}\tCC-BY attribution" for i in range(60)] + ["sentence 3\tSatz drei"]
+    (tmp_path / "corpus.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cfg = translation.Config(source="tsv", path=str(tmp_path / "corpus.tsv"), num_train=0, num_val=5, num_test=10)
+    manifest = translation.ingest(cfg, tmp_path / "raw")
+    assert manifest["split_sizes"] == {"train": 45, "val": 5, "test": 10}
+    pairs = {k: translation.read_split(tmp_path / "raw", k) for k in ("train", "val", "test")}
+    sources = [{s for s, _ in v} for v in pairs.values()]
+    assert not (sources[0] & sources[1] or sources[0] & sources[2] or sources[1] & sources[2])
+    assert ("sentence 3", "Satz drei") in [p for v in pairs.values() for p in v]  # last one of a repeat wins
+    stats = translation.preprocess(cfg, tmp_path / "raw", tmp_path / "shards", manifest)
+    assert stats["splits"]["test"]["samples"] == 10
+
+
+def test_a_malformed_tsv_line_names_the_file_and_line(tmp_path):
+    from components.data.manifest import DataError
+
+    (tmp_path / "bad.tsv").write_text("one\teins\ntwo zwei\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.tsv:2: expected 'source<TAB>target'"):
+        translation.read_parallel_tsv(tmp_path / "bad.tsv")
+    with pytest.raises(ConfigError, match="path: source tsv needs the corpus file"):
+        from components.config import parse
+        parse(translation.Config, {"source": "tsv"}, "data.translation")
+
+
+# ---------------------------------------------------------------------------- training
+
+def test_one_epoch_trains_and_predicts_raw_strings(number_shards, tmp_path):
+    cfg = TrainConfig(lr=3e-3, epochs=2, batch_size=32, log_every=5, label_smoothing=0.1,
+                      optimizer=OptimizerConfig(name="adam", betas=[0.9, 0.98], eps=1e-9, weight_decay=0.0),
+                      schedule=ScheduleConfig(name="inverse_sqrt", warmup=0.1))
+    cfg.model = T.Config(d_model=32, heads=2, encoder_layers=1, decoder_layers=1, d_ff=64, dropout=0.0)
+    metrics = train_loop_per_worker({"algo": "transformer", "train": to_dict(cfg),
+                                     "data_dir": str(number_shards / "shards"), "run_dir": str(tmp_path)})
+    epochs = (tmp_path / "epochs.jsonl").read_text().splitlines()
+    assert len(epochs) == 2 and metrics["val_accuracy"] > 0.3  # token accuracy; chance is ~1/90
+    from components.training import checkpoint as ckpt
+
+    state, meta = ckpt.load(ckpt.latest(tmp_path / "checkpoints"))
+    bound = T.Config(**{**meta["config"]["model"]})
+    assert bound.vocab_size == 90 and bound.tokenizer["type"] == "bpe"  # bound from the data, saved with it
+    m = T.build(bound)
+    m.load_state_dict(state["model"])
+    out = T.predict(m, ["seventeen", "three hundred and forty-two"], bound)
+    assert len(out) == 2 and all(isinstance(s, str) for s in out)
+    with pytest.raises(TypeError, match="expected a list of source strings"):
+        T.predict(m, "seventeen", bound)
