@@ -48,7 +48,7 @@ class Config:
     seed: int = 0
     vocab_size: int = field(default=300, metadata=bounds(ge=8))
     max_len: int = field(default=48, metadata=bounds(ge=2))  # tokens per side; longer pairs are dropped
-    samples_per_shard: int = field(default=2000, metadata=bounds(ge=1))
+    samples_per_shard: int = field(default=500, metadata=bounds(ge=1))  # val and test need a shard per DDP worker
 
     def validate(self) -> None:
         if self.source == "tsv" and not self.path:
