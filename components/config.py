@@ -313,7 +313,9 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
 
 def load_all(raw: dict[str, Any]) -> Params:
     """Validate every section of params.yaml, so a typo anywhere fails before any work."""
-    from components.models import get_family  # registry imports models; keep config import-light
+    from components.models import (
+        get_family,  # registry imports models; keep config import-light
+    )
 
     params = parse(Params, raw, "params")
     for name, algo in params.algorithms.items():

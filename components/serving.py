@@ -7,7 +7,6 @@ artifact folder carries ``config.json`` naming the family and its config.
 
 from __future__ import annotations
 
-
 import mlflow.pyfunc
 
 

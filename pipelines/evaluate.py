@@ -35,7 +35,7 @@ def main() -> None:
     family = get_family(algo)
     shard_dir = layout.shards(raw["algorithms"][algo]["dataset"])
     plot_dir = layout.plots("eval", algo)
-    report_path = layout.root / "reports" / algo / "evaluate.md"
+    report_path = layout.report(algo)
     for d in (plot_dir, report_path.parent):
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)

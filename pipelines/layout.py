@@ -32,6 +32,9 @@ class Layout:
     def plots(self, stage: str, algo: str) -> Path:
         return self.root / "plots" / stage / algo
 
+    def report(self, algo: str) -> Path:
+        return self.root / "reports" / algo / "evaluate.md"
+
     def storage_root(self, configured: str) -> str:
         """Absolute path or URL for Ray results and checkpoints (outside DVC outputs)."""
         if not configured:

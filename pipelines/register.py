@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from components import tracking
-from components.config import parse, RegisterConfig, train_config_from_dict
+from components.config import RegisterConfig, parse, train_config_from_dict
 from components.models import get_family
 from pipelines import lineage
 from pipelines.layout import load, run_stage, stage_args

@@ -69,9 +69,8 @@ def main() -> None:
     plot_dir = layout.plots("train", algo)
     shutil.rmtree(plot_dir, ignore_errors=True)
     # One table per curve (step, value): dvc.yaml plots the directory with x = step, y = the last column.
-    for col in ("loss", "accuracy", "lr", "grad_norm"):
-        if steps and col in steps[0]:
-            lineage.write_csv(plot_dir / f"{col}.csv", [{"step": r["step"], col: r[col]} for r in steps if col in r])
+    for col in (k for k in (steps[0] if steps else {}) if k not in ("step", "epoch")):
+        lineage.write_csv(plot_dir / f"{col}.csv", [{"step": r["step"], col: r[col]} for r in steps if col in r])
     for col in (k for k in (epochs[0] if epochs else {}) if k.startswith("val_")):
         lineage.write_csv(plot_dir / f"{col}.csv", [{"step": e["step"], col: e[col]} for e in epochs])
     plots.save(plots.training_curves(steps, epochs, f"{algo}: train"), plot_dir / "curves.png")

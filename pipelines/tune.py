@@ -20,13 +20,14 @@ from typing import Any
 
 from components import tracking
 from components.config import to_dict, train_config, tune_config
-from components.models import get_family
 from components.evaluation import plots
+from components.models import get_family
 from components.training import checkpoint as ckpt
 from components.training import launch
 from components.training.loop import HISTORY, train_loop_per_worker
 from pipelines import lineage
 from pipelines.layout import load, quiet_third_parties, run_stage, stage_args
+
 
 def trial_config(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """The base ``train`` section with one trial's schedule, peak LR and warm-up."""

@@ -11,18 +11,17 @@ from __future__ import annotations
 from types import ModuleType
 
 from components.config import ConfigError
+from components.data import digits, translation
 
-
-def datasets() -> dict[str, ModuleType]:
-    from components.data import digits, translation
-
-    return {"digits": digits, "translation": translation}
+DATASETS: dict[str, ModuleType] = {
+    "digits": digits,
+    "translation": translation,
+}
 
 
 def get_dataset(name: str, path: str = "dataset") -> ModuleType:
     """The dataset module registered as ``name``; an unknown name lists the valid ones."""
-    registry = datasets()
     try:
-        return registry[name]
+        return DATASETS[name]
     except KeyError:
-        raise ConfigError(f"{path}: unknown dataset {name!r}; valid: {sorted(registry)}") from None
+        raise ConfigError(f"{path}: unknown dataset {name!r}; valid: {sorted(DATASETS)}") from None

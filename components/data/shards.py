@@ -248,6 +248,14 @@ def collate(samples: list[tuple]) -> tuple:
     return tuple(_collate_field(list(values)) for values in zip(*samples))
 
 
+def pad_sequences(values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """1-D tensors as one (N, longest) tensor, padded with 0 at the end (token id 0 is padding)."""
+    out = torch.zeros(len(values), max([len(v) for v in values] + [1]), dtype=values[0].dtype if values else torch.long)
+    for i, v in enumerate(values):
+        out[i, :len(v)] = v
+    return out
+
+
 def _collate_field(values: list) -> Any:
     first = values[0]
     if isinstance(first, torch.Tensor):
@@ -256,10 +264,7 @@ def _collate_field(values: list) -> Any:
         if first.dim() != 1:
             raise DataError(f"cannot batch tensors of shapes {sorted({tuple(v.shape) for v in values})}; "
                             f"only 1-D sequences are padded")
-        out = torch.zeros(len(values), max(len(v) for v in values), dtype=first.dtype)
-        for i, v in enumerate(values):
-            out[i, :len(v)] = v
-        return out
+        return pad_sequences(values)
     if isinstance(first, int):
         return torch.tensor(values, dtype=torch.long)
     return values

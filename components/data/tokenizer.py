@@ -19,8 +19,6 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
-
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
 MARK = "\u2581"  # ▁ starts every word
@@ -120,9 +118,6 @@ class Tokenizer:
                 continue
             pieces.append(self.vocab[i] if 0 <= i < len(self.vocab) else SPECIALS[UNK])
         return "".join(pieces).replace(MARK, " ").strip()
-
-    def encode_array(self, text: str) -> np.ndarray:
-        return np.asarray(self.encode(text), dtype=np.int32)
 
     # ------------------------------------------------------------------ persistence
 

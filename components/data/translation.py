@@ -167,16 +167,16 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, manifest: dict) -> dic
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save(out_dir / TOKENIZER)
     columns, split_meta, longest = {}, {}, 0
+    dtype = np.int16 if len(tok) < 2 ** 15 else np.int32
     for name, items in pairs.items():
-        src = [tok.encode_array(s) for s, _ in items]
-        tgt = [tok.encode_array(t) for _, t in items]
+        src = [np.asarray(tok.encode(s), dtype) for s, _ in items]
+        tgt = [np.asarray(tok.encode(t), dtype) for _, t in items]
         keep = [i for i in range(len(items)) if 0 < len(src[i]) <= cfg.max_len and 0 < len(tgt[i]) < cfg.max_len]
         if not keep:
             raise DataError(f"{raw_dir / name}.tsv: every pair is longer than max_len {cfg.max_len} tokens; "
                             f"raise data.translation.max_len")
         longest = max(longest, *(max(len(src[i]), len(tgt[i])) for i in keep))
-        columns[name] = {"src.npy": [src[i].astype(np.int16 if len(tok) < 2 ** 15 else np.int32) for i in keep],
-                         "tgt.npy": [tgt[i].astype(np.int16 if len(tok) < 2 ** 15 else np.int32) for i in keep],
+        columns[name] = {"src.npy": [src[i] for i in keep], "tgt.npy": [tgt[i] for i in keep],
                          "src.txt": [items[i][0] for i in keep], "tgt.txt": [items[i][1] for i in keep]}
         split_meta[name] = {"dropped_too_long": len(items) - len(keep),
                             "src_tokens_mean": float(np.mean([len(src[i]) for i in keep])),

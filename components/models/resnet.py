@@ -276,10 +276,6 @@ def eval_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dic
             "count": torch.tensor(labels.numel())}
 
 
-def example_input(cfg: Config) -> np.ndarray:
-    return np.zeros((2, cfg.in_channels, cfg.image_size, cfg.image_size), dtype=np.float32)
-
-
 def prepare_input(batch: Any, cfg: Config) -> torch.Tensor:
     """Validate a user's numpy batch for inference and return it as (N, C, H, W) float32.
 
@@ -328,22 +324,23 @@ def report(result: dict, title: str, plot_dir, name: str) -> str:
                                f"{result['accuracy']:.4f}"), plot_dir / f"confusion_{name}.png")
     rows = "\n".join(f"| {c} | {a:.4f} |" for c, a in result["per_class_accuracy"].items())
     return (f"## {title}\n\naccuracy {result['accuracy']:.4f}, NLL {result['nll']:.4f}, ECE {result['ece']:.4f}\n\n"
-            f"| class | accuracy |\n|---|---|\n{rows}\n\nConfusion matrix: `{plot_dir.name}/confusion_{name}.png`\n")
+            f"| class | accuracy |\n|---|---|\n{rows}\n\nConfusion matrix: `plots/eval/{plot_dir.name}/confusion_{name}.png`\n")
 
 
 def signature(cfg: Config):
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
-    shape = (-1, cfg.image_size, cfg.image_size) if cfg.in_channels == 1 else \
-        (-1, cfg.in_channels, cfg.image_size, cfg.image_size)
+    shape = (-1, *serving_example(cfg).shape[1:])
     return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), shape)]),
                           outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, cfg.num_classes))]))
 
 
 def serving_example(cfg: Config) -> np.ndarray:
-    x = example_input(cfg)
-    return x[:, 0] if cfg.in_channels == 1 else x
+    """What the pyfunc takes: (N, H, W) for one channel, else (N, C, H, W), float32."""
+    shape = (2, cfg.image_size, cfg.image_size) if cfg.in_channels == 1 else \
+        (2, cfg.in_channels, cfg.image_size, cfg.image_size)
+    return np.zeros(shape, dtype=np.float32)
 
 
 def usage(name: str) -> str:

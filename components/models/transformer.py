@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.config import ConfigError, bounds
+from components.data.shards import pad_sequences
 from components.data.tokenizer import BOS, EOS, PAD, Tokenizer
 
 PAPER = "Vaswani et al. 2017, Attention Is All You Need (arXiv:1706.03762)"
@@ -77,8 +79,6 @@ class Config:
 
 def bind(cfg: Config, stats: dict, data_dir) -> Config:
     """Fill the data-derived fields (tokenizer, vocab size) from the shard directory."""
-    from pathlib import Path
-
     assets = stats.get("assets", {})
     if "tokenizer" not in assets:
         raise ConfigError(f"{data_dir}: the shards have no tokenizer; the transformer needs a translation "
@@ -208,6 +208,8 @@ class Transformer(nn.Module):
         self.enc_norm = nn.LayerNorm(d) if pre else nn.Identity()
         self.dec_norm = nn.LayerNorm(d) if pre else nn.Identity()
         self.generator = nn.Linear(d, cfg.vocab_size, bias=False)
+        # Built once here, not per request: the model translates raw strings with it.
+        self.tokenizer = Tokenizer.from_dict(cfg.tokenizer) if cfg.tokenizer else None
         self._init_weights()
         if cfg.tie_output:
             self.generator.weight = self.tgt_embed.weight
@@ -354,36 +356,32 @@ def shift(tgt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return F.pad(tgt, (1, 0), value=BOS), labels
 
 
-def training_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], cfg: Config,
-                  label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
-    """Label-smoothed cross-entropy per target token (padding ignored)."""
+def _teacher_forced(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], label_smoothing: float,
+                    reduction: str) -> dict[str, torch.Tensor]:
     src, tgt = (t.long() for t in batch)  # shards store int16 ids
     tgt_in, labels = shift(tgt)
     logits = model(src, tgt_in)
     loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=PAD,
-                           label_smoothing=label_smoothing)
+                           label_smoothing=label_smoothing, reduction=reduction)
     with torch.no_grad():
         real = labels != PAD
         correct = ((logits.argmax(-1) == labels) & real).sum()
     return {"loss": loss, "correct": correct, "count": real.sum()}
 
 
+def training_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], cfg: Config,
+                  label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
+    """Label-smoothed cross-entropy, the mean over target tokens (padding ignored)."""
+    return _teacher_forced(model, batch, label_smoothing, "mean")
+
+
 @torch.no_grad()
 def eval_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Sums over target tokens (teacher forcing), so workers can all-reduce exact means."""
-    src, tgt = (t.long() for t in batch)
-    tgt_in, labels = shift(tgt)
-    logits = model(src, tgt_in)
-    real = labels != PAD
-    return {"loss": F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=PAD, reduction="sum"),
-            "correct": ((logits.argmax(-1) == labels) & real).sum(), "count": real.sum()}
+    return _teacher_forced(model, batch, 0.0, "sum")
 
 
-def example_input(cfg: Config) -> list[str]:
-    return ["three hundred and forty-two", "seventeen"]
-
-
-def prepare_input(batch: Any, cfg: Config) -> tuple[torch.Tensor, Tokenizer]:
+def prepare_input(batch: Any, tok: Tokenizer, max_len: int) -> torch.Tensor:
     """Validate a list of source strings and return them as padded ids (B, S)."""
     if isinstance(batch, np.ndarray):
         batch = batch.tolist()
@@ -394,17 +392,12 @@ def prepare_input(batch: Any, cfg: Config) -> tuple[torch.Tensor, Tokenizer]:
     bad = [i for i, s in enumerate(batch) if not isinstance(s, str)]
     if bad:
         raise TypeError(f"item {bad[0]} is {type(batch[bad[0]]).__name__}, expected a string")
-    tok = Tokenizer.from_dict(cfg.tokenizer)
     ids = [tok.encode(s) for s in batch]
-    too_long = [i for i, x in enumerate(ids) if len(x) > cfg.max_len]
+    too_long = [i for i, x in enumerate(ids) if len(x) > max_len]
     if too_long:
         raise ValueError(f"source {too_long[0]} has {len(ids[too_long[0]])} tokens; the model reads at most "
-                         f"{cfg.max_len}")
-    width = max([len(x) for x in ids] + [1])
-    src = torch.zeros(len(ids), width, dtype=torch.long)
-    for i, x in enumerate(ids):
-        src[i, :len(x)] = torch.tensor(x, dtype=torch.long)
-    return src, tok
+                         f"{max_len}")
+    return pad_sequences([torch.tensor(x, dtype=torch.long) for x in ids])
 
 
 @torch.no_grad()
@@ -419,10 +412,17 @@ def translate(model: nn.Module, src: torch.Tensor, cfg: Config, beam_size: int |
 def predict(model: nn.Module, batch: Any, cfg: Config, beam_size: int | None = None) -> list[str]:
     """Translations of a list of source strings (beam search of ``cfg.beam_size``; 1 = greedy)."""
     model.eval()
-    src, tok = prepare_input(batch, cfg)
+    tok = _tokenizer(model)
+    src = prepare_input(batch, tok, cfg.max_len)
     if len(src) == 0:
         return []
     return [tok.decode(row) for row in translate(model, src, cfg, beam_size).tolist()]
+
+
+def _tokenizer(model: nn.Module) -> Tokenizer:
+    if model.tokenizer is None:
+        raise ValueError("the model has no tokenizer; build it from a config bound to the data (train saves one)")
+    return model.tokenizer
 
 
 # ---------------------------------------------------------------------------- evaluate / register
@@ -433,7 +433,7 @@ def evaluate(model: nn.Module, cfg: Config, shard_dir, split: str) -> dict:
     from components.evaluation import translation
 
     model.eval()
-    tok = Tokenizer.from_dict(cfg.tokenizer)
+    tok = _tokenizer(model)
 
     def decoder(beam: int):
         return lambda src: [tok.decode(r) for r in translate(model, src.long(), cfg, beam).tolist()]
@@ -461,7 +461,7 @@ def signature(cfg: Config):
 
 
 def serving_example(cfg: Config) -> list[str]:
-    return example_input(cfg)
+    return ["three hundred and forty-two", "seventeen"]
 
 
 def usage(name: str) -> str:

@@ -1,6 +1,14 @@
 import pytest
 
-from components.config import ConfigError, load_all, load_params, parse, train_config, tune_config, TrainConfig
+from components.config import (
+    ConfigError,
+    TrainConfig,
+    load_all,
+    load_params,
+    parse,
+    train_config,
+    tune_config,
+)
 from tests.conftest import REPO
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from components.data import digits
 from components.data.manifest import DataError, verify_manifest
 from components.data.shards import ShardDataset, read_stats
-from components.data import digits
 from tests.conftest import numbered_shards
 
 

@@ -5,7 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from components.config import ConfigError, OptimizerConfig, ScheduleConfig, TrainConfig, to_dict
+from components.config import (
+    ConfigError,
+    OptimizerConfig,
+    ScheduleConfig,
+    TrainConfig,
+    to_dict,
+)
 from components.data import translation
 from components.data.shards import ShardDataset, read_stats
 from components.data.tokenizer import BOS, EOS, PAD, Tokenizer

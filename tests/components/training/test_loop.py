@@ -4,11 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from components.config import TrainConfig, ScheduleConfig, to_dict
+from components.config import ScheduleConfig, TrainConfig, to_dict
 from components.data.shards import write_shards
 from components.models import resnet
 from components.training import checkpoint as ckpt
-from components.training.loop import EPOCHS, HISTORY, TrainingDiverged, train_loop_per_worker
+from components.training.loop import (
+    EPOCHS,
+    HISTORY,
+    TrainingDiverged,
+    train_loop_per_worker,
+)
 
 
 def tiny_train(epochs=2, **kw) -> dict:
