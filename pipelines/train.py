@@ -16,6 +16,7 @@ import time
 from components import tracking
 from components.config import to_dict, train_config
 from components.evaluation import plots
+from components.models import get_family
 from components.training import checkpoint as ckpt
 from components.training import launch
 from components.training.loop import EPOCHS, HISTORY, TrainingDiverged
@@ -29,6 +30,7 @@ def main() -> None:
     raw, layout = load(args)
     algo = args.algo
     cfg = train_config(raw, algo)
+    family = get_family(algo)
     dataset = raw["algorithms"][algo]["dataset"]
     shard_dir = layout.shards(dataset)
     data_version = lineage.data_version(shard_dir)
@@ -48,7 +50,7 @@ def main() -> None:
     print(f"train {algo}: {cfg.epochs} epochs, {max(cfg.num_workers, 1)} worker(s) "
           f"({'local mode' if cfg.num_workers == 0 else 'DDP'}), run dir {run_dir}", flush=True)
     config = {"algo": algo, "train": to_dict(cfg), "data_dir": str(shard_dir), "run_dir": run_dir,
-              "hooks": [tracking.MlflowHook(uri, run.info.run_id), launch.RayTrainReport(), Progress(cfg.epochs)]}
+              "hooks": [tracking.MlflowHook(uri, run.info.run_id), launch.RayTrainReport(), Progress(cfg.epochs, family.VAL_METRIC)]}
     t0 = time.perf_counter()
     try:
         launch.fit(config, num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, storage_path=f"{storage}/ray",
@@ -73,16 +75,15 @@ def main() -> None:
         lineage.write_csv(plot_dir / f"{col}.csv", [{"step": r["step"], col: r[col]} for r in steps if col in r])
     for col in (k for k in (epochs[0] if epochs else {}) if k.startswith("val_")):
         lineage.write_csv(plot_dir / f"{col}.csv", [{"step": e["step"], col: e[col]} for e in epochs])
-    plots.save(plots.training_curves(steps, epochs, f"{algo}: train"), plot_dir / "curves.png")
+    plots.save(plots.training_curves(steps, epochs, f"{algo}: train", [family.VAL_METRIC, "val_accuracy"]), plot_dir / "curves.png")
     client.log_artifact(run.info.run_id, str(plot_dir / "curves.png"))
 
     final = {k: v for k, v in last.items() if k != "resumed"}
     final["wall_time_s"] = wall
     lineage.write_json(layout.metrics("train", algo), final)
     client.set_terminated(run.info.run_id, "FINISHED")
-    print(f"train {algo}: val_loss {final.get('val_loss', float('nan')):.4f}, "
-          f"val_accuracy {final.get('val_accuracy', float('nan')):.4f} "
-          f"after {final['epoch'] + 1} epochs in {wall:.1f}s -> {out}")
+    val = ", ".join(f"{k} {final[k]:.4f}" for k in ("val_loss", family.VAL_METRIC) if k in final)
+    print(f"train {algo}: {val} after {final['epoch'] + 1} epochs in {wall:.1f}s -> {out}")
 
 
 class Progress:
@@ -90,8 +91,8 @@ class Progress:
 
     all_ranks = False
 
-    def __init__(self, epochs: int):
-        self.epochs = epochs
+    def __init__(self, epochs: int, val_metric: str = "val_accuracy"):
+        self.epochs, self.val_metric = epochs, val_metric
         self.t0 = None
 
     def on_step(self, rows: list[dict]) -> None:
@@ -103,7 +104,7 @@ class Progress:
         done = metrics["epoch"] + 1
         eta = (now - self.t0) / max(done, 1) * (self.epochs - done)
         shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
-                          if k in ("train_loss", "val_loss", "val_accuracy", "lr", "samples_per_s"))
+                          if k in ("train_loss", "val_loss", self.val_metric, "lr", "samples_per_s"))
         print(f"  epoch {done}/{self.epochs}: {shown}; eta {eta:.0f}s", flush=True)
 
 

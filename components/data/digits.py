@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from components.config import bounds
+from components.data import features
 from components.data.manifest import write_manifest
 from components.data.shards import write_shards
 
@@ -27,6 +28,8 @@ class Config:
     val_fraction: float = field(default=0.15, metadata=bounds(gt=0, lt=0.5))
     test_fraction: float = field(default=0.15, metadata=bounds(gt=0, lt=0.5))
     samples_per_shard: int = field(default=128, metadata=bounds(ge=1))
+    # The generative evaluator's feature network, fitted on train (see components/data/features.py).
+    evaluator: features.FeatureConfig = field(default_factory=features.FeatureConfig)
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float,
@@ -73,8 +76,11 @@ def load_raw(raw_dir: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarra
 
 
 def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, manifest: dict) -> dict:
-    """Shards of ``input.npy`` (1, 8, 8) float32 + ``target.cls`` per split, with class counts."""
+    """Shards of ``input.npy`` (1, 8, 8) float32 + ``target.cls`` per split, with class counts,
+    and the generative evaluator's feature network fitted on train (``evaluator/``)."""
     images, labels, split = load_raw(raw_dir)
+    evaluator = features.fit(cfg.evaluator, {k: (images[idx], labels[idx]) for k, idx in split.items()},
+                             manifest["num_classes"], out_dir / "evaluator")
     columns = {k: {"input.npy": images[idx], "target.cls": labels[idx]} for k, idx in split.items()}
     split_meta = {}
     for k, idx in split.items():
@@ -84,4 +90,4 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, manifest: dict) -> dic
                          "input_shape": list(images.shape[1:])}
     return write_shards(out_dir, columns, cfg.samples_per_shard, split_meta=split_meta, meta={
         "dataset": "digits", "num_classes": manifest["num_classes"], "input_shape": list(images.shape[1:]),
-        "raw_manifest_sha256": {k: v["sha256"] for k, v in manifest["files"].items()}})
+        "evaluator": evaluator, "raw_manifest_sha256": {k: v["sha256"] for k, v in manifest["files"].items()}})

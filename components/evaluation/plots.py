@@ -17,27 +17,39 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 
-def training_curves(steps: Sequence[dict], epochs: Sequence[dict], title: str) -> Figure:
-    """Loss and accuracy per step (train) and per epoch (val), and the learning rate per step."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+def training_curves(steps: Sequence[dict], epochs: Sequence[dict], title: str,
+                    val_keys: Sequence[str] | None = None) -> Figure:
+    """Whatever a family logs: losses per step (and val loss per epoch), the other per-step
+    values (accuracy, D(x), D(G(z))...), per-epoch val metrics (``val_keys``, default all but
+    the loss), and the learning rates."""
+    skip = {"step", "epoch"}
+    cols = [k for k in (steps[0] if steps else {}) if k not in skip]
+    losses = [k for k in cols if k.endswith("loss")]
+    lrs = [k for k in cols if k == "lr" or k.startswith("lr_")]
+    others = [k for k in cols if k not in losses and k not in lrs and not k.startswith("grad_norm")]
+    vals = [k for k in (epochs[0] if epochs else {}) if k.startswith("val_") and k != "val_loss"
+            and (val_keys is None or k in val_keys)]
+    panels = [("loss", losses), ("train, per step", others), ("val, per epoch", vals), ("learning rate", lrs)]
+    panels = [(t, ks) for t, ks in panels if ks or t == "loss"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.6), squeeze=False)
     s = [r["step"] for r in steps]
     e_step = [r["step"] for r in epochs]
-    axes[0].plot(s, [r["loss"] for r in steps], lw=0.8, label="train (step)")
-    axes[0].plot(e_step, [r["val_loss"] for r in epochs], "o-", ms=3, label="val (epoch)")
-    axes[0].set_yscale("log")
-    axes[0].set_title("loss")
-    if steps and "accuracy" in steps[0]:
-        axes[1].plot(s, [r["accuracy"] for r in steps], lw=0.8, label="train (step)")
-    if epochs and "val_accuracy" in epochs[0]:
-        axes[1].plot(e_step, [r["val_accuracy"] for r in epochs], "o-", ms=3, label="val (epoch)")
-    axes[1].set_title("accuracy")
-    axes[2].plot(s, [r["lr"] for r in steps], lw=1.0)
-    axes[2].set_title("learning rate")
-    for ax in axes:
+    for ax, (name, keys) in zip(axes[0], panels):
+        rows, xs = (epochs, e_step) if name.startswith("val") else (steps, s)
+        for k in keys:
+            pts = [(x, r[k]) for x, r in zip(xs, rows) if k in r]
+            if pts:
+                ax.plot(*zip(*pts), "o-" if rows is epochs else "-", lw=0.8, ms=3, label=k)
+        if name == "loss" and epochs and "val_loss" in epochs[0]:
+            ax.plot(e_step, [r["val_loss"] for r in epochs], "o-", ms=3, label="val_loss (epoch)")
+        values = [r[k] for r in steps for k in losses if k in r]
+        if name == "loss" and values and min(values) > 0:
+            ax.set_yscale("log")
+        ax.set_title(name)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0].legend()
-    axes[1].legend()
+        if ax.lines:
+            ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -103,6 +115,27 @@ def bars(groups: Sequence, series: dict[str, Sequence[float]], counts: Sequence[
     ax.grid(alpha=0.3, axis="y")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def image_grid(images: np.ndarray, rows: int, title: str, row_labels: Sequence[str] | None = None) -> Figure:
+    """Images (N, [C,] H, W) in [0, 1] as a grid of ``rows`` rows, grey (one channel) or RGB."""
+    images = np.asarray(images)
+    if images.ndim == 4:
+        images = images[:, 0] if images.shape[1] == 1 else images.transpose(0, 2, 3, 1)
+    cols = -(-len(images) // rows)
+    fig, axes = plt.subplots(rows, cols, figsize=(0.55 * cols + 0.6, 0.55 * rows + 0.5), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i < len(images):
+            ax.imshow(np.clip(images[i], 0, 1), cmap="gray_r" if images.ndim == 3 else None, vmin=0, vmax=1)
+        else:
+            ax.axis("off")
+    for r, label in enumerate(row_labels or []):
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(pad=0.3)
     return fig
 
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 from types import ModuleType
 
 from components.config import ConfigError
-from components.models import resnet, transformer
+from components.models import gan, resnet, transformer
 
 FAMILIES: dict[str, ModuleType] = {
     "resnet": resnet,
     "transformer": transformer,
+    "gan": gan,
 }
 
 

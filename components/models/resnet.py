@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.config import ConfigError, bounds
+from components.models.common import check_images
 
 PAPER = "He et al. 2016, Deep Residual Learning for Image Recognition (arXiv:1512.03385)"
 PRIMARY_METRIC = "accuracy"  # test top-1; register compares it
@@ -234,13 +235,7 @@ def build(cfg: Config) -> nn.Module:
 
 def bind(cfg: Config, stats: dict, data_dir) -> Config:
     """Check the model's input and class count against the shards (nothing to fill in)."""
-    classes, shape = stats.get("num_classes"), stats.get("input_shape")
-    if classes is not None and classes != cfg.num_classes:
-        raise ConfigError(f"num_classes: the data has {classes} classes, the model {cfg.num_classes}; "
-                          f"set train.resnet.model.num_classes: {classes}")
-    if shape is not None and list(shape) != [cfg.in_channels, cfg.image_size, cfg.image_size]:
-        raise ConfigError(f"in_channels/image_size: the data's images are {tuple(shape)}, the model expects "
-                          f"{(cfg.in_channels, cfg.image_size, cfg.image_size)}")
+    check_images(cfg, stats, "resnet")
     return cfg
 
 

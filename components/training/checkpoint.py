@@ -25,14 +25,17 @@ def epoch_dir(root: Path, epoch: int) -> Path:
     return Path(root) / f"epoch-{epoch:04d}"
 
 
-def save(directory: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
+def save(directory: Path, *, model: nn.Module, optimizer: dict[str, Any], epoch: int,
          step: int, config: dict[str, Any], metrics: dict[str, float]) -> Path:
-    """Write an epoch checkpoint atomically (a crash mid-write leaves no half checkpoint)."""
+    """Write an epoch checkpoint atomically (a crash mid-write leaves no half checkpoint).
+
+    ``optimizer`` is the training step's state: one optimizer's state dict, or several.
+    """
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+    torch.save({"model": model.state_dict(), "optimizer": optimizer, "epoch": epoch,
                 "step": step, "torch_rng": torch.get_rng_state()}, tmp / STATE)
     (tmp / CONFIG).write_text(json.dumps({"config": config, "epoch": epoch, "step": step,
                                           "metrics": metrics}, indent=2, sort_keys=True))

@@ -16,6 +16,12 @@ What differs between them is injected through ``config["hooks"]``: objects with
     distributed: True inside a Ray Train worker group or local mode (uses ray.train's context).
     hooks: list of hook objects.
     max_epochs: optional cap below ``train.epochs`` (the schedule still spans ``train.epochs``).
+
+What one optimisation step does is a ``Step`` object: ``SupervisedStep`` (one optimizer, one
+schedule, a loss from ``family.training_step``) unless the family brings its own
+``family.Step`` (a GAN's two optimizers, n_critic and EMA). Validation is
+``family.validate(model, cfg, data_dir)`` when the family has one (a non-decomposable
+metric such as FID), else exact sums of ``family.eval_step`` over the val split.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -103,6 +109,52 @@ def evaluate_split(model: nn.Module, family: Any, dataset: ShardDataset, ctx: _C
     return {("accuracy" if k == "correct" else k): v / count for k, v in sums.items()}
 
 
+class SupervisedStep:
+    """One optimizer and one LR schedule over ``family.training_step``'s loss; DDP through Ray Train.
+
+    The contract a family's own ``Step`` follows:
+    ``Step(model, cfg: TrainConfig, family, total_steps, autocast)``, ``distribute(world_size)``
+    (after resume), ``__call__(batch, step) -> {"loss", "count", ["correct"], "log": {name: float}}``
+    (forward passes inside ``autocast()``, backward outside), ``state_dict()`` /
+    ``load_state_dict()`` (everything a resume needs but the weights).
+    """
+
+    def __init__(self, model: nn.Module, cfg: Any, family: Any, total_steps: int,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+        self.model, self.cfg, self.family, self.autocast = model, cfg, family, autocast
+        self.optimizer = optim.build(model, cfg.optimizer, cfg.lr)
+        self.lr_at = schedules.build(cfg.schedule, cfg.lr, total_steps)
+
+    def distribute(self, world_size: int) -> None:
+        if world_size > 1:
+            import ray.train.torch
+            self.model = ray.train.torch.prepare_model(self.model, move_to_device=False)
+
+    def __call__(self, batch: tuple, step: int) -> dict[str, Any]:
+        lr = self.lr_at(step)
+        optim.set_lr(self.optimizer, lr)
+        with self.autocast():
+            out = self.family.training_step(self.model, batch, self.cfg.model, label_smoothing=self.cfg.label_smoothing)
+        loss = out["loss"]
+        if not torch.isfinite(loss):  # stop before a NaN reaches the weights
+            return {**out, "log": {"lr": lr, "loss": loss.item()}}
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        log = {"lr": lr, "loss": loss.item()}
+        if self.cfg.grad_clip > 0:
+            log["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
+        self.optimizer.step()
+        if "correct" in out:
+            log["accuracy"] = float(out["correct"]) / max(int(out["count"]), 1)
+        return {**out, "log": log}
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
+
+
 def _truncate_history(path: Path, up_to_step: int) -> None:
     """Drop rows past the checkpoint we resume from (they will be produced again)."""
     rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
@@ -125,8 +177,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     # saved in every checkpoint's config, so an exported model rebuilds without the data.
     cfg.model = family.bind(cfg.model, read_stats(config["data_dir"]), config["data_dir"])
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = family.build(cfg.model).to(ctx.device)
-    optimizer = optim.build(model, cfg.optimizer, cfg.lr)
+    core = family.build(cfg.model).to(ctx.device)
 
     train_ds = ShardDataset(config["data_dir"], "train", rank=ctx.rank, world_size=ctx.world_size,
                             shuffle=True, seed=cfg.seed, batch_size=cfg.batch_size)
@@ -137,7 +188,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         train_ds.set_epoch(e)
         steps_per_epoch.append(train_ds.num_batches())
     total_steps = sum(steps_per_epoch)
-    lr_at = schedules.build(cfg.schedule, cfg.lr, total_steps)
+    stepper = getattr(family, "Step", SupervisedStep)(core, cfg, family, total_steps,
+                                                      lambda: _autocast(cfg.precision, ctx.device))
 
     # Resume: Ray's checkpoint after a worker-group restart, else our own latest in run_dir.
     start_epoch, step, resumed_from = 0, 0, None
@@ -149,77 +201,69 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         source = Path(stack.enter_context(ray_ckpt.as_directory())) if ray_ckpt else ckpt.latest(ckpt_root)
         if source is not None:
             state, meta = ckpt.load(source)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
+            core.load_state_dict(state["model"])
+            stepper.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["torch_rng"])
             start_epoch, step, resumed_from = state["epoch"] + 1, state["step"], str(source)
     if ctx.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         for name in (HISTORY, EPOCHS):
             _truncate_history(run_dir / name, step)
+    stepper.distribute(ctx.world_size)
 
-    if ctx.world_size > 1:
-        import ray.train.torch
-        model = ray.train.torch.prepare_model(model, move_to_device=False)
-    core = model.module if hasattr(model, "module") else model
+    def validate() -> dict[str, float]:
+        if hasattr(family, "validate"):
+            core.eval()
+            return family.validate(core, cfg.model, config["data_dir"])
+        return evaluate_split(core, family, val_ds, ctx, cfg.precision)
 
     loader = torch.utils.data.DataLoader(train_ds, batch_size=None, num_workers=cfg.loader_workers,
                                          pin_memory=ctx.device.type == "cuda")
     max_epochs = min(cfg.epochs, config.get("max_epochs") or cfg.epochs)
     metrics: dict[str, float] = {"epoch": start_epoch - 1, "resumed": float(resumed_from is not None)}
     for epoch in range(start_epoch, max_epochs):
-        model.train()
+        core.train()
         train_ds.set_epoch(epoch)
         t0, seen, sums, rows = time.perf_counter(), 0, {"loss": 0.0, "correct": 0.0, "count": 0.0}, []
         for batch in loader:
-            lr = lr_at(step)
-            optim.set_lr(optimizer, lr)
-            with _autocast(cfg.precision, ctx.device):
-                out = family.training_step(model, _to(batch, ctx.device), cfg.model,
-                                           label_smoothing=cfg.label_smoothing)
-            loss = out["loss"]
-            if not torch.isfinite(loss):
+            out = stepper(_to(batch, ctx.device), step)
+            log = out["log"]
+            bad = {k: v for k, v in log.items() if not math.isfinite(v)}
+            if bad:
                 raise TrainingDiverged(
-                    f"{algo}: loss became {loss.item()} at step {step} (epoch {epoch}, lr {lr:.4g}); "
-                    f"lower train.{algo}.lr (now {cfg.lr}) or set train.{algo}.grad_clip; nothing was registered")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = (nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                         if cfg.grad_clip > 0 else None)
-            optimizer.step()
+                    f"{algo}: {', '.join(f'{k} became {v}' for k, v in bad.items())} at step {step} "
+                    f"(epoch {epoch}, lr {log.get('lr', float('nan')):.4g}); lower train.{algo}.lr "
+                    f"(now {cfg.lr}) or set train.{algo}.grad_clip; nothing was registered")
             step += 1
             n = int(out["count"])  # what the loss averages over: samples, or tokens
             seen += len(batch[0])
-            sums["loss"] += loss.item() * n
+            sums["loss"] += log["loss"] * n
             sums["correct"] += float(out.get("correct", 0))
             sums["count"] += n
             if ctx.rank == 0 and (step % cfg.log_every == 0 or step == 1):
-                row = {"step": step, "epoch": epoch, "lr": lr, "loss": loss.item()}
-                if "correct" in out:
-                    row["accuracy"] = float(out["correct"]) / max(n, 1)
-                if grad_norm is not None:
-                    row["grad_norm"] = float(grad_norm)
-                rows.append(row)
+                rows.append({"step": step, "epoch": epoch, **log})
         elapsed = time.perf_counter() - t0
         train_totals = ctx.all_reduce(torch.tensor([sums["loss"], sums["correct"], sums["count"]], dtype=torch.float64))
-        val = evaluate_split(core, family, val_ds, ctx, cfg.precision)
+        val = validate()
+        count = max(train_totals[2].item(), 1)
         metrics = {
-            "epoch": epoch, "step": step, "lr": lr_at(max(step - 1, 0)),
-            "train_loss": train_totals[0].item() / max(train_totals[2].item(), 1),
-            "train_accuracy": train_totals[1].item() / max(train_totals[2].item(), 1),
+            "epoch": epoch, "step": step, "lr": log.get("lr", 0.0),
+            "train_loss": train_totals[0].item() / count,
+            **({"train_accuracy": train_totals[1].item() / count} if "correct" in out else {}),
             **{f"val_{k}": v for k, v in val.items()},
             "samples_per_s": seen * ctx.world_size / max(elapsed, 1e-9), "epoch_time_s": elapsed,
         }
-        if not math.isfinite(metrics["val_loss"]):
-            raise TrainingDiverged(f"{algo}: validation loss is {metrics['val_loss']} after epoch {epoch}; "
-                                   f"lower train.{algo}.lr (now {cfg.lr}); nothing was registered")
+        bad = {k: v for k, v in val.items() if not math.isfinite(v)}
+        if bad:
+            raise TrainingDiverged(f"{algo}: validation {', '.join(f'{k} is {v}' for k, v in bad.items())} after "
+                                   f"epoch {epoch}; lower train.{algo}.lr (now {cfg.lr}); nothing was registered")
         checkpoint_dir = None
         if ctx.rank == 0:
             with (run_dir / HISTORY).open("a") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
             with (run_dir / EPOCHS).open("a") as f:
                 f.write(json.dumps(metrics) + "\n")
-            checkpoint_dir = ckpt.save(ckpt.epoch_dir(ckpt_root, epoch), model=core, optimizer=optimizer,
+            checkpoint_dir = ckpt.save(ckpt.epoch_dir(ckpt_root, epoch), model=core, optimizer=stepper.state_dict(),
                                        epoch=epoch, step=step, config=to_dict(cfg), metrics=metrics)
             ckpt.prune(ckpt_root, KEEP_CHECKPOINTS)
         for hook in hooks:

@@ -37,6 +37,12 @@ def tiny_params() -> dict:
     t["model"].update(d_model=32, d_ff=64, heads=2, encoder_layers=1, decoder_layers=1, beam_size=2)
     params["tune"]["transformer"].update(samples_per_schedule=1, epochs=1, grace_period=1)
     params["tune"]["transformer"]["space"]["schedule"] = ["inverse_sqrt", "cosine"]
+    params["data"]["digits"]["evaluator"]["epochs"] = 10
+    t = params["train"]["gan"]
+    t.update(epochs=8, log_every=5)
+    t["model"].update(width=16, latent_dim=16)
+    params["tune"]["gan"].update(samples_per_schedule=1, epochs=2, grace_period=1)
+    params["tune"]["gan"]["space"]["schedule"] = ["constant", "linear"]
     return params
 
 
@@ -134,6 +140,49 @@ def test_transformer_champion_translates_raw_strings_in_a_fresh_process(project)
     client = mlflow_client(root)
     version = client.get_model_version_by_alias("transformer", "champion")
     assert "Vaswani" in version.description and "test_exact_match" in version.tags
+
+
+def test_repro_runs_the_gan_and_scores_it_with_floor_and_ceiling(project):
+    root, env, first = project
+    for stage in ("train@gan", "tune@gan", "evaluate@gan", "register@gan"):
+        assert f"Running stage '{stage}'" in first.stdout
+    stats = json.loads((root / "data/shards/digits/stats.json").read_text())
+    assert stats["evaluator"]["accuracy"]["test"] > 0.9 and (root / "data/shards/digits/evaluator/model.safetensors").exists()
+    ev = json.loads((root / "metrics/eval/gan.json").read_text())
+    assert ev["primary_metric"] == "fid" and ev["mode"] == "min" and ev["selected"] in ("train", "tune")
+    chosen = ev[ev["selected"]]
+    assert chosen["fid_floor"] < chosen["fid"] < chosen["fid_ceiling"]  # 8 tiny epochs: better than noise
+    assert chosen["classes_covered"] >= 2 and 0 <= chosen["class_accuracy"] <= 1
+    report = (root / "reports/gan/evaluate.md").read_text()
+    assert "ceiling: noise" in report and "class accuracy" in report
+    assert (root / "plots/eval/gan/samples_train.png").stat().st_size > 5000
+    for curve in ("d_real", "d_fake", "g_loss", "lr_d", "val_fid"):
+        assert (root / f"plots/train/gan/{curve}.csv").exists(), curve
+    trials = (root / "plots/tune/gan/trials.csv").read_text().splitlines()
+    assert trials[0].endswith("val_fid") and len(trials) == 3
+
+
+def test_gan_champion_generates_seeded_images_in_a_fresh_process(project):
+    root, env, _ = project
+    script = textwrap.dedent(f"""
+        import json, mlflow, numpy as np, pandas as pd
+        mlflow.set_tracking_uri("sqlite:///{root / 'mlflow.db'}")
+        model = mlflow.pyfunc.load_model("models:/gan@champion")
+        req = pd.DataFrame({{"count": [3, 2], "seed": [0, 1], "label": [7, -1]}})
+        a, b = np.asarray(model.predict(req)), np.asarray(model.predict(req))
+        out = {{"shape": list(a.shape), "same": bool((a == b).all()), "min": float(a.min()), "max": float(a.max())}}
+        try:
+            model.predict(pd.DataFrame({{"count": [2], "seed": [0], "label": [12]}}))
+        except Exception as exc:
+            out["error"] = str(exc)
+        print(json.dumps(out))
+    """)
+    proc = run([sys.executable, "-c", script], Path("/"), {**env, "PYTHONPATH": ""})
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["shape"] == [5, 8, 8] and out["same"] and 0 <= out["min"] <= out["max"] <= 1
+    assert "label must be in [0, 9]" in out.get("error", "")
+    version = mlflow_client(root).get_model_version_by_alias("gan", "champion")
+    assert "Goodfellow" in version.description and "test_fid" in version.tags
 
 
 def test_second_repro_does_nothing(project):

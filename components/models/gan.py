@@ -1,0 +1,494 @@
+"""Generative adversarial networks (Goodfellow et al. 2014) with the DCGAN architecture
+(Radford et al. 2016), sized by the image size, and the losses and stabilisers that followed.
+
+- losses: the original minimax game (Goodfellow et al. eq. 5 / survey eq. 5),
+  V(D, G) = E_x[log D(x)] + E_z[log(1 − D(G(z)))]; its non-saturating generator loss
+  −log D(G(z)) (same paper, section 3); WGAN-GP (Gulrajani et al. 2017, a critic with a
+  gradient penalty λ E(‖∇D(x̂)‖ − 1)² on interpolates); least squares (Mao et al. 2017,
+  a = 0, b = c = 1); hinge (Lim & Ye 2017; Miyato et al. 2018);
+- spectral normalisation of every discriminator layer (Miyato et al. 2018);
+- a class-conditional generator (conditional BatchNorm, one gain and bias per class) and a
+  projection discriminator (Miyato & Koyama 2018): D(x, y) = ψ(φ(x)) + embed(y)·φ(x);
+- two optimizers, each with its own learning-rate schedule (D's lr = lr × ``d_lr_scale``,
+  the two time-scale rule of Heusel et al. 2017), ``n_critic`` D steps per G step;
+- an exponential moving average of the generator's weights (Yazıcı et al. 2019), which is
+  what is evaluated and served;
+- one-sided label smoothing (Salimans et al. 2016) from ``train.gan.label_smoothing``: real
+  targets become 1 − s, fake targets stay 0.
+
+Images are in [0, 1] outside the model and in [−1, 1] inside it (tanh output).
+The GAN owns its training step (``Step``): the shared loop, checkpoints, Ray Train and
+Tune run it as any other family's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from components.config import ConfigError, OptimizerConfig, ScheduleConfig, bounds
+from components.models.common import check_images
+from components.training import optim, schedules
+
+PAPER = ("Goodfellow et al. 2014, Generative Adversarial Nets (arXiv:1406.2661); DCGAN: Radford et al. 2016 "
+         "(arXiv:1511.06434); spectral norm and projection D: Miyato et al. 2018 (arXiv:1802.05957, 1802.05637)")
+PRIMARY_METRIC, PRIMARY_MODE = "fid", "min"  # test FID through the shared evaluator; register compares it
+SELECT_BY = (("fid", "min"), ("kid", "min"))
+VAL_METRIC, VAL_MODE = "val_fid", "min"
+LOSSES = ("minimax", "non_saturating", "wgan_gp", "least_squares", "hinge")
+MAX_SAMPLES = 10_000  # per pyfunc request
+
+
+@dataclass
+class Config:
+    """``train.gan.model``. The generator uses ``train.gan.{lr,optimizer,schedule}``."""
+    latent_dim: int = field(default=64, metadata=bounds(ge=1))
+    width: int = field(default=64, metadata=bounds(ge=4))  # channels at full resolution; x2 per halving
+    image_size: int = field(default=8, metadata=bounds(ge=4))
+    in_channels: int = field(default=1, metadata=bounds(ge=1))
+    num_classes: int = field(default=10, metadata=bounds(ge=2))
+    conditional: bool = True
+    loss: Literal["minimax", "non_saturating", "wgan_gp", "least_squares", "hinge"] = "hinge"
+    gp_weight: float = field(default=10.0, metadata=bounds(ge=0))  # WGAN-GP's λ
+    spectral_norm: bool = True
+    n_critic: int = field(default=1, metadata=bounds(ge=1))  # D steps per G step
+    ema_decay: float = field(default=0.999, metadata=bounds(ge=0, lt=1))  # 0 = no EMA (a copy)
+    d_lr_scale: float = field(default=1.0, metadata=bounds(gt=0))  # D's lr = lr x this (TTUR)
+    d_optimizer: OptimizerConfig | None = None  # None = train.gan.optimizer
+    d_schedule: ScheduleConfig | None = None  # None = train.gan.schedule
+
+    def validate(self) -> None:
+        if self.image_size & (self.image_size - 1):
+            raise ConfigError(f"image_size: DCGAN doubles the resolution from 4x4, so it must be a power of 2 "
+                              f">= 4, got {self.image_size}")
+
+    @property
+    def ups(self) -> int:
+        return int(math.log2(self.image_size)) - 2
+
+
+# ---------------------------------------------------------------------------------- networks
+
+class ConditionalBatchNorm(nn.Module):
+    """BatchNorm whose gain and bias are looked up per class (plain BatchNorm when unconditional)."""
+
+    def __init__(self, channels: int, num_classes: int | None):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels, affine=num_classes is None)
+        if num_classes is not None:
+            self.gain, self.bias = nn.Embedding(num_classes, channels), nn.Embedding(num_classes, channels)
+            nn.init.ones_(self.gain.weight)
+            nn.init.zeros_(self.bias.weight)
+        self.conditional = num_classes is not None
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        h = self.bn(x)
+        if not self.conditional:
+            return h
+        return h * self.gain(y)[:, :, None, None] + self.bias(y)[:, :, None, None]
+
+
+class Generator(nn.Module):
+    """z (B, latent) [+ class y] -> images (B, C, S, S) in [-1, 1].
+
+    Linear to 4x4 x (width·2^ups), then ``ups`` fractionally-strided 4x4 convolutions that
+    double the resolution and halve the channels, each followed by (conditional) BatchNorm
+    and ReLU, and a 3x3 convolution to the image channels with tanh.
+    """
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        classes = cfg.num_classes if cfg.conditional else None
+        c = cfg.width * 2 ** cfg.ups
+        self.project = nn.Linear(cfg.latent_dim, c * 16)
+        self.norms = nn.ModuleList([ConditionalBatchNorm(c, classes)])
+        self.ups = nn.ModuleList()
+        for _ in range(cfg.ups):
+            self.ups.append(nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False))
+            c //= 2
+            self.norms.append(ConditionalBatchNorm(c, classes))
+        self.out = nn.Conv2d(c, cfg.in_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.project(z).view(len(z), -1, 4, 4)
+        h = F.relu(self.norms[0](h, y))
+        for up, norm in zip(self.ups, self.norms[1:]):
+            h = F.relu(norm(up(h), y))
+        return torch.tanh(self.out(h))
+
+
+class Discriminator(nn.Module):
+    """images (B, C, S, S) in [-1, 1] [+ class y] -> one logit (or critic value) per image.
+
+    A 3x3 convolution, then ``ups`` strided 4x4 convolutions that halve the resolution and
+    double the channels down to 4x4, LeakyReLU(0.2) throughout and no BatchNorm (it would
+    couple the samples of a batch, which the gradient penalty assumes independent); φ(x)
+    is the flattened 4x4 map, ψ a linear layer, and the projection adds embed(y)·φ(x).
+    """
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        sn = spectral_norm if cfg.spectral_norm else (lambda m: m)
+        c = cfg.width
+        layers: list[nn.Module] = [sn(nn.Conv2d(cfg.in_channels, c, 3, padding=1)), nn.LeakyReLU(0.2)]
+        for _ in range(cfg.ups):
+            layers += [sn(nn.Conv2d(c, 2 * c, 4, 2, 1)), nn.LeakyReLU(0.2)]
+            c *= 2
+        layers += [sn(nn.Conv2d(c, c, 3, padding=1)), nn.LeakyReLU(0.2)]
+        self.body = nn.Sequential(*layers)
+        self.psi = sn(nn.Linear(c * 16, 1))
+        self.embed = sn(nn.Embedding(cfg.num_classes, c * 16)) if cfg.conditional else None
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        phi = torch.flatten(self.body(x), 1)
+        out = self.psi(phi).squeeze(1)
+        if self.embed is not None:
+            out = out + (self.embed(y) * phi).sum(1)
+        return out
+
+
+class GAN(nn.Module):
+    """The generator, the discriminator and the EMA generator (what evaluation and serving use)."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.generator = Generator(cfg)
+        self.discriminator = Discriminator(cfg)
+        self.ema = copy.deepcopy(self.generator).requires_grad_(False)
+
+    def latents(self, n: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        return torch.randn(n, self.cfg.latent_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int, labels: torch.Tensor | None = None, ema: bool = True) -> torch.Tensor:
+        """``n`` images in [0, 1] from noise seeded by ``seed`` (eval mode: BatchNorm uses running stats)."""
+        net = self.ema if ema else self.generator
+        was = net.training
+        net.eval()
+        device = next(net.parameters()).device
+        if self.cfg.conditional and labels is None:
+            labels = torch.randint(0, self.cfg.num_classes, (n,), generator=torch.Generator().manual_seed(seed + 1))
+        y = labels.to(device) if self.cfg.conditional else None
+        out = (net(self.latents(n, seed, device), y) + 1) / 2
+        net.train(was)
+        return out
+
+    @torch.no_grad()
+    def update_ema(self, decay: float) -> None:
+        for e, p in zip(self.ema.parameters(), self.generator.parameters()):
+            e.lerp_(p, 1 - decay)
+        for e, b in zip(self.ema.buffers(), self.generator.buffers()):
+            e.copy_(b)
+
+
+# ------------------------------------------------------------------------------------ losses
+
+def d_loss(kind: str, real: torch.Tensor, fake: torch.Tensor, real_target: float = 1.0) -> torch.Tensor:
+    """The discriminator's (or critic's) loss from its outputs on real and generated images.
+
+    For ``minimax`` and ``non_saturating`` (the same D objective) this is −V(D, G) with
+    D = sigmoid(logit): at D = 1/2 everywhere it is 2 log 2.
+    """
+    if kind in ("minimax", "non_saturating"):
+        return (F.binary_cross_entropy_with_logits(real, torch.full_like(real, real_target))
+                + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+    if kind == "least_squares":
+        return 0.5 * ((real - real_target) ** 2).mean() + 0.5 * (fake ** 2).mean()
+    if kind == "wgan_gp":
+        return fake.mean() - real.mean()  # the penalty is added by the step
+    if kind == "hinge":
+        return F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+    raise ValueError(f"unknown GAN loss {kind!r}; valid: {LOSSES}")
+
+
+def g_loss(kind: str, fake: torch.Tensor) -> torch.Tensor:
+    """The generator's loss from D's outputs on its images.
+
+    ``minimax`` minimises E log(1 − D(G(z))) (saturates when D wins early: its gradient
+    vanishes as D(G(z)) → 0); ``non_saturating`` minimises −E log D(G(z)) instead.
+    """
+    if kind == "minimax":
+        return -F.softplus(fake).mean()  # log(1 − sigmoid(l)) = −softplus(l)
+    if kind == "non_saturating":
+        return F.softplus(-fake).mean()  # −log sigmoid(l)
+    if kind == "least_squares":
+        return 0.5 * ((fake - 1) ** 2).mean()
+    if kind in ("wgan_gp", "hinge"):
+        return -fake.mean()
+    raise ValueError(f"unknown GAN loss {kind!r}; valid: {LOSSES}")
+
+
+def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """E[(‖∇x̂ D(x̂)‖₂ − 1)²] at x̂ = εx + (1 − ε)x̃, ε ~ U[0, 1] per sample (Gulrajani et al. 2017)."""
+    eps = torch.rand(len(real), *([1] * (real.ndim - 1)), generator=generator).to(real)
+    x = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+# ------------------------------------------------------------------------------ the GAN step
+
+def _all_reduce_grads(module: nn.Module, world_size: int) -> None:
+    """Average gradients over the worker group, as DDP would (DDP's hooks cannot follow the
+    double backward of the gradient penalty, so the GAN reduces explicitly, in one bucket)."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if world_size < 2 or not grads:
+        return
+    flat = torch.cat([g.flatten() for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def _broadcast_buffers(module: nn.Module, world_size: int) -> None:
+    """Rank 0's BatchNorm statistics and spectral-norm vectors on every rank (as DDP does)."""
+    if world_size > 1:
+        for b in module.buffers():
+            torch.distributed.broadcast(b, 0)
+
+
+class Step:
+    """One D update per batch and one G update every ``n_critic`` batches, then the EMA.
+
+    Each network has its own optimizer and schedule: D's runs over every step, G's over its
+    own (fewer) steps. Noise is seeded by (seed, rank, step): every worker draws different
+    latents, and a resumed run draws exactly what the uninterrupted one would have.
+    """
+
+    def __init__(self, model: GAN, cfg: Any, family: Any, total_steps: int,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+        m: Config = cfg.model
+        self.model, self.m, self.seed, self.autocast = model, m, cfg.seed, autocast
+        self.real_target = 1.0 - cfg.label_smoothing
+        self.grad_clip = cfg.grad_clip
+        d_lr = cfg.lr * m.d_lr_scale
+        self.opt_g = optim.build(model.generator, cfg.optimizer, cfg.lr)
+        self.opt_d = optim.build(model.discriminator, m.d_optimizer or cfg.optimizer, d_lr)
+        self.lr_g = schedules.build(cfg.schedule, cfg.lr, max(1, total_steps // m.n_critic))
+        self.lr_d = schedules.build(m.d_schedule or cfg.schedule, d_lr, total_steps)
+        self.rank, self.world_size = 0, 1
+        self.last_g: dict[str, float] = {}
+
+    def distribute(self, world_size: int) -> None:
+        self.world_size = world_size
+        self.rank = torch.distributed.get_rank() if world_size > 1 else 0
+
+    def _update(self, opt: torch.optim.Optimizer, net: nn.Module, loss: torch.Tensor, lr: float) -> float | None:
+        optim.set_lr(opt, lr)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        _all_reduce_grads(net, self.world_size)
+        norm = float(nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)) if self.grad_clip > 0 else None
+        opt.step()
+        _broadcast_buffers(net, self.world_size)
+        return norm
+
+    def __call__(self, batch: tuple[torch.Tensor, torch.Tensor], step: int) -> dict[str, Any]:
+        G, D, m = self.model.generator, self.model.discriminator, self.m
+        real, labels = batch
+        real = real * 2 - 1
+        y = labels if m.conditional else None
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.rank, step]).generate_state(1)[0]))
+        device = real.device
+        z = torch.randn(len(real), m.latent_dim, generator=gen).to(device)
+
+        with self.autocast():
+            with torch.no_grad():
+                fake = G(z, y)
+            out_real, out_fake = D(real, y), D(fake, y)
+            loss = d_loss(m.loss, out_real, out_fake, self.real_target)
+        log = {"lr": self.lr_g(step // m.n_critic), "lr_d": self.lr_d(step)}
+        if m.loss == "wgan_gp" and m.gp_weight > 0:
+            gp = gradient_penalty(lambda x: D(x, y), real, fake, gen)
+            loss = loss + m.gp_weight * gp
+            log["gradient_penalty"] = gp.item()
+        log.update(loss=loss.item(), **self._d_outputs(out_real, out_fake))
+        if not torch.isfinite(loss):
+            return {"loss": loss, "count": torch.tensor(len(real)), "log": log}
+        norm = self._update(self.opt_d, D, loss, log["lr_d"])
+        if norm is not None:
+            log["grad_norm_d"] = norm
+
+        if (step + 1) % m.n_critic == 0:
+            z = torch.randn(len(real), m.latent_dim, generator=gen).to(device)
+            D.requires_grad_(False)  # no parameter gradients for D from G's loss
+            with self.autocast():
+                loss_g = g_loss(m.loss, D(G(z, y), y))
+            self.last_g = {"g_loss": loss_g.item()}
+            if math.isfinite(self.last_g["g_loss"]):
+                norm = self._update(self.opt_g, G, loss_g, log["lr"])
+                if norm is not None:
+                    self.last_g["grad_norm_g"] = norm
+            D.requires_grad_(True)
+            g_step = step // m.n_critic
+            self.model.update_ema(min(m.ema_decay, (1 + g_step) / (10 + g_step)))  # EMA warm-up
+        log.update(self.last_g)
+        return {"loss": loss.detach(), "count": torch.tensor(len(real)), "log": log}
+
+    def _d_outputs(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+        """D(x) and D(G(z)): probabilities for the logistic losses, raw outputs for the others."""
+        if self.m.loss in ("minimax", "non_saturating"):
+            real, fake = torch.sigmoid(real), torch.sigmoid(fake)
+        return {"d_real": real.mean().item(), "d_fake": fake.mean().item()}
+
+    def state_dict(self) -> dict:
+        return {"g": self.opt_g.state_dict(), "d": self.opt_d.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt_g.load_state_dict(state["g"])
+        self.opt_d.load_state_dict(state["d"])
+
+
+# ------------------------------------------------------------------------- the family contract
+
+def build(cfg: Config) -> GAN:
+    return GAN(cfg)
+
+
+def bind(cfg: Config, stats: dict, data_dir) -> Config:
+    """Check the images and class count against the shards; the evaluator must be there."""
+    check_images(cfg, stats, "gan")
+    if "evaluator" not in stats:
+        raise ConfigError(f"{data_dir}: these shards have no evaluator (feature network); the GAN is scored by "
+                          f"FID on it every epoch. Use an image dataset whose preprocess fits one (digits)")
+    return cfg
+
+
+def training_step(*args, **kwargs):
+    raise NotImplementedError("the GAN trains through gan.Step (two optimizers), not training_step")
+
+
+def eval_labels(cfg: Config, n: int) -> torch.Tensor | None:
+    """Balanced classes 0, 1, ..., C−1, 0, 1, ... for a conditional model's evaluation samples."""
+    return torch.arange(n) % cfg.num_classes if cfg.conditional else None
+
+
+def validate(model: GAN, cfg: Config, data_dir) -> dict[str, float]:
+    """FID, KID, precision/recall/density/coverage (and class accuracy) of the EMA generator
+    against the val split, on fixed noise: the per-epoch metric tune compares."""
+    from components.evaluation import generative
+
+    ev = generative.evaluator(str(data_dir))
+    n = ev.num_samples("val")
+    labels = eval_labels(cfg, n)
+    images = model.sample(n, seed=0, labels=labels).cpu().numpy()
+    return ev.score(images, "val", None if labels is None else labels.numpy())
+
+
+def evaluate(model: GAN, cfg: Config, shard_dir, split: str) -> dict:
+    """Every evaluator metric of EMA samples with its floor and ceiling, the raw generator's FID,
+    and a sample grid from fixed noise (one row per class when conditional)."""
+    from components.evaluation import generative
+
+    ev = generative.evaluator(str(shard_dir))
+    n = ev.num_samples(split)
+    labels = eval_labels(cfg, n)
+    seed = 1 if split == "test" else 0  # test samples are not the noise that selection saw
+    images = model.sample(n, seed=seed, labels=labels).cpu().numpy()
+    result = generative.with_bounds(ev.score(images, split, None if labels is None else labels.numpy()), ev, split)
+    raw = model.sample(n, seed=seed, labels=labels, ema=False).cpu().numpy()
+    result["generator_fid"] = ev.score(raw, split)["fid"]  # without EMA, for comparison
+    result["num_samples"] = n
+    per_row = 10
+    grid_labels = torch.arange(cfg.num_classes).repeat_interleave(per_row) if cfg.conditional else None
+    result["grid"] = model.sample(per_row * (cfg.num_classes if cfg.conditional else 8), seed=1234,
+                                  labels=grid_labels).cpu().numpy()
+    return result
+
+
+def report(result: dict, title: str, plot_dir, name: str) -> str:
+    from components.evaluation import generative, plots
+
+    rows = result["grid"].shape[0] // 10
+    labels = [str(c) for c in range(rows)] if "class_accuracy" in result else None
+    plots.save(plots.image_grid(result["grid"], rows, f"{title}\nFID {result['fid']:.2f} "
+                                f"(floor {result['fid_floor']:.2f}, noise {result['fid_ceiling']:.1f})", labels),
+               plot_dir / f"samples_{name}.png")
+    classes = (f"class accuracy of conditional samples {result['class_accuracy']:.4f}; "
+               if "class_accuracy" in result else "")
+    return (f"## {title}\n\n{result['num_samples']} samples of the EMA generator against as many test images.\n\n"
+            f"{generative.table(result)}\n{classes}classes covered {result['classes_covered']:.0f}/10, "
+            f"class balance {result['class_balance']:.3f}; FID without EMA {result['generator_fid']:.3f}.\n\n"
+            f"Samples (one row per class): `plots/eval/{plot_dir.name}/samples_{name}.png`; D(x) and D(G(z)) per "
+            f"step: `plots/train/{plot_dir.name}/d_real.csv`, `d_fake.csv`.\n")
+
+
+# ------------------------------------------------------------------------------------ serving
+
+def prepare_requests(model_input: Any, cfg: Config) -> list[tuple[int, int, int | None]]:
+    """(count, seed, label or None) per request row; a DataFrame, a dict or a list of dicts with
+    ``count`` and ``seed`` (and ``label`` for a conditional model; −1 or missing = random classes)."""
+    import pandas as pd
+
+    if isinstance(model_input, dict):
+        model_input = [model_input]
+    frame = pd.DataFrame(model_input) if isinstance(model_input, list) else model_input
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"expected a DataFrame (or dicts) with columns count, seed[, label], "
+                        f"got {type(model_input).__name__}")
+    missing = {"count", "seed"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"missing column(s) {sorted(missing)}; each row asks for `count` images from noise `seed`")
+    requests = []
+    for i, row in enumerate(frame.to_dict("records")):
+        count, seed = int(row["count"]), int(row["seed"])
+        label = row.get("label")
+        label = None if label is None or (isinstance(label, float) and math.isnan(label)) or int(label) < 0 else int(label)
+        if not 1 <= count <= MAX_SAMPLES:
+            raise ValueError(f"row {i}: count must be in [1, {MAX_SAMPLES}], got {count}")
+        if label is not None and not cfg.conditional:
+            raise ValueError(f"row {i}: this GAN is unconditional; drop `label` (or set it to -1)")
+        if label is not None and not 0 <= label < cfg.num_classes:
+            raise ValueError(f"row {i}: label must be in [0, {cfg.num_classes - 1}] (or -1 for random), got {label}")
+        requests.append((count, seed, label))
+    return requests
+
+
+@torch.no_grad()
+def predict(model: GAN, model_input: Any, cfg: Config) -> np.ndarray:
+    """Images (N, H, W) for one channel, else (N, C, H, W), float32 in [0, 1]; rows in request order."""
+    out = []
+    for count, seed, label in prepare_requests(model_input, cfg):
+        labels = torch.full((count,), label) if label is not None else None
+        out.append(model.sample(count, seed, labels).cpu().numpy())
+    images = np.concatenate(out).astype(np.float32)
+    return images[:, 0] if cfg.in_channels == 1 else images
+
+
+def signature(cfg: Config):
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema, TensorSpec
+
+    shape = (-1, cfg.image_size, cfg.image_size) if cfg.in_channels == 1 else \
+        (-1, cfg.in_channels, cfg.image_size, cfg.image_size)
+    return ModelSignature(inputs=Schema([ColSpec("long", "count"), ColSpec("long", "seed"),
+                                         ColSpec("long", "label", required=False)]),
+                          outputs=Schema([TensorSpec(np.dtype(np.float32), shape)]))
+
+
+def serving_example(cfg: Config):
+    import pandas as pd
+
+    return pd.DataFrame({"count": [4, 4], "seed": [0, 1], "label": [3, -1]})
+
+
+def usage(name: str) -> str:
+    return (f'`mlflow.pyfunc.load_model("models:/{name}@champion").predict(pd.DataFrame({{"count": [16], '
+            f'"seed": [0], "label": [7]}}))` returns 16 images of a 7, float32 (16, 8, 8) in [0, 1]; '
+            f'label -1 (or no label column) draws random classes.')
