@@ -168,6 +168,12 @@ def champion_version(name: str):
         return None
 
 
+def metric_tags(metrics: dict[str, float], prefix: str = "test_") -> dict[str, str]:
+    """Metrics as model-version tags, written exactly (``repr``): ``register`` compares a new
+    version against the champion's tag, and a rounded tag would let an equal model win."""
+    return {f"{prefix}{k}": repr(float(v)) for k, v in metrics.items()}
+
+
 def register(model_uri: str, name: str, *, tags: dict[str, str], description: str,
              metric: str, value: float, mode: str, min_improvement: float = 0.0) -> tuple[Any, str, Any]:
     """Register ``model_uri`` as a new version of ``name`` and give it an alias.

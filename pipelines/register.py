@@ -67,7 +67,7 @@ def main() -> None:
             "dvc_data_md5": lineage.dvc_md5(layout.root, f"data/shards/{dataset}"),
             "params_hash": lineage.run_key(meta["train"]), "candidate": selected,
             "source_run_id": meta.get("mlflow_run_id", ""),
-            **{f"test_{k}": f"{v:.6g}" for k, v in test.items()}}
+            **tracking.metric_tags(test)}
     import mlflow
 
     with mlflow.start_run(experiment_id=exp, run_name=f"register-{selected}", tags={"stage": "register", "algo": algo}):
