@@ -82,7 +82,7 @@ def main() -> None:
     final["wall_time_s"] = wall
     lineage.write_json(layout.metrics("train", algo), final)
     client.set_terminated(run.info.run_id, "FINISHED")
-    val = ", ".join(f"{k} {final[k]:.4f}" for k in ("val_loss", family.VAL_METRIC) if k in final)
+    val = ", ".join(f"{k} {final[k]:.4f}" for k in dict.fromkeys(("val_loss", family.VAL_METRIC)) if k in final)
     print(f"train {algo}: {val} after {final['epoch'] + 1} epochs in {wall:.1f}s -> {out}")
 
 

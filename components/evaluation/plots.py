@@ -139,6 +139,25 @@ def image_grid(images: np.ndarray, rows: int, title: str, row_labels: Sequence[s
     return fig
 
 
+def latent_projection(latents: np.ndarray, labels: np.ndarray, title: str) -> Figure:
+    """The first two principal components of ``latents`` (N, d), one colour per class."""
+    x = np.asarray(latents, np.float64)
+    x = x - x.mean(0)
+    if x.shape[1] > 2:
+        _, _, vt = np.linalg.svd(x, full_matrices=False)
+        x = x @ vt[:2].T
+    elif x.shape[1] == 1:
+        x = np.c_[x, np.zeros(len(x))]
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    points = ax.scatter(x[:, 0], x[:, 1], c=labels, cmap="tab10", s=8, vmin=-0.5, vmax=9.5)
+    fig.colorbar(points, ax=ax, ticks=range(10), label="class")
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: Figure, path) -> None:
     from pathlib import Path
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 from types import ModuleType
 
 from components.config import ConfigError
-from components.models import gan, resnet, transformer
+from components.models import gan, resnet, transformer, vae
 
 FAMILIES: dict[str, ModuleType] = {
     "resnet": resnet,
     "transformer": transformer,
     "gan": gan,
+    "vae": vae,
 }
 
 

@@ -251,7 +251,7 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | N
 
 
 def training_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], cfg: Config,
-                  label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
+                  label_smoothing: float = 0.0, progress: float = 0.0) -> dict[str, torch.Tensor]:
     images, labels = batch
     images = random_shift(images, cfg.augment_shift)
     logits = model(images)

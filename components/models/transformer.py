@@ -370,7 +370,7 @@ def _teacher_forced(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], 
 
 
 def training_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], cfg: Config,
-                  label_smoothing: float = 0.0) -> dict[str, torch.Tensor]:
+                  label_smoothing: float = 0.0, progress: float = 0.0) -> dict[str, torch.Tensor]:
     """Label-smoothed cross-entropy, the mean over target tokens (padding ignored)."""
     return _teacher_forced(model, batch, label_smoothing, "mean")
 

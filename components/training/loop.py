@@ -117,11 +117,16 @@ class SupervisedStep:
     (after resume), ``__call__(batch, step) -> {"loss", "count", ["correct"], "log": {name: float}}``
     (forward passes inside ``autocast()``, backward outside), ``state_dict()`` /
     ``load_state_dict()`` (everything a resume needs but the weights).
+
+    ``family.training_step(model, batch, cfg, label_smoothing=, progress=)`` returns ``loss``,
+    ``count`` and optionally ``correct`` and ``log`` (more scalars for the step rows);
+    ``progress`` is the fraction of the run done (a KL warm-up reads it).
     """
 
     def __init__(self, model: nn.Module, cfg: Any, family: Any, total_steps: int,
                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
         self.model, self.cfg, self.family, self.autocast = model, cfg, family, autocast
+        self.total_steps = total_steps
         self.optimizer = optim.build(model, cfg.optimizer, cfg.lr)
         self.lr_at = schedules.build(cfg.schedule, cfg.lr, total_steps)
 
@@ -134,13 +139,14 @@ class SupervisedStep:
         lr = self.lr_at(step)
         optim.set_lr(self.optimizer, lr)
         with self.autocast():
-            out = self.family.training_step(self.model, batch, self.cfg.model, label_smoothing=self.cfg.label_smoothing)
+            out = self.family.training_step(self.model, batch, self.cfg.model, label_smoothing=self.cfg.label_smoothing,
+                                            progress=step / self.total_steps)
         loss = out["loss"]
+        log = {"lr": lr, "loss": loss.item(), **out.get("log", {})}  # a family may add scalars (a KL term...)
         if not torch.isfinite(loss):  # stop before a NaN reaches the weights
-            return {**out, "log": {"lr": lr, "loss": loss.item()}}
+            return {**out, "log": log}
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        log = {"lr": lr, "loss": loss.item()}
         if self.cfg.grad_clip > 0:
             log["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
         self.optimizer.step()

@@ -43,6 +43,9 @@ def tiny_params() -> dict:
     t["model"].update(width=16, latent_dim=16)
     params["tune"]["gan"].update(samples_per_schedule=1, epochs=2, grace_period=1)
     params["tune"]["gan"]["space"]["schedule"] = ["constant", "linear"]
+    params["train"]["vae"].update(epochs=6)
+    params["tune"]["vae"].update(samples_per_schedule=1, epochs=2, grace_period=1)
+    params["tune"]["vae"]["space"]["schedule"] = ["cosine", "onecycle"]
     return params
 
 
@@ -183,6 +186,44 @@ def test_gan_champion_generates_seeded_images_in_a_fresh_process(project):
     assert "label must be in [0, 9]" in out.get("error", "")
     version = mlflow_client(root).get_model_version_by_alias("gan", "champion")
     assert "Goodfellow" in version.description and "test_fid" in version.tags
+
+
+def test_repro_runs_the_vae_and_reports_its_bounds_in_nats(project):
+    root, env, first = project
+    for stage in ("train@vae", "tune@vae", "evaluate@vae", "register@vae"):
+        assert f"Running stage '{stage}'" in first.stdout
+    ev = json.loads((root / "metrics/eval/vae.json").read_text())
+    assert ev["primary_metric"] == "iwae" and ev["mode"] == "max"
+    chosen = ev[ev["selected"]]
+    assert chosen["iwae"] >= chosen["elbo"] and chosen["active_units"] >= 1
+    assert 0.5 <= chosen["auroc_rotation"] <= 1 and chosen["fid_floor"] < chosen["fid_ceiling"]
+    for image in ("reconstructions", "samples", "traversal", "latents"):
+        assert (root / f"plots/eval/vae/{image}_train.png").stat().st_size > 3000, image
+    for curve in ("kl", "kl_weight", "recon", "val_loss"):
+        assert (root / f"plots/train/vae/{curve}.csv").exists(), curve
+
+
+def test_vae_champion_encodes_decodes_and_samples_in_a_fresh_process(project):
+    root, env, _ = project
+    script = textwrap.dedent(f"""
+        import json, mlflow, numpy as np
+        mlflow.set_tracking_uri("sqlite:///{root / 'mlflow.db'}")
+        model = mlflow.pyfunc.load_model("models:/vae@champion")
+        rows = np.random.default_rng(0).random((4, 64)).astype(np.float32)
+        mu = model.predict(rows, params={{"mode": "encode"}})
+        out = {{"mu": list(mu.shape), "rec": list(model.predict(rows).shape),
+               "dec": list(model.predict(mu, params={{"mode": "decode"}}).shape),
+               "sample": list(model.predict(np.zeros((3, 1), np.float32), params={{"mode": "sample", "seed": 2}}).shape)}}
+        try:
+            model.predict(rows, params={{"mode": "dream"}})
+        except Exception as exc:
+            out["error"] = str(exc)
+        print(json.dumps(out))
+    """)
+    proc = run([sys.executable, "-c", script], Path("/"), {**env, "PYTHONPATH": ""})
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["mu"] == [4, 16] and out["rec"] == out["dec"] == [4, 8, 8] and out["sample"] == [3, 8, 8]
+    assert "mode must be one of" in out.get("error", "")
 
 
 def test_second_repro_does_nothing(project):

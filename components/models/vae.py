@@ -1,0 +1,397 @@
+"""Variational autoencoders (Kingma & Welling 2014, "Auto-Encoding Variational Bayes").
+
+- an encoder to q(z|x) = N(μ, diag σ²), output as (μ, log σ²); z = μ + σ·ε with ε ~ N(0, I)
+  (the reparameterisation trick), so the sample is differentiable in μ and σ;
+- a decoder to p(x|z): Bernoulli (logits; the usual choice for [0, 1] pixels) or Gaussian
+  with a fixed standard deviation ``decoder_std``;
+- the ELBO of the survey's eq. 6, L = E_q[log p(x|z)] − KL(q(z|x) ‖ N(0, I)), with the KL in
+  closed form, ½ Σ_j (μ_j² + σ_j² − log σ_j² − 1), in nats per image;
+- β-VAE (Higgins et al. 2017): the KL weighted by β; β = 0 is a (noisy) autoencoder;
+- KL annealing: the weight rises linearly from 0 to β over ``kl_warmup`` of the run
+  (Bowman et al. 2016), or repeats that rise over ``kl_cycles`` cycles (cyclical, Fu et al.
+  2019, ramping over the first half of each); both fight posterior collapse;
+- a conditional VAE (Sohn et al. 2015): the class, one-hot, enters encoder and decoder;
+- MLP or convolutional encoder/decoder (the conv one sized by the image size like DCGAN).
+
+Evaluation is in nats on the test split: the ELBO and the importance-weighted bound
+(Burda et al. 2016) log p(x) ≥ E log (1/k) Σ_i p(x, z_i) / q(z_i|x), which is ≥ the ELBO
+and tightens as k grows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from components.config import ConfigError, bounds
+from components.models.common import check_images
+
+PAPER = "Kingma & Welling 2014, Auto-Encoding Variational Bayes (arXiv:1312.6114)"
+PRIMARY_METRIC, PRIMARY_MODE = "iwae", "max"  # test log p(x) estimate in nats; register compares it
+SELECT_BY = (("elbo", "max"),)
+VAL_METRIC, VAL_MODE = "val_loss", "min"  # −ELBO (β = 1) per image on val
+MODES = ("encode", "decode", "reconstruct", "sample")
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass
+class Config:
+    """``train.vae.model``."""
+    arch: Literal["mlp", "conv"] = "conv"
+    latent_dim: int = field(default=16, metadata=bounds(ge=1))
+    hidden: int = field(default=256, metadata=bounds(ge=1))  # MLP width
+    width: int = field(default=32, metadata=bounds(ge=4))  # conv channels at full resolution
+    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    decoder_std: float = field(default=0.1, metadata=bounds(gt=0))  # Gaussian likelihood only
+    beta: float = field(default=1.0, metadata=bounds(ge=0))
+    kl_anneal: Literal["none", "linear", "cyclical"] = "linear"
+    kl_warmup: float = field(default=0.3, metadata=bounds(ge=0, le=1))  # linear: fraction of the run
+    kl_cycles: int = field(default=4, metadata=bounds(ge=1))  # cyclical
+    conditional: bool = False
+    image_size: int = field(default=8, metadata=bounds(ge=4))
+    in_channels: int = field(default=1, metadata=bounds(ge=1))
+    num_classes: int = field(default=10, metadata=bounds(ge=2))
+    iwae_samples: int = field(default=100, metadata=bounds(ge=1))  # k of the test log p(x) estimate
+    active_threshold: float = field(default=0.01, metadata=bounds(ge=0))  # nats of KL for an active unit
+
+    def validate(self) -> None:
+        if self.arch == "conv" and self.image_size & (self.image_size - 1):
+            raise ConfigError(f"image_size: the conv VAE halves the resolution down to 4x4, so it must be a power "
+                              f"of 2 >= 4, got {self.image_size}; or set arch: mlp")
+
+    @property
+    def pixels(self) -> int:
+        return self.in_channels * self.image_size ** 2
+
+
+def kl_weight(cfg: Config, progress: float) -> float:
+    """β times the annealing factor at ``progress`` (fraction of the run done, in [0, 1])."""
+    if cfg.kl_anneal == "linear":
+        return cfg.beta * (min(1.0, progress / cfg.kl_warmup) if cfg.kl_warmup > 0 else 1.0)
+    if cfg.kl_anneal == "cyclical":
+        phase = (progress * cfg.kl_cycles) % 1.0
+        return cfg.beta * min(1.0, phase / 0.5)
+    return cfg.beta
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ, σ²) ‖ N(0, 1)) per latent dimension, in closed form: (B, d)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1)
+
+
+def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    eps = torch.randn(mu.shape, generator=generator).to(mu)
+    return mu + (0.5 * logvar).exp() * eps
+
+
+class VAE(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        cond = cfg.num_classes if cfg.conditional else 0
+        d = cfg.latent_dim
+        if cfg.arch == "mlp":
+            h = cfg.hidden
+            self.encoder = nn.Sequential(nn.Linear(cfg.pixels + cond, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU())
+            self.to_stats = nn.Linear(h, 2 * d)
+            self.decoder = nn.Sequential(nn.Linear(d + cond, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
+                                         nn.Linear(h, cfg.pixels))
+        else:
+            ups = int(math.log2(cfg.image_size)) - 2
+            c = cfg.width
+            enc: list[nn.Module] = [nn.Conv2d(cfg.in_channels + cond, c, 3, padding=1), nn.ReLU()]
+            for _ in range(ups):
+                enc += [nn.Conv2d(c, 2 * c, 4, 2, 1), nn.ReLU()]
+                c *= 2
+            self.encoder = nn.Sequential(*enc, nn.Flatten())
+            self.to_stats = nn.Linear(c * 16, 2 * d)
+            dec: list[nn.Module] = [nn.Linear(d + cond, c * 16), nn.ReLU(), nn.Unflatten(1, (c, 4, 4))]
+            for _ in range(ups):
+                dec += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1), nn.ReLU()]
+                c //= 2
+            self.decoder = nn.Sequential(*dec, nn.Conv2d(c, cfg.in_channels, 3, padding=1))
+
+    def _onehot(self, y: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+        if not self.cfg.conditional:
+            return None
+        if y is None:
+            raise ValueError("this VAE is conditional: pass the class labels")
+        return F.one_hot(y, self.cfg.num_classes).to(like)
+
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, C, H, W) in [0, 1] -> (μ, log σ²), each (B, latent_dim)."""
+        onehot = self._onehot(y, x)
+        if self.cfg.arch == "mlp":
+            h = x.flatten(1)
+            h = torch.cat([h, onehot], 1) if onehot is not None else h
+        else:
+            h = x if onehot is None else torch.cat([x, onehot[:, :, None, None].expand(-1, -1, *x.shape[2:])], 1)
+        mu, logvar = self.to_stats(self.encoder(h)).chunk(2, dim=1)
+        return mu, logvar.clamp(-12, 8)
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents -> the likelihood's parameter: logits (Bernoulli) or means (Gaussian), (B, C, H, W)."""
+        onehot = self._onehot(y, z)
+        h = torch.cat([z, onehot], 1) if onehot is not None else z
+        s = self.cfg.image_size
+        return self.decoder(h).view(len(z), self.cfg.in_channels, s, s)
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        """The decoder's mean image in [0, 1]."""
+        return torch.sigmoid(out) if self.cfg.likelihood == "bernoulli" else out.clamp(0, 1)
+
+    def log_likelihood(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) per image, summed over pixels, in nats: (B,)."""
+        if self.cfg.likelihood == "bernoulli":
+            return -F.binary_cross_entropy_with_logits(out, x, reduction="none").flatten(1).sum(1)
+        std = self.cfg.decoder_std
+        return (-0.5 * ((x - out) / std) ** 2 - math.log(std) - 0.5 * LOG_2PI).flatten(1).sum(1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        mu, logvar = self.encode(x, y)
+        z = reparameterise(mu, logvar)
+        return self.decode(z, y), mu, logvar
+
+
+def elbo_terms(model: VAE, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log p(x|z) with one z ~ q, KL per dimension (B, d), μ) for a batch."""
+    out, mu, logvar = model(x, y)
+    return model.log_likelihood(out, x), kl_divergence(mu, logvar), mu
+
+
+# ------------------------------------------------------------------------- the family contract
+
+def build(cfg: Config) -> VAE:
+    return VAE(cfg)
+
+
+def bind(cfg: Config, stats: dict, data_dir) -> Config:
+    check_images(cfg, stats, "vae")
+    return cfg
+
+
+def _labels(cfg: Config, batch: tuple) -> torch.Tensor | None:
+    return batch[1] if cfg.conditional else None
+
+
+def training_step(model: VAE, batch: tuple[torch.Tensor, torch.Tensor], cfg: Config,
+                  label_smoothing: float = 0.0, progress: float = 0.0) -> dict[str, Any]:
+    """−(E_q log p(x|z) − w·KL) per image, w = β × the annealing factor at ``progress``."""
+    x = batch[0]
+    rec, kl, _ = elbo_terms(model, x, _labels(cfg, batch))
+    w = kl_weight(cfg, progress)
+    kl_sum = kl.sum(1)
+    loss = (-rec + w * kl_sum).mean()
+    return {"loss": loss, "count": torch.tensor(len(x)),
+            "log": {"recon": -rec.mean().item(), "kl": kl_sum.mean().item(), "kl_weight": w}}
+
+
+@torch.no_grad()
+def eval_step(model: VAE, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Sums of −ELBO (β = 1: the true bound), reconstruction and KL, for exact means over ranks."""
+    x = batch[0]
+    rec, kl, _ = elbo_terms(model, x, batch[1] if model.cfg.conditional else None)
+    kl_sum = kl.sum(1)
+    return {"loss": (kl_sum - rec).sum(), "recon": -rec.sum(), "kl": kl_sum.sum(), "count": torch.tensor(len(x))}
+
+
+@torch.no_grad()
+def iwae_bound(model: VAE, x: torch.Tensor, y: torch.Tensor | None, k: int,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """log (1/k) Σ_i p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x), per image (B,), in nats."""
+    mu, logvar = model.encode(x, y)
+    std = (0.5 * logvar).exp()
+    eps = torch.randn((k, *mu.shape), generator=generator)
+    z = mu + std * eps  # (k, B, d)
+    log_q = (-0.5 * eps.pow(2) - 0.5 * logvar - 0.5 * LOG_2PI).sum(-1)
+    log_prior = (-0.5 * z.pow(2) - 0.5 * LOG_2PI).sum(-1)
+    ys = y.repeat(k) if y is not None else None
+    out = model.decode(z.reshape(-1, mu.shape[1]), ys)
+    log_lik = model.log_likelihood(out, x.repeat(k, 1, 1, 1)).view(k, -1)
+    return torch.logsumexp(log_lik + log_prior - log_q, 0) - math.log(k)
+
+
+def corrupt(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
+    """Out-of-distribution versions of test digits: additive noise, or a quarter turn."""
+    if kind == "noise":
+        return (x + 0.1 * torch.randn(x.shape, generator=generator)).clamp(0, 1)
+    if kind == "rotation":
+        return torch.rot90(x, 1, dims=(2, 3))
+    raise ValueError(kind)
+
+
+# ------------------------------------------------------------------------------ evaluate
+
+@torch.no_grad()
+def evaluate(model: VAE, cfg: Config, shard_dir, split: str) -> dict:
+    """ELBO, IWAE log p(x) (k = ``iwae_samples``), reconstruction error, active units, sample quality
+    of prior samples through the shared evaluator, and anomaly AUROC of −ELBO; plus images."""
+    from sklearn.metrics import roc_auc_score
+
+    from components.data.shards import ShardDataset
+    from components.evaluation import generative
+
+    model.eval()
+    xs, ys = zip(*[(x, y) for x, y in ShardDataset(shard_dir, split, batch_size=512)])
+    x, y = torch.cat(xs), torch.cat(ys)
+    cond = y if cfg.conditional else None
+    gen = torch.Generator().manual_seed(0)
+    mu, logvar = model.encode(x, cond)
+    kl = kl_divergence(mu, logvar)  # (N, d)
+    out = model.decode(mu, cond)
+    z = reparameterise(mu, logvar, gen)
+    rec_sampled = model.log_likelihood(model.decode(z, cond), x)
+    elbo = rec_sampled - kl.sum(1)
+    iwae = torch.cat([iwae_bound(model, x[i:i + 64], None if cond is None else cond[i:i + 64], cfg.iwae_samples, gen)
+                      for i in range(0, len(x), 64)])
+    kl_per_dim = kl.mean(0)
+    result: dict[str, Any] = {
+        "elbo": elbo.mean().item(), "iwae": iwae.mean().item(), "iwae_samples": cfg.iwae_samples,
+        "recon_nats": -rec_sampled.mean().item(), "kl": kl.sum(1).mean().item(),
+        "recon_mse": F.mse_loss(model.mean(out), x).item(),
+        "active_units": int((kl_per_dim > cfg.active_threshold).sum()), "latent_dim": cfg.latent_dim,
+        "kl_per_dim": kl_per_dim.tolist(), "num_samples": len(x),
+    }
+    labels = np.r_[np.zeros(len(x)), np.ones(len(x))]
+    for kind in ("noise", "rotation"):  # score = −ELBO: higher = less like the training data
+        bad = corrupt(x, kind, gen)
+        mu_b, logvar_b = model.encode(bad, cond)
+        z_b = reparameterise(mu_b, logvar_b, gen)
+        elbo_b = model.log_likelihood(model.decode(z_b, cond), bad) - kl_divergence(mu_b, logvar_b).sum(1)
+        result[f"auroc_{kind}"] = float(roc_auc_score(labels, torch.cat([-elbo, -elbo_b]).numpy()))
+
+    ev = generative.evaluator(str(shard_dir))
+    n = ev.num_samples(split)
+    prior_labels = torch.arange(n) % cfg.num_classes if cfg.conditional else None
+    samples = sample(model, n, seed=1 if split == "test" else 0, labels=prior_labels).numpy()
+    quality = ev.score(samples, split, None if prior_labels is None else prior_labels.numpy())
+    result.update(generative.with_bounds(quality, ev, split))
+
+    # images for the report
+    order = torch.argsort(kl_per_dim, descending=True)
+    result["originals"], result["reconstructions"] = x[:16].numpy(), model.mean(out[:16]).numpy()
+    result["samples"] = samples[:80]
+    base = mu[:1].repeat(9 * 2, 1)
+    steps = torch.linspace(-3, 3, 9)
+    for row, dim in enumerate(order[:2].tolist()):
+        base[row * 9:(row + 1) * 9, dim] = steps
+    result["traversal"] = model.mean(model.decode(base, None if cond is None else cond[:1].repeat(18))).numpy()
+    result["traversal_dims"] = order[:2].tolist()
+    result["latents"], result["labels"] = mu.numpy(), y.numpy()
+    return result
+
+
+@torch.no_grad()
+def sample(model: VAE, n: int, seed: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """``n`` decoder means from the prior N(0, I), noise seeded by ``seed``: (n, C, H, W) in [0, 1]."""
+    model.eval()
+    z = torch.randn(n, model.cfg.latent_dim, generator=torch.Generator().manual_seed(seed))
+    if model.cfg.conditional and labels is None:
+        labels = torch.randint(0, model.cfg.num_classes, (n,), generator=torch.Generator().manual_seed(seed + 1))
+    return model.mean(model.decode(z, labels if model.cfg.conditional else None))
+
+
+def report(result: dict, title: str, plot_dir, name: str) -> str:
+    from components.evaluation import generative, plots
+
+    pairs = np.stack([result["originals"], result["reconstructions"]], 1).reshape(-1, *result["originals"].shape[1:])
+    plots.save(plots.image_grid(pairs, 4, f"{title}: inputs (odd columns) and reconstructions"),
+               plot_dir / f"reconstructions_{name}.png")
+    plots.save(plots.image_grid(result["samples"], 8, f"{title}: prior samples, FID {result['fid']:.2f} "
+                                f"(floor {result['fid_floor']:.2f}, noise {result['fid_ceiling']:.1f})"),
+               plot_dir / f"samples_{name}.png")
+    dims = result["traversal_dims"]
+    plots.save(plots.image_grid(result["traversal"], 2, f"{title}: latent traversal −3..3",
+                                [f"z{d}" for d in dims]), plot_dir / f"traversal_{name}.png")
+    plots.save(plots.latent_projection(result["latents"], result["labels"], f"{title}: test latents (PCA of μ)"),
+               plot_dir / f"latents_{name}.png")
+    active = f"{result['active_units']}/{result['latent_dim']}"
+    classes = f", class accuracy {result['class_accuracy']:.4f}" if "class_accuracy" in result else ""
+    return (f"## {title}\n\nIn nats per image, {result['num_samples']} test images: ELBO {result['elbo']:.2f}, "
+            f"IWAE log p(x) {result['iwae']:.2f} (k = {result['iwae_samples']}), reconstruction "
+            f"{result['recon_nats']:.2f}, KL {result['kl']:.2f}; reconstruction MSE {result['recon_mse']:.4f}; "
+            f"active units {active} (KL > threshold).\n\nAnomaly detection by −ELBO, AUROC: noise "
+            f"{result['auroc_noise']:.3f}, quarter turn {result['auroc_rotation']:.3f}.\n\n"
+            f"Prior samples through the shared evaluator{classes}:\n\n{generative.table(result)}\n"
+            f"Images: `plots/eval/{plot_dir.name}/{{reconstructions,samples,traversal,latents}}_{name}.png`\n")
+
+
+# ------------------------------------------------------------------------------------ serving
+
+def _as_float(batch: Any, what: str) -> torch.Tensor:
+    if not isinstance(batch, np.ndarray):
+        raise TypeError(f"expected a numpy array of {what}, got {type(batch).__name__}")
+    if not np.issubdtype(batch.dtype, np.floating):
+        raise TypeError(f"expected a float array of {what}, got dtype {batch.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+
+
+@torch.no_grad()
+def predict(model: VAE, batch: Any, cfg: Config, mode: str = "reconstruct", seed: int = 0,
+            label: int = -1) -> np.ndarray:
+    """By ``mode``: ``encode`` images (N, H·W) -> μ (N, d); ``decode`` latents (N, d) -> images;
+    ``reconstruct`` images -> images; ``sample`` N rows (any values) -> N prior samples from
+    ``seed``. Images are rows of H·W pixels in [0, 1] (sklearn's digits layout); outputs
+    images as (N, H, W). ``label`` picks the class of a conditional VAE (−1 = from the data:
+    random for sample, required otherwise)."""
+    model.eval()
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if isinstance(batch, list):
+        batch = np.asarray(batch, dtype=np.float32)
+    if hasattr(batch, "to_numpy"):
+        batch = batch.to_numpy(dtype=np.float32)
+    t = _as_float(batch, "rows")
+    if t.ndim != 2:
+        raise ValueError(f"expected a 2-D array (N, features), got shape {tuple(t.shape)}")
+    n = len(t)
+    y = None
+    if cfg.conditional:
+        if label < 0 and mode != "sample":
+            raise ValueError(f"this VAE is conditional: pass params={{'label': 0..{cfg.num_classes - 1}}}")
+        if label >= cfg.num_classes:
+            raise ValueError(f"label must be in [0, {cfg.num_classes - 1}], got {label}")
+        y = torch.full((n,), label) if label >= 0 else None
+    s = cfg.image_size
+    if mode == "sample":
+        images = sample(model, n, seed, y)
+    elif mode == "decode":
+        if t.shape[1] != cfg.latent_dim:
+            raise ValueError(f"decode takes latents of shape (N, {cfg.latent_dim}), got {tuple(t.shape)}")
+        images = model.mean(model.decode(t, y))
+    else:
+        if t.shape[1] != cfg.pixels:
+            raise ValueError(f"{mode} takes images as rows of {cfg.pixels} pixels (N, {cfg.pixels}) in [0, 1], "
+                             f"got {tuple(t.shape)}; flatten (N, {s}, {s}) with images.reshape(len(images), -1)")
+        x = t.view(n, cfg.in_channels, s, s)
+        mu, _ = model.encode(x, y)
+        if mode == "encode":
+            return mu.numpy()
+        images = model.mean(model.decode(mu, y))
+    images = images.numpy()
+    return images[:, 0] if cfg.in_channels == 1 else images
+
+
+def signature(cfg: Config):
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1))]),
+                          params=ParamSchema([ParamSpec("mode", "string", "reconstruct"),
+                                              ParamSpec("seed", "long", 0), ParamSpec("label", "long", -1)]))
+
+
+def serving_example(cfg: Config) -> np.ndarray:
+    return np.zeros((2, cfg.pixels), dtype=np.float32)
+
+
+def usage(name: str) -> str:
+    return (f'`model = mlflow.pyfunc.load_model("models:/{name}@champion")`; `model.predict(images.reshape(n, 64), '
+            f'params={{"mode": "encode"}})` gives latent means; mode `reconstruct` (default), `decode` (input: '
+            f'latents) and `sample` (input: n rows, `seed` param) give float32 images (n, 8, 8) in [0, 1].')
