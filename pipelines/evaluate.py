@@ -40,28 +40,36 @@ def main() -> None:
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
 
-    results, sections = {}, [f"# {algo}: evaluation\n"]
+    # Val first, for both candidates: it alone selects. Then test, where the family may add its
+    # costly extras (a diffusion model's sampler sweep) for the selected candidate only.
+    models, val = {}, {}
     for name in CANDIDATES:
-        t0 = time.perf_counter()
         state, meta = load_exported(layout.model(algo, name))
         cfg = train_config_from_dict(algo, meta["train"]).model
         model = family.build(cfg)
         model.load_state_dict(state)
-        val = scalars(family.evaluate(model, cfg, shard_dir, "val"))
-        test_full = family.evaluate(model, cfg, shard_dir, "test")
+        models[name] = (model, cfg)
+        val[name] = scalars(family.evaluate(model, cfg, shard_dir, "val"))
+
+    def rank(n: str) -> tuple:  # val only: the test split never chooses
+        return tuple(val[n][m] * (1 if mode == "max" else -1) for m, mode in family.SELECT_BY)
+
+    finite_val = [n for n in CANDIDATES if all(math.isfinite(v) for v in val[n].values())]
+    preferred = max(finite_val, key=rank) if finite_val else None
+    results, sections = {}, [f"# {algo}: evaluation\n"]
+    for name in CANDIDATES:
+        t0 = time.perf_counter()
+        model, cfg = models[name]
+        test_full = family.evaluate(model, cfg, shard_dir, "test", detail=name == preferred)
         test = scalars(test_full)
-        finite = all(math.isfinite(v) for v in (*val.values(), *test.values()))
-        results[name] = {**test, **{f"val_{k}": v for k, v in val.items()}, "valid": finite}
+        finite = all(math.isfinite(v) for v in (*val[name].values(), *test.values()))
+        results[name] = {**test, **{f"val_{k}": v for k, v in val[name].items()}, "valid": finite}
         sections.append(family.report(test_full, f"{algo} ({name} candidate), test split", plot_dir, name))
         print(f"evaluate {algo}/{name}: test {family.PRIMARY_METRIC} {test[family.PRIMARY_METRIC]:.4f}, "
-              f"val {family.PRIMARY_METRIC} {val[family.PRIMARY_METRIC]:.4f} ({time.perf_counter() - t0:.1f}s)",
+              f"val {family.PRIMARY_METRIC} {val[name][family.PRIMARY_METRIC]:.4f} ({time.perf_counter() - t0:.1f}s)",
               flush=True)
 
     valid = [n for n in CANDIDATES if results[n]["valid"]]
-
-    def rank(n: str) -> tuple:  # val only: the test split never chooses
-        return tuple(results[n][f"val_{m}"] * (1 if mode == "max" else -1) for m, mode in family.SELECT_BY)
-
     selected = max(valid, key=rank) if valid else None
     summary = {"primary_metric": family.PRIMARY_METRIC, "mode": family.PRIMARY_MODE,
                "selected_by": [f"val_{m} ({mode})" for m, mode in family.SELECT_BY],

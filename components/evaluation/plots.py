@@ -158,6 +158,28 @@ def latent_projection(latents: np.ndarray, labels: np.ndarray, title: str) -> Fi
     return fig
 
 
+def quality_by_steps(rows: Sequence[dict], fid_floor: float, title: str) -> Figure:
+    """FID (left) and precision/recall/coverage (right) of each sampler against its step count."""
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    for sampler in dict.fromkeys(r["sampler"] for r in rows):
+        pts = [r for r in rows if r["sampler"] == sampler]
+        steps = [r["steps"] for r in pts]
+        ax0.plot(steps, [r["fid"] for r in pts], "o-", label=sampler)
+        for metric, style in (("precision", "o-"), ("recall", "s--"), ("coverage", "^:")):
+            ax1.plot(steps, [r[metric] for r in pts], style, label=f"{sampler} {metric}")
+    ax0.axhline(fid_floor, color="grey", lw=0.8, ls="--", label="floor (real images)")
+    ax0.set_ylabel("FID")
+    ax1.set_ylim(0, 1.02)
+    for ax in (ax0, ax1):
+        ax.set_xscale("log")
+        ax.set_xlabel("sampling steps")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: Figure, path) -> None:
     from pathlib import Path
 

@@ -5,8 +5,12 @@ Each module exports the same contract:
 - ``Config`` (its ``train.<name>.model`` section) and ``bind(cfg, stats, data_dir)``, which
   fills or checks data-derived fields (a tokenizer, the class count) before ``build(cfg)``;
 - ``training_step`` and ``eval_step`` for the shared training loop;
-- ``evaluate(model, cfg, shard_dir, split) -> dict`` and ``report(result, title, plot_dir, name)
-  -> markdown`` for the evaluate stage, which selects a candidate on val by ``SELECT_BY``;
+- ``evaluate(model, cfg, shard_dir, split, detail=True) -> dict`` and ``report(result, title,
+  plot_dir, name) -> markdown`` for the evaluate stage, which selects a candidate on val by
+  ``SELECT_BY`` and asks for ``detail`` (costly extras) on test for the selected one only;
+- optionally ``Step`` (its own optimisation step, see ``components/training/steps.py``) and
+  ``validate(model, cfg, data_dir) -> dict`` (a per-epoch val metric that is not a sum over
+  batches, such as FID);
 - ``predict``, ``signature``, ``serving_example``, ``usage`` and ``PAPER`` for the registry;
 - ``PRIMARY_METRIC`` / ``PRIMARY_MODE``: the test metric ``register`` compares, and its direction;
 - ``VAL_METRIC`` / ``VAL_MODE``: the per-epoch metric tune's early stopping compares.
@@ -17,13 +21,14 @@ from __future__ import annotations
 from types import ModuleType
 
 from components.config import ConfigError
-from components.models import gan, resnet, transformer, vae
+from components.models import diffusion, gan, resnet, transformer, vae
 
 FAMILIES: dict[str, ModuleType] = {
     "resnet": resnet,
     "transformer": transformer,
     "gan": gan,
     "vae": vae,
+    "diffusion": diffusion,
 }
 
 

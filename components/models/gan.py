@@ -37,7 +37,12 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from components.config import ConfigError, OptimizerConfig, ScheduleConfig, bounds
-from components.models.common import check_images
+from components.models.common import (
+    check_images,
+    generation_example,
+    generation_requests,
+    generation_signature,
+)
 from components.training import optim, schedules
 
 PAPER = ("Goodfellow et al. 2014, Generative Adversarial Nets (arXiv:1406.2661); DCGAN: Radford et al. 2016 "
@@ -46,7 +51,6 @@ PRIMARY_METRIC, PRIMARY_MODE = "fid", "min"  # test FID through the shared evalu
 SELECT_BY = (("fid", "min"), ("kid", "min"))
 VAL_METRIC, VAL_MODE = "val_fid", "min"
 LOSSES = ("minimax", "non_saturating", "wgan_gp", "least_squares", "hinge")
-MAX_SAMPLES = 10_000  # per pyfunc request
 
 
 @dataclass
@@ -391,7 +395,7 @@ def validate(model: GAN, cfg: Config, data_dir) -> dict[str, float]:
     return ev.score(images, "val", None if labels is None else labels.numpy())
 
 
-def evaluate(model: GAN, cfg: Config, shard_dir, split: str) -> dict:
+def evaluate(model: GAN, cfg: Config, shard_dir, split: str, detail: bool = True) -> dict:
     """Every evaluator metric of EMA samples with its floor and ceiling, the raw generator's FID,
     and a sample grid from fixed noise (one row per class when conditional)."""
     from components.evaluation import generative
@@ -431,40 +435,11 @@ def report(result: dict, title: str, plot_dir, name: str) -> str:
 
 # ------------------------------------------------------------------------------------ serving
 
-def prepare_requests(model_input: Any, cfg: Config) -> list[tuple[int, int, int | None]]:
-    """(count, seed, label or None) per request row; a DataFrame, a dict or a list of dicts with
-    ``count`` and ``seed`` (and ``label`` for a conditional model; −1 or missing = random classes)."""
-    import pandas as pd
-
-    if isinstance(model_input, dict):
-        model_input = [model_input]
-    frame = pd.DataFrame(model_input) if isinstance(model_input, list) else model_input
-    if not isinstance(frame, pd.DataFrame):
-        raise TypeError(f"expected a DataFrame (or dicts) with columns count, seed[, label], "
-                        f"got {type(model_input).__name__}")
-    missing = {"count", "seed"} - set(frame.columns)
-    if missing:
-        raise ValueError(f"missing column(s) {sorted(missing)}; each row asks for `count` images from noise `seed`")
-    requests = []
-    for i, row in enumerate(frame.to_dict("records")):
-        count, seed = int(row["count"]), int(row["seed"])
-        label = row.get("label")
-        label = None if label is None or (isinstance(label, float) and math.isnan(label)) or int(label) < 0 else int(label)
-        if not 1 <= count <= MAX_SAMPLES:
-            raise ValueError(f"row {i}: count must be in [1, {MAX_SAMPLES}], got {count}")
-        if label is not None and not cfg.conditional:
-            raise ValueError(f"row {i}: this GAN is unconditional; drop `label` (or set it to -1)")
-        if label is not None and not 0 <= label < cfg.num_classes:
-            raise ValueError(f"row {i}: label must be in [0, {cfg.num_classes - 1}] (or -1 for random), got {label}")
-        requests.append((count, seed, label))
-    return requests
-
-
 @torch.no_grad()
 def predict(model: GAN, model_input: Any, cfg: Config) -> np.ndarray:
     """Images (N, H, W) for one channel, else (N, C, H, W), float32 in [0, 1]; rows in request order."""
     out = []
-    for count, seed, label in prepare_requests(model_input, cfg):
+    for count, seed, label in generation_requests(model_input, cfg):
         labels = torch.full((count,), label) if label is not None else None
         out.append(model.sample(count, seed, labels).cpu().numpy())
     images = np.concatenate(out).astype(np.float32)
@@ -472,20 +447,11 @@ def predict(model: GAN, model_input: Any, cfg: Config) -> np.ndarray:
 
 
 def signature(cfg: Config):
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema, TensorSpec
-
-    shape = (-1, cfg.image_size, cfg.image_size) if cfg.in_channels == 1 else \
-        (-1, cfg.in_channels, cfg.image_size, cfg.image_size)
-    return ModelSignature(inputs=Schema([ColSpec("long", "count"), ColSpec("long", "seed"),
-                                         ColSpec("long", "label", required=False)]),
-                          outputs=Schema([TensorSpec(np.dtype(np.float32), shape)]))
+    return generation_signature(cfg)
 
 
 def serving_example(cfg: Config):
-    import pandas as pd
-
-    return pd.DataFrame({"count": [4, 4], "seed": [0, 1], "label": [3, -1]})
+    return generation_example()
 
 
 def usage(name: str) -> str:

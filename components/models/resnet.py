@@ -299,7 +299,7 @@ def predict(model: nn.Module, batch: np.ndarray, cfg: Config) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- evaluate / register
 
-def evaluate(model: nn.Module, cfg: Config, shard_dir, split: str) -> dict:
+def evaluate(model: nn.Module, cfg: Config, shard_dir, split: str, detail: bool = True) -> dict:
     """Top-1, per-class accuracy, NLL, ECE and the confusion matrix on a split."""
     from components.data.shards import ShardDataset
     from components.evaluation.classification import classification_report

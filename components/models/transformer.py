@@ -427,7 +427,7 @@ def _tokenizer(model: nn.Module) -> Tokenizer:
 
 # ---------------------------------------------------------------------------- evaluate / register
 
-def evaluate(model: nn.Module, cfg: Config, shard_dir, split: str) -> dict:
+def evaluate(model: nn.Module, cfg: Config, shard_dir, split: str, detail: bool = True) -> dict:
     """Exact match, BLEU and chrF of beam search (the unprefixed metrics) and greedy (``greedy_*``)."""
     from components.data.shards import ShardDataset
     from components.evaluation import translation

@@ -229,7 +229,7 @@ def corrupt(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Ten
 # ------------------------------------------------------------------------------ evaluate
 
 @torch.no_grad()
-def evaluate(model: VAE, cfg: Config, shard_dir, split: str) -> dict:
+def evaluate(model: VAE, cfg: Config, shard_dir, split: str, detail: bool = True) -> dict:
     """ELBO, IWAE log p(x) (k = ``iwae_samples``), reconstruction error, active units, sample quality
     of prior samples through the shared evaluator, and anomaly AUROC of −ELBO; plus images."""
     from sklearn.metrics import roc_auc_score

@@ -46,6 +46,11 @@ def tiny_params() -> dict:
     params["train"]["vae"].update(epochs=6)
     params["tune"]["vae"].update(samples_per_schedule=1, epochs=2, grace_period=1)
     params["tune"]["vae"]["space"]["schedule"] = ["cosine", "onecycle"]
+    t = params["train"]["diffusion"]
+    t.update(epochs=3)
+    t["model"].update(width=16, groups=4, timesteps=100, eval_steps=10, val_steps=4)
+    params["tune"]["diffusion"].update(samples_per_schedule=1, epochs=1, grace_period=1)
+    params["tune"]["diffusion"]["space"]["schedule"] = ["cosine", "linear"]
     return params
 
 
@@ -224,6 +229,45 @@ def test_vae_champion_encodes_decodes_and_samples_in_a_fresh_process(project):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["mu"] == [4, 16] and out["rec"] == out["dec"] == [4, 8, 8] and out["sample"] == [3, 8, 8]
     assert "mode must be one of" in out.get("error", "")
+
+
+def test_repro_runs_diffusion_with_its_sampler_sweep(project):
+    root, env, first = project
+    for stage in ("train@diffusion", "tune@diffusion", "evaluate@diffusion", "register@diffusion"):
+        assert f"Running stage '{stage}'" in first.stdout
+    ev = json.loads((root / "metrics/eval/diffusion.json").read_text())
+    assert ev["primary_metric"] == "fid" and ev["selected"] in ("train", "tune")
+    chosen = ev[ev["selected"]]
+    for key in ("ddim10_fid", "ddim50_fid", "ddim250_fid", "ddpm_fid", "class_accuracy", "fid_floor", "fid_ceiling"):
+        assert key in chosen, key
+    assert chosen["fid"] < chosen["fid_ceiling"]
+    other = ev["tune" if ev["selected"] == "train" else "train"]
+    assert "ddpm_fid" not in other  # the costly sweep runs for the selected candidate only
+    selected = ev["selected"]
+    for image in ("samples", "trajectory", "quality_by_steps"):
+        assert (root / f"plots/eval/diffusion/{image}_{selected}.png").stat().st_size > 3000, image
+
+
+def test_diffusion_champion_samples_with_sampler_params_in_a_fresh_process(project):
+    root, env, _ = project
+    script = textwrap.dedent(f"""
+        import json, mlflow, numpy as np, pandas as pd
+        mlflow.set_tracking_uri("sqlite:///{root / 'mlflow.db'}")
+        model = mlflow.pyfunc.load_model("models:/diffusion@champion")
+        req = pd.DataFrame({{"count": [2, 1], "seed": [0, 1], "label": [3, -1]}})
+        a = np.asarray(model.predict(req, params={{"steps": 5, "sampler": "ddim", "guidance_scale": 2.0}}))
+        b = np.asarray(model.predict(req, params={{"steps": 5, "sampler": "ddim", "guidance_scale": 2.0}}))
+        out = {{"shape": list(a.shape), "same": bool((a == b).all())}}
+        try:
+            model.predict(req, params={{"sampler": "euler"}})
+        except Exception as exc:
+            out["error"] = str(exc)
+        print(json.dumps(out))
+    """)
+    proc = run([sys.executable, "-c", script], Path("/"), {**env, "PYTHONPATH": ""})
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["shape"] == [3, 8, 8] and out["same"]
+    assert "sampler must be one of" in out.get("error", "")
 
 
 def test_second_repro_does_nothing(project):

@@ -1,0 +1,488 @@
+"""Denoising diffusion probabilistic models (Ho et al. 2020) with DDIM sampling and
+classifier-free guidance.
+
+- forward process in closed form: q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I), ᾱ_t = Π_{s≤t} (1 − β_s);
+- β schedules: linear 1e-4 → 0.02 over T = 1000 (Ho et al.), and cosine (Nichol & Dhariwal
+  2021), ᾱ_t = f(t)/f(0), f(t) = cos²(((t/T + s)/(1 + s))·π/2), β clipped at 0.999;
+- the denoiser predicts ε and is trained with the simple loss ‖ε − ε_θ(x_t, t)‖², or predicts
+  v = √ᾱ ε − √(1−ᾱ) x_0 (Salimans & Ho 2022) as an option;
+- a small U-Net: sinusoidal time embedding, residual blocks with GroupNorm, self-attention
+  at the lowest resolution, skip connections;
+- EMA of the denoiser's weights, which is what is sampled and served;
+- ``NoiseScheduler`` holds no parameters (``add_noise`` for training, ``step`` for sampling);
+  samplers: ancestral DDPM (the survey's eq. 9, x_{t−1} = (x_t − β_t/√(1−ᾱ_t) ε_θ)/√α_t + σ_t z
+  with σ_t² = β_t) and deterministic DDIM (Song et al. 2021, η = 0) on any sub-sequence of steps;
+- class-conditional training with label dropout (a "null" class) and classifier-free guidance
+  (Ho & Salimans 2022) at sampling time: ε = ε_null + w (ε_y − ε_null).
+
+Images are in [0, 1] outside the model and in [−1, 1] inside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from components.config import ConfigError, bounds
+from components.models.common import (
+    check_images,
+    generation_example,
+    generation_requests,
+    generation_signature,
+)
+from components.training.steps import SupervisedStep
+
+PAPER = ("Ho et al. 2020, Denoising Diffusion Probabilistic Models (arXiv:2006.11239); DDIM: Song et al. 2021 "
+         "(arXiv:2010.02502); classifier-free guidance: Ho & Salimans 2022 (arXiv:2207.12598)")
+PRIMARY_METRIC, PRIMARY_MODE = "fid", "min"  # test FID of DDIM samples at ``eval_steps``
+SELECT_BY = (("fid", "min"), ("kid", "min"))
+VAL_METRIC, VAL_MODE = "val_fid", "min"
+SAMPLERS = ("ddim", "ddpm")
+
+
+@dataclass
+class Config:
+    """``train.diffusion.model``."""
+    timesteps: int = field(default=1000, metadata=bounds(ge=2))
+    schedule: Literal["linear", "cosine"] = "cosine"
+    beta_start: float = field(default=1e-4, metadata=bounds(gt=0, lt=1))
+    beta_end: float = field(default=0.02, metadata=bounds(gt=0, lt=1))
+    cosine_s: float = field(default=0.008, metadata=bounds(ge=0))
+    prediction: Literal["eps", "v"] = "eps"
+    width: int = field(default=64, metadata=bounds(ge=8))  # channels at full resolution, x2 per halving
+    blocks: int = field(default=2, metadata=bounds(ge=1))  # residual blocks per resolution
+    groups: int = field(default=8, metadata=bounds(ge=1))  # GroupNorm groups
+    dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1))
+    ema_decay: float = field(default=0.999, metadata=bounds(ge=0, lt=1))
+    conditional: bool = True
+    label_dropout: float = field(default=0.1, metadata=bounds(ge=0, le=1))  # P(null class) in training
+    guidance_scale: float = field(default=1.5, metadata=bounds(ge=0))  # w at sampling; 1 = no guidance
+    sampler: Literal["ddim", "ddpm"] = "ddim"
+    eval_steps: int = field(default=50, metadata=bounds(ge=1))  # DDIM steps of the primary metric
+    val_steps: int = field(default=10, metadata=bounds(ge=1))  # DDIM steps of the per-epoch val FID
+    image_size: int = field(default=8, metadata=bounds(ge=4))
+    in_channels: int = field(default=1, metadata=bounds(ge=1))
+    num_classes: int = field(default=10, metadata=bounds(ge=2))
+
+    def validate(self) -> None:
+        if self.image_size % 2:
+            raise ConfigError(f"image_size: the U-Net halves the resolution once, so it must be even, got {self.image_size}")
+        if self.width % self.groups:
+            raise ConfigError(f"groups: GroupNorm needs width ({self.width}) divisible by groups ({self.groups})")
+        if self.schedule == "linear" and self.beta_end <= self.beta_start:
+            raise ConfigError(f"beta_end: must exceed beta_start ({self.beta_start}), got {self.beta_end}")
+
+
+# ------------------------------------------------------------------------------ the scheduler
+
+def betas_for(cfg: Config) -> torch.Tensor:
+    """β_1..β_T (float64)."""
+    T = cfg.timesteps
+    if cfg.schedule == "linear":
+        return torch.linspace(cfg.beta_start, cfg.beta_end, T, dtype=torch.float64)
+    t = torch.arange(T + 1, dtype=torch.float64) / T
+    f = torch.cos((t + cfg.cosine_s) / (1 + cfg.cosine_s) * math.pi / 2) ** 2
+    alpha_bar = f / f[0]
+    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
+
+
+class NoiseScheduler:
+    """The fixed forward process and the reverse-step rules; no parameters, nothing to train.
+
+    Index ``t`` runs 0..T−1 (step t of the papers' 1..T).
+    """
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.betas = betas_for(cfg)
+        self.alphas = 1 - self.betas
+        self.alpha_bar = torch.cumprod(self.alphas, 0)
+        self.T = cfg.timesteps
+
+    def _at(self, values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return values.to(like.device)[t].to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """A sample of q(x_t | x_0): √ᾱ_t x_0 + √(1 − ᾱ_t) ε."""
+        ab = self._at(self.alpha_bar, t, x0)
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the denoiser learns to output: ε, or v = √ᾱ ε − √(1−ᾱ) x_0."""
+        if self.cfg.prediction == "eps":
+            return noise
+        ab = self._at(self.alpha_bar, t, x0)
+        return ab.sqrt() * noise - (1 - ab).sqrt() * x0
+
+    def to_eps_x0(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ε, x̂_0) from the denoiser's output at x_t."""
+        ab = self._at(self.alpha_bar, t, x_t)
+        if self.cfg.prediction == "eps":
+            eps = out
+            x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+        else:
+            x0 = ab.sqrt() * x_t - (1 - ab).sqrt() * out
+            eps = ab.sqrt() * out + (1 - ab).sqrt() * x_t
+        return eps, x0
+
+    def eps_from_x0(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The ε for which x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε."""
+        ab = self._at(self.alpha_bar, t, x_t)
+        return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
+
+    def step(self, eps: torch.Tensor, x_t: torch.Tensor, t: int, noise: torch.Tensor | None) -> torch.Tensor:
+        """Ancestral DDPM: x_{t−1} = (x_t − β_t/√(1−ᾱ_t) ε)/√α_t + σ_t z, σ_t² = β_t (no noise at t = 0)."""
+        tt = torch.full((len(x_t),), t, dtype=torch.long)
+        beta, alpha, ab = (self._at(v, tt, x_t) for v in (self.betas, self.alphas, self.alpha_bar))
+        mean = (x_t - beta / (1 - ab).sqrt() * eps) / alpha.sqrt()
+        return mean if t == 0 or noise is None else mean + beta.sqrt() * noise
+
+    def ddim_step(self, eps: torch.Tensor, x0: torch.Tensor, t_prev: int) -> torch.Tensor:
+        """Deterministic DDIM (η = 0): x_{t_prev} = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev) ε; t_prev = −1 is x_0."""
+        if t_prev < 0:
+            return x0
+        ab = self.alpha_bar[t_prev].to(x0)
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+
+    def timesteps_for(self, steps: int) -> list[int]:
+        """``steps`` evenly spaced indices from T−1 down to 0."""
+        steps = min(steps, self.T)
+        return sorted({int(round(v)) for v in np.linspace(0, self.T - 1, steps)}, reverse=True)
+
+
+# ---------------------------------------------------------------------------------- the U-Net
+
+def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of the step (as the Transformer's positions): (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([args.sin(), args.cos()], 1)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, emb: int, groups: int, dropout: float):
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(groups, c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(emb, c_out)
+        self.norm2, self.conv2 = nn.GroupNorm(groups, c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.drop = nn.Dropout(dropout)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        nn.init.zeros_(self.conv2.weight)  # each block starts as the identity
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb(emb)[:, :, None, None]
+        h = self.conv2(self.drop(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, c: int, groups: int, heads: int = 4):
+        super().__init__()
+        self.norm, self.qkv, self.out, self.heads = nn.GroupNorm(groups, c), nn.Conv2d(c, 3 * c, 1), nn.Conv2d(c, c, 1), heads
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).view(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2).unbind(1)
+        y = F.scaled_dot_product_attention(q, k, v)  # (b, heads, hw, c/heads)
+        return x + self.out(y.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class UNet(nn.Module):
+    """ε_θ(x_t, t, y): two resolutions (S and S/2), ``blocks`` residual blocks each, attention
+    and a middle block at S/2, skip connections from the way down to the way up."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        w, g, emb, drop = cfg.width, cfg.groups, 4 * cfg.width, cfg.dropout
+        self.cfg = cfg
+        self.time = nn.Sequential(nn.Linear(w, emb), nn.SiLU(), nn.Linear(emb, emb))
+        # the last class index is "no class": what label dropout trains and guidance subtracts
+        self.classes = nn.Embedding(cfg.num_classes + 1, emb) if cfg.conditional else None
+        self.inp = nn.Conv2d(cfg.in_channels, w, 3, padding=1)
+        self.down1 = nn.ModuleList([ResBlock(w, w, emb, g, drop) for _ in range(cfg.blocks)])
+        self.downsample = nn.Conv2d(w, w, 3, stride=2, padding=1)
+        self.down2 = nn.ModuleList([ResBlock(w if i == 0 else 2 * w, 2 * w, emb, g, drop) for i in range(cfg.blocks)])
+        self.mid1, self.mid_attn, self.mid2 = ResBlock(2 * w, 2 * w, emb, g, drop), SelfAttention(2 * w, g), \
+            ResBlock(2 * w, 2 * w, emb, g, drop)
+        self.up2 = nn.ModuleList([ResBlock(4 * w, 2 * w, emb, g, drop) for _ in range(cfg.blocks)])
+        self.upsample = nn.Conv2d(2 * w, w, 3, padding=1)
+        self.up1 = nn.ModuleList([ResBlock(2 * w, w, emb, g, drop) for _ in range(cfg.blocks)])
+        self.out = nn.Sequential(nn.GroupNorm(g, w), nn.SiLU(), nn.Conv2d(w, cfg.in_channels, 3, padding=1))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.time(time_embedding(t, self.cfg.width))
+        if self.classes is not None:
+            y = torch.full_like(t, self.cfg.num_classes) if y is None else y
+            emb = emb + self.classes(y)
+        h = self.inp(x)
+        skips = []
+        for block in self.down1:
+            h = block(h, emb)
+            skips.append(h)
+        h = self.downsample(h)
+        for block in self.down2:
+            h = block(h, emb)
+            skips.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        for block in self.up2:
+            h = block(torch.cat([h, skips.pop()], 1), emb)
+        h = self.upsample(F.interpolate(h, scale_factor=2, mode="nearest"))
+        for block in self.up1:
+            h = block(torch.cat([h, skips.pop()], 1), emb)
+        return self.out(h)
+
+
+class Diffusion(nn.Module):
+    """The denoiser and its EMA copy (sampled and served); the scheduler is rebuilt from the config."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.denoiser = UNet(cfg)
+        self.ema = copy.deepcopy(self.denoiser).requires_grad_(False)
+        self.scheduler = NoiseScheduler(cfg)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.denoiser(x_t, t, y)
+
+    @torch.no_grad()
+    def update_ema(self, decay: float) -> None:
+        for e, p in zip(self.ema.parameters(), self.denoiser.parameters()):
+            e.lerp_(p, 1 - decay)
+
+    @torch.no_grad()
+    def guided(self, net: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
+               scale: float) -> torch.Tensor:
+        """The network output with classifier-free guidance: out_null + w (out_y − out_null)."""
+        if y is None or not self.cfg.conditional or scale == 1.0:
+            return net(x, t, y)
+        null = torch.full_like(y, self.cfg.num_classes)
+        both = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
+        cond, uncond = both.chunk(2)
+        return uncond + scale * (cond - uncond)
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int, labels: torch.Tensor | None = None, steps: int | None = None,
+               sampler: str | None = None, guidance_scale: float | None = None, ema: bool = True,
+               trajectory: list | None = None) -> torch.Tensor:
+        """``n`` images in [0, 1]: DDIM over ``steps`` of the T steps, or ancestral DDPM over all T.
+
+        ``trajectory``, when given, receives x̂_0 in [0, 1] at each step (for the denoising figure).
+        """
+        cfg, sch = self.cfg, self.scheduler
+        net = self.ema if ema else self.denoiser
+        was = net.training
+        net.eval()
+        sampler = sampler or cfg.sampler
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        scale = cfg.guidance_scale if guidance_scale is None else guidance_scale
+        gen = torch.Generator().manual_seed(seed)
+        device = next(net.parameters()).device
+        s = cfg.image_size
+        x = torch.randn(n, cfg.in_channels, s, s, generator=gen).to(device)
+        if cfg.conditional and labels is None:
+            labels = torch.randint(0, cfg.num_classes, (n,), generator=gen)
+        y = labels.to(device) if cfg.conditional else None
+        ts = sch.timesteps_for(steps or cfg.eval_steps) if sampler == "ddim" else list(range(sch.T - 1, -1, -1))
+        for i, t in enumerate(ts):
+            tt = torch.full((n,), t, dtype=torch.long, device=device)
+            _, x0 = sch.to_eps_x0(self.guided(net, x, tt, y, scale), x, tt)
+            x0 = x0.clamp(-1, 1)  # images live in [-1, 1]; ε is re-derived so both stay consistent
+            eps = sch.eps_from_x0(x0, x, tt)
+            if sampler == "ddim":
+                x = sch.ddim_step(eps, x0, ts[i + 1] if i + 1 < len(ts) else -1)
+            else:
+                x = sch.step(eps, x, t, torch.randn(x.shape, generator=gen).to(device))
+            if trajectory is not None:
+                trajectory.append(((x0 + 1) / 2).cpu())
+        net.train(was)
+        return ((x.clamp(-1, 1) + 1) / 2).cpu()
+
+
+# ----------------------------------------------------------------------------- training
+
+def training_step(model: Diffusion, batch: tuple[torch.Tensor, torch.Tensor], cfg: Config,
+                  label_smoothing: float = 0.0, progress: float = 0.0) -> dict[str, Any]:
+    """The simple loss: mean ‖target − net(x_t, t, y)‖² at t ~ U{0..T−1}; y dropped with p = label_dropout."""
+    x0 = batch[0] * 2 - 1
+    n = len(x0)
+    t = torch.randint(0, cfg.timesteps, (n,), device=x0.device)
+    noise = torch.randn_like(x0)
+    core = model.module if hasattr(model, "module") else model
+    x_t = core.scheduler.add_noise(x0, noise, t)
+    y = None
+    if cfg.conditional:
+        drop = torch.rand(n, device=x0.device) < cfg.label_dropout
+        y = torch.where(drop, torch.full_like(batch[1], cfg.num_classes), batch[1])
+    loss = F.mse_loss(model(x_t, t, y), core.scheduler.target(x0, noise, t))
+    return {"loss": loss, "count": torch.tensor(n)}
+
+
+class Step(SupervisedStep):
+    """The shared supervised step, then the EMA of the denoiser (with a warm-up of its decay)."""
+
+    def __init__(self, model: Diffusion, cfg: Any, family: Any, total_steps: int,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+        super().__init__(model, cfg, family, total_steps, autocast)
+        self.core = model
+
+    def __call__(self, batch: tuple, step: int) -> dict[str, Any]:
+        out = super().__call__(batch, step)
+        self.core.update_ema(min(self.core.cfg.ema_decay, (1 + step) / (10 + step)))
+        return out
+
+
+def build(cfg: Config) -> Diffusion:
+    return Diffusion(cfg)
+
+
+def bind(cfg: Config, stats: dict, data_dir) -> Config:
+    check_images(cfg, stats, "diffusion")
+    if "evaluator" not in stats:
+        raise ConfigError(f"{data_dir}: these shards have no evaluator (feature network); diffusion is scored by "
+                          f"FID on it every epoch. Use an image dataset whose preprocess fits one (digits)")
+    return cfg
+
+
+def _eval_labels(cfg: Config, n: int) -> torch.Tensor | None:
+    return torch.arange(n) % cfg.num_classes if cfg.conditional else None
+
+
+def validate(model: Diffusion, cfg: Config, data_dir) -> dict[str, float]:
+    """Sample quality of EMA DDIM samples at ``val_steps`` against val, on fixed noise."""
+    from components.evaluation import generative
+
+    ev = generative.evaluator(str(data_dir))
+    n = ev.num_samples("val")
+    labels = _eval_labels(cfg, n)
+    images = model.sample(n, seed=0, labels=labels, steps=cfg.val_steps, sampler="ddim").numpy()
+    return ev.score(images, "val", None if labels is None else labels.numpy())
+
+
+# ------------------------------------------------------------------------------ evaluate
+
+SAMPLER_GRID = (("ddim", 10), ("ddim", 50), ("ddim", 250), ("ddpm", 1000))
+
+
+def evaluate(model: Diffusion, cfg: Config, shard_dir, split: str, detail: bool = True) -> dict:
+    """The evaluator's metrics (with floor and ceiling) for DDIM at ``eval_steps`` (the unprefixed
+    metrics), a sample grid and a denoising trajectory; with ``detail`` on test also every sampler
+    of ``SAMPLER_GRID`` (``ddim10_fid``..., ancestral DDPM runs all T steps) and the unguided
+    class accuracy."""
+    from components.evaluation import generative
+
+    ev = generative.evaluator(str(shard_dir))
+    n = ev.num_samples(split)
+    labels = _eval_labels(cfg, n)
+    ys = None if labels is None else labels.numpy()
+    seed = 1 if split == "test" else 0
+    images = model.sample(n, seed, labels, steps=cfg.eval_steps, sampler="ddim").numpy()
+    result: dict[str, Any] = generative.with_bounds(ev.score(images, split, ys), ev, split)
+    result.update(num_samples=n, eval_steps=cfg.eval_steps, guidance_scale=cfg.guidance_scale)
+    if split != "test":
+        return result
+    if detail:
+        quality = []
+        for sampler, steps in SAMPLER_GRID:
+            scores = ev.score(model.sample(n, seed, labels, steps=steps, sampler=sampler).numpy(), split, ys)
+            key = f"{sampler}{steps if sampler == 'ddim' else ''}"
+            result.update({f"{key}_{m}": scores[m] for m in ("fid", "kid", "precision", "recall", "coverage")})
+            quality.append({"sampler": sampler, "steps": steps, **scores})
+        result["quality_by_steps"] = quality
+        if cfg.conditional and cfg.guidance_scale != 1.0:
+            plain = ev.score(model.sample(n, seed, labels, steps=cfg.eval_steps, guidance_scale=1.0).numpy(), split, ys)
+            result["unguided_class_accuracy"], result["unguided_fid"] = plain["class_accuracy"], plain["fid"]
+    grid_labels = torch.arange(cfg.num_classes).repeat_interleave(10) if cfg.conditional else None
+    result["grid"] = model.sample(len(grid_labels) if grid_labels is not None else 80, 1234, grid_labels).numpy()
+    trajectory: list = []
+    model.sample(cfg.num_classes if cfg.conditional else 8, 99, torch.arange(cfg.num_classes) if cfg.conditional
+                 else None, steps=cfg.eval_steps, trajectory=trajectory)
+    picks = np.linspace(0, len(trajectory) - 1, 8).round().astype(int)
+    result["trajectory"] = torch.stack([trajectory[i] for i in picks], 1).flatten(0, 1).numpy()  # (rows*8, C, H, W)
+    return result
+
+
+def report(result: dict, title: str, plot_dir, name: str) -> str:
+    from components.evaluation import generative, plots
+
+    rows = result["grid"].shape[0] // 10
+    conditional = "class_accuracy" in result
+    plots.save(plots.image_grid(result["grid"], rows, f"{title}\nDDIM-{result['eval_steps']} FID {result['fid']:.2f} "
+                                f"(floor {result['fid_floor']:.2f}, noise {result['fid_ceiling']:.1f})",
+                                [str(c) for c in range(rows)] if conditional else None),
+               plot_dir / f"samples_{name}.png")
+    traj_rows = result["trajectory"].shape[0] // 8
+    plots.save(plots.image_grid(result["trajectory"], traj_rows, f"{title}:\npredicted x0, noise (left) to sample (right)"), plot_dir / f"trajectory_{name}.png")
+    quality = result.get("quality_by_steps", [])
+    sweep = ""
+    if quality:
+        plots.save(plots.quality_by_steps(quality, result["fid_floor"], f"{title}: sample quality by sampler and steps"),
+                   plot_dir / f"quality_by_steps_{name}.png")
+        lines = "\n".join(f"| {q['sampler']} | {q['steps']} | {q['fid']:.3f} | {q['kid']:.4f} | {q['precision']:.3f} | "
+                          f"{q['recall']:.3f} | {q['coverage']:.3f} |" for q in quality)
+        sweep = (f"| sampler | steps | FID | KID | precision | recall | coverage |\n|---|---|---|---|---|---|---|\n"
+                 f"{lines}\n\nQuality by steps: `plots/eval/{plot_dir.name}/quality_by_steps_{name}.png`\n\n")
+    classes = ""
+    if conditional:
+        classes = (f"Class accuracy with guidance w = {result['guidance_scale']}: {result['class_accuracy']:.4f}"
+                   + (f" (without: {result['unguided_class_accuracy']:.4f}, FID {result['unguided_fid']:.3f})"
+                      if "unguided_class_accuracy" in result else "") + "; ")
+    return (f"## {title}\n\n{result['num_samples']} EMA samples per row against as many test images; the primary "
+            f"metrics are DDIM-{result['eval_steps']}.\n\n{generative.table(result)}\n{classes}classes covered "
+            f"{result['classes_covered']:.0f}/10.\n\n{sweep}Images: `plots/eval/{plot_dir.name}/{{samples,trajectory}}_{name}.png`\n")
+
+
+# ------------------------------------------------------------------------------------ serving
+
+@torch.no_grad()
+def predict(model: Diffusion, model_input: Any, cfg: Config, steps: int | None = None, sampler: str | None = None,
+            guidance_scale: float | None = None) -> np.ndarray:
+    """Images for rows of (count, seed[, label]); ``steps``, ``sampler`` (ddim | ddpm) and
+    ``guidance_scale`` default to the config's. (N, H, W) for one channel, float32 in [0, 1]."""
+    if sampler is not None and sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if steps is not None and not 1 <= int(steps) <= cfg.timesteps:
+        raise ValueError(f"steps must be in [1, {cfg.timesteps}], got {steps}")
+    if guidance_scale is not None and guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+    out = []
+    for count, seed, label in generation_requests(model_input, cfg):
+        labels = torch.full((count,), label) if label is not None else None
+        out.append(model.sample(count, seed, labels, steps=steps, sampler=sampler, guidance_scale=guidance_scale).numpy())
+    images = np.concatenate(out).astype(np.float32)
+    return images[:, 0] if cfg.in_channels == 1 else images
+
+
+def signature(cfg: Config):
+    from mlflow.types.schema import ParamSpec
+
+    return generation_signature(cfg, [ParamSpec("steps", "long", cfg.eval_steps),
+                                      ParamSpec("sampler", "string", cfg.sampler),
+                                      ParamSpec("guidance_scale", "double", cfg.guidance_scale)])
+
+
+def serving_example(cfg: Config):
+    return generation_example()
+
+
+def usage(name: str) -> str:
+    return (f'`mlflow.pyfunc.load_model("models:/{name}@champion").predict(pd.DataFrame({{"count": [16], '
+            f'"seed": [0], "label": [7]}}), params={{"steps": 50, "sampler": "ddim", "guidance_scale": 2.0}})` '
+            f'returns 16 sevens, float32 (16, 8, 8) in [0, 1]; sampler "ddpm" runs all T steps.')

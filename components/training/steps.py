@@ -1,0 +1,67 @@
+"""What one optimisation step does: the default ``SupervisedStep``, and the contract a family's
+own ``Step`` follows (the GAN's two optimizers, diffusion's EMA). Kept apart from the loop so
+that family modules can build on it without importing the loop (which imports the families).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from components.training import optim, schedules
+
+
+class SupervisedStep:
+    """One optimizer and one LR schedule over ``family.training_step``'s loss; DDP through Ray Train.
+
+    The contract a family's own ``Step`` follows:
+    ``Step(model, cfg: TrainConfig, family, total_steps, autocast)``, ``distribute(world_size)``
+    (after resume), ``__call__(batch, step) -> {"loss", "count", ["correct"], "log": {name: float}}``
+    (forward passes inside ``autocast()``, backward outside), ``state_dict()`` /
+    ``load_state_dict()`` (everything a resume needs but the weights).
+
+    ``family.training_step(model, batch, cfg, label_smoothing=, progress=)`` returns ``loss``,
+    ``count`` and optionally ``correct`` and ``log`` (more scalars for the step rows);
+    ``progress`` is the fraction of the run done (a KL warm-up reads it).
+    """
+
+    def __init__(self, model: nn.Module, cfg: Any, family: Any, total_steps: int,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+        self.model, self.cfg, self.family, self.autocast = model, cfg, family, autocast
+        self.total_steps = total_steps
+        self.optimizer = optim.build(model, cfg.optimizer, cfg.lr)
+        self.lr_at = schedules.build(cfg.schedule, cfg.lr, total_steps)
+
+    def distribute(self, world_size: int) -> None:
+        if world_size > 1:
+            import ray.train.torch
+            self.model = ray.train.torch.prepare_model(self.model, move_to_device=False)
+
+    def __call__(self, batch: tuple, step: int) -> dict[str, Any]:
+        lr = self.lr_at(step)
+        optim.set_lr(self.optimizer, lr)
+        with self.autocast():
+            out = self.family.training_step(self.model, batch, self.cfg.model, label_smoothing=self.cfg.label_smoothing,
+                                            progress=step / self.total_steps)
+        loss = out["loss"]
+        log = {"lr": lr, "loss": loss.item(), **out.get("log", {})}  # a family may add scalars (a KL term...)
+        if not torch.isfinite(loss):  # stop before a NaN reaches the weights
+            return {**out, "log": log}
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            log["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
+        self.optimizer.step()
+        if "correct" in out:
+            log["accuracy"] = float(out["correct"]) / max(int(out["count"]), 1)
+        return {**out, "log": log}
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
