@@ -160,9 +160,11 @@ class VAE(nn.Module):
 
 
 def elbo_terms(model: VAE, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(log p(x|z) with one z ~ q, KL per dimension (B, d), μ) for a batch."""
+    """(log p(x|z) with one z ~ q, KL per dimension (B, d), μ) for a batch. ``model`` may be
+    wrapped in DDP: the forward goes through the wrapper (gradient sync), helpers through the module."""
     out, mu, logvar = model(x, y)
-    return model.log_likelihood(out, x), kl_divergence(mu, logvar), mu
+    core = model.module if hasattr(model, "module") else model
+    return core.log_likelihood(out, x), kl_divergence(mu, logvar), mu
 
 
 # ------------------------------------------------------------------------- the family contract
@@ -196,7 +198,7 @@ def training_step(model: VAE, batch: tuple[torch.Tensor, torch.Tensor], cfg: Con
 def eval_step(model: VAE, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Sums of −ELBO (β = 1: the true bound), reconstruction and KL, for exact means over ranks."""
     x = batch[0]
-    rec, kl, _ = elbo_terms(model, x, batch[1] if model.cfg.conditional else None)
+    rec, kl, _ = elbo_terms(model, x, _labels(model.cfg, batch))
     kl_sum = kl.sum(1)
     return {"loss": (kl_sum - rec).sum(), "recon": -rec.sum(), "kl": kl_sum.sum(), "count": torch.tensor(len(x))}
 

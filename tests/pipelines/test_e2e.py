@@ -43,7 +43,7 @@ def tiny_params() -> dict:
     t["model"].update(width=16, latent_dim=16)
     params["tune"]["gan"].update(samples_per_schedule=1, epochs=2, grace_period=1)
     params["tune"]["gan"]["space"]["schedule"] = ["constant", "linear"]
-    params["train"]["vae"].update(epochs=6)
+    params["train"]["vae"].update(epochs=6, num_workers=2)  # a second family through the DDP worker group
     params["tune"]["vae"].update(samples_per_schedule=1, epochs=2, grace_period=1)
     params["tune"]["vae"]["space"]["schedule"] = ["cosine", "onecycle"]
     t = params["train"]["diffusion"]
