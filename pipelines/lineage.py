@@ -46,6 +46,22 @@ def run_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def code_version(root: Path, paths: list[str]) -> str:
+    """Content hash of the Python files under ``paths`` (files or folders, relative to ``root``).
+
+    Part of a training run's key: a run is resumed only by the same config, data *and* code,
+    so a change to the model or the loop retrains instead of reusing a finished checkpoint.
+    """
+    digest = hashlib.sha256()
+    for rel in sorted(paths):
+        base = Path(root) / rel
+        files = sorted(base.rglob("*.py")) if base.is_dir() else [base]
+        for f in files:
+            digest.update(str(f.relative_to(root)).encode())
+            digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def read_jsonl(path: Path) -> list[dict]:
     if not Path(path).exists():
         return []

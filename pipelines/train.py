@@ -4,8 +4,9 @@ Reads ``train.<algo>``, ``runtime`` and ``data/shards/<dataset>``. Writes
 ``models/<algo>/train/`` (safetensors weights + config), ``metrics/train/<algo>.json``
 and ``plots/train/<algo>/`` (per-step and per-epoch tables, curves.png).
 
-Epoch checkpoints live under the storage root, keyed by config and data version, so a
-run that was interrupted resumes from its last epoch when the stage runs again.
+Epoch checkpoints live under the storage root, keyed by config, data version and the
+code the stage depends on, so a run that was interrupted resumes from its last epoch when
+the stage runs again, and a code change trains afresh.
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ def main() -> None:
     shard_dir = layout.shards(dataset)
     data_version = lineage.data_version(shard_dir)
     storage = layout.storage_root(raw.get("runtime", {}).get("storage_root", ""))
-    key = lineage.run_key(algo, to_dict(cfg), data_version)
+    # The train stage's code deps (dvc.yaml): resuming is for interrupted runs of the same code.
+    code = lineage.code_version(layout.root, ["pipelines/train.py", f"components/models/{algo}.py",
+                                              "components/models/common.py", "components/training", "components/data"])
+    key = lineage.run_key(algo, to_dict(cfg), data_version, code)
     run_dir = f"{storage}/runs/{algo}/train-{key}"
 
     uri = tracking.configure(layout.root)
