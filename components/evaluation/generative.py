@@ -25,6 +25,7 @@ images as real digits are, as far as this network and n can tell.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,9 @@ class Evaluator:
         # Metrics work on features standardised by the train split's per-dimension mean and std,
         # so that no dimension dominates the distances and the KID kernel stays in a sane range.
         self.mean, self.std = self.ref["train_features"].mean(0), self.ref["train_features"].std(0) + 1e-8
+        with torch.no_grad():  # the network's class probabilities of the train images (for the floor)
+            raw = torch.from_numpy(self.ref["train_features"]).float()
+            self.train_probs = torch.softmax(self.net.head(torch.relu(raw)), 1).numpy()
         for k in [k for k in self.ref if k.endswith("_features")]:
             self.ref[k] = self.standardise(self.ref[k])
 
@@ -141,10 +145,7 @@ class Evaluator:
         ``floor_std``); ``ceiling``: ``n`` uniform-noise images. Both at a model's n."""
         n = self.num_samples(split)
         rng = np.random.default_rng(self.cfg.seed)
-        train, train_labels = self.ref["train_features"], self.ref["train_labels"]
-        with torch.no_grad():
-            raw = torch.from_numpy(train * self.std + self.mean).float()
-            train_probs = torch.softmax(self.net.head(torch.relu(raw)), 1).numpy()
+        train, train_labels, train_probs = self.ref["train_features"], self.ref["train_labels"], self.train_probs
         runs = []
         for _ in range(draws):
             pick = rng.choice(len(train), n, replace=False)
@@ -160,6 +161,19 @@ class Evaluator:
 def evaluator(shard_dir: str) -> Evaluator:
     """The evaluator of a shard directory, loaded once per process."""
     return Evaluator(Path(shard_dir) / "evaluator")
+
+
+def score_samples(shard_dir, split: str, sample: Callable[[int, torch.Tensor | None], torch.Tensor],
+                  num_classes: int | None = None, bounds: bool = False) -> dict:
+    """Score ``sample(n, labels)`` against ``split``, n = the split's size. For a conditional model
+    (``num_classes`` given) labels are balanced 0, 1, ..., C−1, 0, ... and class accuracy is
+    measured against them; else labels is None. ``bounds`` adds floors, ceilings and n (the
+    evaluate stage's form); without it, the per-epoch validation's."""
+    ev = evaluator(str(shard_dir))
+    n = ev.num_samples(split)
+    labels = torch.arange(n) % num_classes if num_classes else None
+    result = ev.score(sample(n, labels).cpu().numpy(), split, None if labels is None else labels.numpy())
+    return {**with_bounds(result, ev, split), "num_samples": n} if bounds else result
 
 
 def with_bounds(result: dict[str, float], ev: Evaluator, split: str) -> dict:

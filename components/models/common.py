@@ -1,5 +1,5 @@
-"""Pieces shared by the image families: the data check (ResNet, GAN, VAE, diffusion) and the
-request format of the generators' pyfuncs (GAN, diffusion)."""
+"""Pieces shared by the image families: the data checks (ResNet, GAN, VAE, diffusion), the EMA
+of the generators' weights, and the request format of their pyfuncs (GAN, diffusion)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from components.config import ConfigError
 
@@ -23,6 +25,26 @@ def check_images(cfg: Any, stats: dict, algo: str) -> None:
         raise ConfigError(f"in_channels/image_size: the data's images are {tuple(shape)}, the model's are "
                           f"{(cfg.in_channels, cfg.image_size, cfg.image_size)}; set train.{algo}.model."
                           f"in_channels: {shape[0]} and image_size: {shape[-1]}")
+
+
+def check_evaluator(stats: dict, data_dir: Any, algo: str) -> None:
+    """A family scored by FID every epoch needs the dataset's feature network in its shards."""
+    if "evaluator" not in stats:
+        raise ConfigError(f"{data_dir}: these shards have no evaluator (feature network); {algo} is scored by "
+                          f"FID on it every epoch. Use an image dataset whose preprocess fits one (digits)")
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, source: nn.Module, decay: float, step: int | None = None) -> None:
+    """ema ← decay·ema + (1 − decay)·source for parameters; buffers (BatchNorm statistics) are
+    copied. With ``step``, the decay warms up as min(decay, (1 + step)/(10 + step)), so early
+    averages do not hold on to the random initialisation."""
+    if step is not None:
+        decay = min(decay, (1 + step) / (10 + step))
+    for e, p in zip(ema.parameters(), source.parameters()):
+        e.lerp_(p, 1 - decay)
+    for e, b in zip(ema.buffers(), source.buffers()):
+        e.copy_(b)
 
 
 def generation_requests(model_input: Any, cfg: Any) -> list[tuple[int, int, int | None]]:

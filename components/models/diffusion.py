@@ -20,10 +20,8 @@ Images are in [0, 1] outside the model and in [−1, 1] inside it.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -34,7 +32,9 @@ from torch import nn
 
 from components.config import ConfigError, bounds
 from components.models.common import (
+    check_evaluator,
     check_images,
+    ema_update,
     generation_example,
     generation_requests,
     generation_signature,
@@ -262,11 +262,6 @@ class Diffusion(nn.Module):
         return self.denoiser(x_t, t, y)
 
     @torch.no_grad()
-    def update_ema(self, decay: float) -> None:
-        for e, p in zip(self.ema.parameters(), self.denoiser.parameters()):
-            e.lerp_(p, 1 - decay)
-
-    @torch.no_grad()
     def guided(self, net: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
                scale: float) -> torch.Tensor:
         """The network output with classifier-free guidance: out_null + w (out_y − out_null)."""
@@ -338,14 +333,9 @@ def training_step(model: Diffusion, batch: tuple[torch.Tensor, torch.Tensor], cf
 class Step(SupervisedStep):
     """The shared supervised step, then the EMA of the denoiser (with a warm-up of its decay)."""
 
-    def __init__(self, model: Diffusion, cfg: Any, family: Any, total_steps: int,
-                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
-        super().__init__(model, cfg, family, total_steps, autocast)
-        self.core = model
-
     def __call__(self, batch: tuple, step: int) -> dict[str, Any]:
         out = super().__call__(batch, step)
-        self.core.update_ema(min(self.core.cfg.ema_decay, (1 + step) / (10 + step)))
+        ema_update(self.core.ema, self.core.denoiser, self.core.cfg.ema_decay, step=step)
         return out
 
 
@@ -355,25 +345,20 @@ def build(cfg: Config) -> Diffusion:
 
 def bind(cfg: Config, stats: dict, data_dir) -> Config:
     check_images(cfg, stats, "diffusion")
-    if "evaluator" not in stats:
-        raise ConfigError(f"{data_dir}: these shards have no evaluator (feature network); diffusion is scored by "
-                          f"FID on it every epoch. Use an image dataset whose preprocess fits one (digits)")
+    check_evaluator(stats, data_dir, "diffusion")
     return cfg
 
 
-def _eval_labels(cfg: Config, n: int) -> torch.Tensor | None:
-    return torch.arange(n) % cfg.num_classes if cfg.conditional else None
+def _classes(cfg: Config) -> int | None:
+    return cfg.num_classes if cfg.conditional else None
 
 
 def validate(model: Diffusion, cfg: Config, data_dir) -> dict[str, float]:
     """Sample quality of EMA DDIM samples at ``val_steps`` against val, on fixed noise."""
     from components.evaluation import generative
 
-    ev = generative.evaluator(str(data_dir))
-    n = ev.num_samples("val")
-    labels = _eval_labels(cfg, n)
-    images = model.sample(n, seed=0, labels=labels, steps=cfg.val_steps, sampler="ddim").numpy()
-    return ev.score(images, "val", None if labels is None else labels.numpy())
+    return generative.score_samples(data_dir, "val", lambda n, y: model.sample(n, 0, y, steps=cfg.val_steps,
+                                                                                sampler="ddim"), _classes(cfg))
 
 
 # ------------------------------------------------------------------------------ evaluate
@@ -388,26 +373,26 @@ def evaluate(model: Diffusion, cfg: Config, shard_dir, split: str, detail: bool 
     class accuracy."""
     from components.evaluation import generative
 
-    ev = generative.evaluator(str(shard_dir))
-    n = ev.num_samples(split)
-    labels = _eval_labels(cfg, n)
-    ys = None if labels is None else labels.numpy()
     seed = 1 if split == "test" else 0
-    images = model.sample(n, seed, labels, steps=cfg.eval_steps, sampler="ddim").numpy()
-    result: dict[str, Any] = generative.with_bounds(ev.score(images, split, ys), ev, split)
-    result.update(num_samples=n, eval_steps=cfg.eval_steps, guidance_scale=cfg.guidance_scale)
+
+    def score(bounds: bool = False, **kw) -> dict:
+        return generative.score_samples(shard_dir, split, lambda n, y: model.sample(n, seed, y, **kw), _classes(cfg),
+                                        bounds)
+
+    result: dict[str, Any] = score(bounds=True, steps=cfg.eval_steps, sampler="ddim")
+    result.update(eval_steps=cfg.eval_steps, guidance_scale=cfg.guidance_scale)
     if split != "test":
         return result
     if detail:
         quality = []
         for sampler, steps in SAMPLER_GRID:
-            scores = ev.score(model.sample(n, seed, labels, steps=steps, sampler=sampler).numpy(), split, ys)
+            scores = score(steps=steps, sampler=sampler)
             key = f"{sampler}{steps if sampler == 'ddim' else ''}"
             result.update({f"{key}_{m}": scores[m] for m in ("fid", "kid", "precision", "recall", "coverage")})
             quality.append({"sampler": sampler, "steps": steps, **scores})
         result["quality_by_steps"] = quality
         if cfg.conditional and cfg.guidance_scale != 1.0:
-            plain = ev.score(model.sample(n, seed, labels, steps=cfg.eval_steps, guidance_scale=1.0).numpy(), split, ys)
+            plain = score(steps=cfg.eval_steps, guidance_scale=1.0)
             result["unguided_class_accuracy"], result["unguided_fid"] = plain["class_accuracy"], plain["fid"]
     grid_labels = torch.arange(cfg.num_classes).repeat_interleave(10) if cfg.conditional else None
     result["grid"] = model.sample(len(grid_labels) if grid_labels is not None else 80, 1234, grid_labels).numpy()

@@ -38,7 +38,9 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from components.config import ConfigError, OptimizerConfig, ScheduleConfig, bounds
 from components.models.common import (
+    check_evaluator,
     check_images,
+    ema_update,
     generation_example,
     generation_requests,
     generation_signature,
@@ -189,13 +191,6 @@ class GAN(nn.Module):
         net.train(was)
         return out
 
-    @torch.no_grad()
-    def update_ema(self, decay: float) -> None:
-        for e, p in zip(self.ema.parameters(), self.generator.parameters()):
-            e.lerp_(p, 1 - decay)
-        for e, b in zip(self.ema.buffers(), self.generator.buffers()):
-            e.copy_(b)
-
 
 # ------------------------------------------------------------------------------------ losses
 
@@ -340,8 +335,7 @@ class Step:
                 if norm is not None:
                     self.last_g["grad_norm_g"] = norm
             D.requires_grad_(True)
-            g_step = step // m.n_critic
-            self.model.update_ema(min(m.ema_decay, (1 + g_step) / (10 + g_step)))  # EMA warm-up
+            ema_update(self.model.ema, G, m.ema_decay, step=step // m.n_critic)
         log.update(self.last_g)
         return {"loss": loss.detach(), "count": torch.tensor(len(real)), "log": log}
 
@@ -368,19 +362,8 @@ def build(cfg: Config) -> GAN:
 def bind(cfg: Config, stats: dict, data_dir) -> Config:
     """Check the images and class count against the shards; the evaluator must be there."""
     check_images(cfg, stats, "gan")
-    if "evaluator" not in stats:
-        raise ConfigError(f"{data_dir}: these shards have no evaluator (feature network); the GAN is scored by "
-                          f"FID on it every epoch. Use an image dataset whose preprocess fits one (digits)")
+    check_evaluator(stats, data_dir, "gan")
     return cfg
-
-
-def training_step(*args, **kwargs):
-    raise NotImplementedError("the GAN trains through gan.Step (two optimizers), not training_step")
-
-
-def eval_labels(cfg: Config, n: int) -> torch.Tensor | None:
-    """Balanced classes 0, 1, ..., C−1, 0, 1, ... for a conditional model's evaluation samples."""
-    return torch.arange(n) % cfg.num_classes if cfg.conditional else None
 
 
 def validate(model: GAN, cfg: Config, data_dir) -> dict[str, float]:
@@ -388,11 +371,11 @@ def validate(model: GAN, cfg: Config, data_dir) -> dict[str, float]:
     against the val split, on fixed noise: the per-epoch metric tune compares."""
     from components.evaluation import generative
 
-    ev = generative.evaluator(str(data_dir))
-    n = ev.num_samples("val")
-    labels = eval_labels(cfg, n)
-    images = model.sample(n, seed=0, labels=labels).cpu().numpy()
-    return ev.score(images, "val", None if labels is None else labels.numpy())
+    return generative.score_samples(data_dir, "val", lambda n, y: model.sample(n, 0, y), _classes(cfg))
+
+
+def _classes(cfg: Config) -> int | None:
+    return cfg.num_classes if cfg.conditional else None
 
 
 def evaluate(model: GAN, cfg: Config, shard_dir, split: str, detail: bool = True) -> dict:
@@ -400,15 +383,11 @@ def evaluate(model: GAN, cfg: Config, shard_dir, split: str, detail: bool = True
     and a sample grid from fixed noise (one row per class when conditional)."""
     from components.evaluation import generative
 
-    ev = generative.evaluator(str(shard_dir))
-    n = ev.num_samples(split)
-    labels = eval_labels(cfg, n)
     seed = 1 if split == "test" else 0  # test samples are not the noise that selection saw
-    images = model.sample(n, seed=seed, labels=labels).cpu().numpy()
-    result = generative.with_bounds(ev.score(images, split, None if labels is None else labels.numpy()), ev, split)
-    raw = model.sample(n, seed=seed, labels=labels, ema=False).cpu().numpy()
-    result["generator_fid"] = ev.score(raw, split)["fid"]  # without EMA, for comparison
-    result["num_samples"] = n
+    result = generative.score_samples(shard_dir, split, lambda n, y: model.sample(n, seed, y), _classes(cfg),
+                                      bounds=True)
+    result["generator_fid"] = generative.score_samples(  # without EMA, for comparison
+        shard_dir, split, lambda n, y: model.sample(n, seed, y, ema=False), _classes(cfg))["fid"]
     per_row = 10
     grid_labels = torch.arange(cfg.num_classes).repeat_interleave(per_row) if cfg.conditional else None
     result["grid"] = model.sample(per_row * (cfg.num_classes if cfg.conditional else 8), seed=1234,

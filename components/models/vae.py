@@ -268,17 +268,15 @@ def evaluate(model: VAE, cfg: Config, shard_dir, split: str, detail: bool = True
         elbo_b = model.log_likelihood(model.decode(z_b, cond), bad) - kl_divergence(mu_b, logvar_b).sum(1)
         result[f"auroc_{kind}"] = float(roc_auc_score(labels, torch.cat([-elbo, -elbo_b]).numpy()))
 
-    ev = generative.evaluator(str(shard_dir))
-    n = ev.num_samples(split)
-    prior_labels = torch.arange(n) % cfg.num_classes if cfg.conditional else None
-    samples = sample(model, n, seed=1 if split == "test" else 0, labels=prior_labels).numpy()
-    quality = ev.score(samples, split, None if prior_labels is None else prior_labels.numpy())
-    result.update(generative.with_bounds(quality, ev, split))
+    classes = cfg.num_classes if cfg.conditional else None
+    seed = 1 if split == "test" else 0
+    result.update(generative.score_samples(shard_dir, split, lambda n, y: sample(model, n, seed, y), classes,
+                                           bounds=True))
 
     # images for the report
     order = torch.argsort(kl_per_dim, descending=True)
     result["originals"], result["reconstructions"] = x[:16].numpy(), model.mean(out[:16]).numpy()
-    result["samples"] = samples[:80]
+    result["samples"] = sample(model, 80, seed).numpy()
     base = mu[:1].repeat(9 * 2, 1)
     steps = torch.linspace(-3, 3, 9)
     for row, dim in enumerate(order[:2].tolist()):

@@ -32,6 +32,7 @@ class SupervisedStep:
     def __init__(self, model: nn.Module, cfg: Any, family: Any, total_steps: int,
                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
         self.model, self.cfg, self.family, self.autocast = model, cfg, family, autocast
+        self.core = model  # ``self.model`` may become a DDP wrapper; this stays the module
         self.total_steps = total_steps
         self.optimizer = optim.build(model, cfg.optimizer, cfg.lr)
         self.lr_at = schedules.build(cfg.schedule, cfg.lr, total_steps)

@@ -61,6 +61,16 @@ def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.
     return proc
 
 
+def in_fresh_process(root: Path, env: dict, body: str) -> dict:
+    """Run ``body`` in a new interpreter outside the repository, sharing only the MLflow store
+    (as a user loading a registered model would); ``body`` sets ``out``, which comes back."""
+    script = (f"import json, mlflow, numpy as np, pandas as pd\n"
+              f"mlflow.set_tracking_uri('sqlite:///{root / 'mlflow.db'}')\n"
+              f"{textwrap.dedent(body)}\nprint(json.dumps(out))\n")
+    proc = run([sys.executable, "-c", script], Path("/"), {**env, "PYTHONPATH": ""})
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
@@ -128,20 +138,15 @@ def test_repro_runs_the_transformer_through_the_same_stages(project):
 
 def test_transformer_champion_translates_raw_strings_in_a_fresh_process(project):
     root, env, _ = project
-    script = textwrap.dedent(f"""
-        import json, mlflow
-        mlflow.set_tracking_uri("sqlite:///{root / 'mlflow.db'}")
+    out = in_fresh_process(root, env, """
         model = mlflow.pyfunc.load_model("models:/transformer@champion")
         src = ["three hundred and forty-two", "seventeen", "nine million and one"]
-        out = {{"beam": model.predict(src), "greedy": model.predict(src, params={{"beam_size": 1}})}}
+        out = {"beam": model.predict(src), "greedy": model.predict(src, params={"beam_size": 1})}
         try:
             model.predict([1, 2])
         except Exception as exc:
             out["error"] = str(exc)
-        print(json.dumps(out))
     """)
-    proc = run([sys.executable, "-c", script], Path("/"), {**env, "PYTHONPATH": ""})
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
     for name in ("beam", "greedy"):
         assert len(out[name]) == 3 and all(isinstance(t, str) for t in out[name])
     assert out.get("error")
@@ -172,21 +177,16 @@ def test_repro_runs_the_gan_and_scores_it_with_floor_and_ceiling(project):
 
 def test_gan_champion_generates_seeded_images_in_a_fresh_process(project):
     root, env, _ = project
-    script = textwrap.dedent(f"""
-        import json, mlflow, numpy as np, pandas as pd
-        mlflow.set_tracking_uri("sqlite:///{root / 'mlflow.db'}")
+    out = in_fresh_process(root, env, """
         model = mlflow.pyfunc.load_model("models:/gan@champion")
-        req = pd.DataFrame({{"count": [3, 2], "seed": [0, 1], "label": [7, -1]}})
+        req = pd.DataFrame({"count": [3, 2], "seed": [0, 1], "label": [7, -1]})
         a, b = np.asarray(model.predict(req)), np.asarray(model.predict(req))
-        out = {{"shape": list(a.shape), "same": bool((a == b).all()), "min": float(a.min()), "max": float(a.max())}}
+        out = {"shape": list(a.shape), "same": bool((a == b).all()), "min": float(a.min()), "max": float(a.max())}
         try:
-            model.predict(pd.DataFrame({{"count": [2], "seed": [0], "label": [12]}}))
+            model.predict(pd.DataFrame({"count": [2], "seed": [0], "label": [12]}))
         except Exception as exc:
             out["error"] = str(exc)
-        print(json.dumps(out))
     """)
-    proc = run([sys.executable, "-c", script], Path("/"), {**env, "PYTHONPATH": ""})
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["shape"] == [5, 8, 8] and out["same"] and 0 <= out["min"] <= out["max"] <= 1
     assert "label must be in [0, 9]" in out.get("error", "")
     version = mlflow_client(root).get_model_version_by_alias("gan", "champion")
@@ -210,23 +210,18 @@ def test_repro_runs_the_vae_and_reports_its_bounds_in_nats(project):
 
 def test_vae_champion_encodes_decodes_and_samples_in_a_fresh_process(project):
     root, env, _ = project
-    script = textwrap.dedent(f"""
-        import json, mlflow, numpy as np
-        mlflow.set_tracking_uri("sqlite:///{root / 'mlflow.db'}")
+    out = in_fresh_process(root, env, """
         model = mlflow.pyfunc.load_model("models:/vae@champion")
         rows = np.random.default_rng(0).random((4, 64)).astype(np.float32)
-        mu = model.predict(rows, params={{"mode": "encode"}})
-        out = {{"mu": list(mu.shape), "rec": list(model.predict(rows).shape),
-               "dec": list(model.predict(mu, params={{"mode": "decode"}}).shape),
-               "sample": list(model.predict(np.zeros((3, 1), np.float32), params={{"mode": "sample", "seed": 2}}).shape)}}
+        mu = model.predict(rows, params={"mode": "encode"})
+        out = {"mu": list(mu.shape), "rec": list(model.predict(rows).shape),
+               "dec": list(model.predict(mu, params={"mode": "decode"}).shape),
+               "sample": list(model.predict(np.zeros((3, 1), np.float32), params={"mode": "sample", "seed": 2}).shape)}
         try:
-            model.predict(rows, params={{"mode": "dream"}})
+            model.predict(rows, params={"mode": "dream"})
         except Exception as exc:
             out["error"] = str(exc)
-        print(json.dumps(out))
     """)
-    proc = run([sys.executable, "-c", script], Path("/"), {**env, "PYTHONPATH": ""})
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["mu"] == [4, 16] and out["rec"] == out["dec"] == [4, 8, 8] and out["sample"] == [3, 8, 8]
     assert "mode must be one of" in out.get("error", "")
 
@@ -250,22 +245,17 @@ def test_repro_runs_diffusion_with_its_sampler_sweep(project):
 
 def test_diffusion_champion_samples_with_sampler_params_in_a_fresh_process(project):
     root, env, _ = project
-    script = textwrap.dedent(f"""
-        import json, mlflow, numpy as np, pandas as pd
-        mlflow.set_tracking_uri("sqlite:///{root / 'mlflow.db'}")
+    out = in_fresh_process(root, env, """
         model = mlflow.pyfunc.load_model("models:/diffusion@champion")
-        req = pd.DataFrame({{"count": [2, 1], "seed": [0, 1], "label": [3, -1]}})
-        a = np.asarray(model.predict(req, params={{"steps": 5, "sampler": "ddim", "guidance_scale": 2.0}}))
-        b = np.asarray(model.predict(req, params={{"steps": 5, "sampler": "ddim", "guidance_scale": 2.0}}))
-        out = {{"shape": list(a.shape), "same": bool((a == b).all())}}
+        req = pd.DataFrame({"count": [2, 1], "seed": [0, 1], "label": [3, -1]})
+        a = np.asarray(model.predict(req, params={"steps": 5, "sampler": "ddim", "guidance_scale": 2.0}))
+        b = np.asarray(model.predict(req, params={"steps": 5, "sampler": "ddim", "guidance_scale": 2.0}))
+        out = {"shape": list(a.shape), "same": bool((a == b).all())}
         try:
-            model.predict(req, params={{"sampler": "euler"}})
+            model.predict(req, params={"sampler": "euler"})
         except Exception as exc:
             out["error"] = str(exc)
-        print(json.dumps(out))
     """)
-    proc = run([sys.executable, "-c", script], Path("/"), {**env, "PYTHONPATH": ""})
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["shape"] == [3, 8, 8] and out["same"]
     assert "sampler must be one of" in out.get("error", "")
 
@@ -301,25 +291,19 @@ def test_mlflow_has_train_run_tune_parent_with_nested_trials_and_champion(projec
 
 def test_champion_loads_in_a_fresh_process_and_checks_input(project):
     root, env, _ = project
-    script = textwrap.dedent(f"""
-        import numpy as np, mlflow, json
-        mlflow.set_tracking_uri("sqlite:///{root / 'mlflow.db'}")
+    out = in_fresh_process(root, env, """
         model = mlflow.pyfunc.load_model("models:/resnet@champion")
         assert model.metadata.signature is not None
         batch = np.random.default_rng(0).random((6, 8, 8)).astype(np.float32)
         probs = model.predict(batch)
-        out = {{"shape": list(probs.shape), "sums": np.asarray(probs).sum(1).tolist()}}
+        out = {"shape": list(probs.shape), "sums": np.asarray(probs).sum(1).tolist()}
         for bad in (np.zeros((6, 64), np.float32), np.zeros((6, 8, 8), np.int64)):
             try:
                 model.predict(bad)
                 out.setdefault("errors", []).append(None)
             except Exception as exc:
                 out.setdefault("errors", []).append(str(exc))
-        print(json.dumps(out))
     """)
-    env = {**env, "PYTHONPATH": ""}
-    proc = run([sys.executable, "-c", script], Path("/"), env)
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["shape"] == [6, 10] and all(abs(s - 1) < 1e-4 for s in out["sums"])
     assert all(out["errors"]), out["errors"]  # both bad inputs rejected
     assert "shape" in out["errors"][0].lower()

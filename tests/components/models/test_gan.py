@@ -13,6 +13,7 @@ import torch
 
 from components.config import ConfigError, parse, train_config
 from components.models import gan
+from components.models.common import ema_update
 
 
 def model_cfg(**kw) -> gan.Config:
@@ -158,7 +159,7 @@ def test_ema_is_the_exponential_moving_average_of_the_generator():
     with torch.no_grad():
         for p in model.generator.parameters():
             p.add_(1.0)
-    model.update_ema(0.9)
+    ema_update(model.ema, model.generator, 0.9)
     for e, p, old in zip(model.ema.parameters(), model.generator.parameters(), e0):
         assert torch.allclose(e, 0.9 * old + 0.1 * p)
 
