@@ -282,8 +282,11 @@ class RegisterConfig:
 
 @dataclass
 class Algorithm:
-    """``algorithms.<name>``: which dataset (a section of ``data``) a family trains on."""
+    """``algorithms.<name>``: which model family (a module of ``components/models``) trains on
+    which dataset (a section of ``data``). One family may serve several algorithms: ``gnn`` on a
+    community graph, ``gnn_graphs`` (family gnn) on graph classification."""
     dataset: str
+    family: str = ""  # "" = the algorithm's own name; dvc.yaml reads it, so params.yaml spells it out
 
 
 @dataclass
@@ -319,7 +322,7 @@ def load_all(raw: dict[str, Any]) -> Params:
 
     params = parse(Params, raw, "params")
     for name, algo in params.algorithms.items():
-        get_family(name, path=f"algorithms.{name}")
+        get_family(algo.family or name, path=f"algorithms.{name}" + (".family" if algo.family else ""))
         if algo.dataset not in params.data:
             raise ConfigError(f"data.{algo.dataset}: algorithms.{name} uses it but the section is missing")
         train_config(raw, name)
@@ -329,11 +332,29 @@ def load_all(raw: dict[str, Any]) -> Params:
     return params
 
 
-def dataset_config(raw: dict[str, Any], name: str) -> Any:
-    """``data.<name>`` parsed into its dataset module's Config."""
+def dataset_module(raw: dict[str, Any], name: str):
+    """The dataset module of ``data.<name>``: its ``type`` key, else the section's own name
+    (``data.community: {type: graphs, source: sbm}`` and ``data.karate: {type: graphs, ...}``
+    are two datasets of one module)."""
     from components.data import get_dataset
 
-    return parse(get_dataset(name, f"data.{name}").Config, (raw.get("data") or {}).get(name), f"data.{name}")
+    section = (raw.get("data") or {}).get(name) or {}
+    kind = section.get("type", name) if isinstance(section, dict) else name
+    return get_dataset(kind, f"data.{name}" + (".type" if kind != name else ""))
+
+
+def dataset_config(raw: dict[str, Any], name: str) -> Any:
+    """``data.<name>`` parsed into its dataset module's Config."""
+    section = (raw.get("data") or {}).get(name)
+    if isinstance(section, dict):
+        section = {k: v for k, v in section.items() if k != "type"}
+    return parse(dataset_module(raw, name).Config, section, f"data.{name}")
+
+
+def family_name(raw: dict[str, Any], algo: str) -> str:
+    """The model family of ``algorithms.<algo>`` (its ``family`` key, else its own name)."""
+    entry = (raw.get("algorithms") or {}).get(algo)
+    return (entry.get("family") if isinstance(entry, dict) else None) or algo
 
 
 def train_config(raw: dict[str, Any], algo: str) -> TrainConfig:
@@ -344,7 +365,7 @@ def train_config(raw: dict[str, Any], algo: str) -> TrainConfig:
     if section is None:
         raise ConfigError(f"train.{algo}: section is missing from params.yaml")
     cfg = parse(TrainConfig, section, f"train.{algo}")
-    family = get_family(algo, path=f"train.{algo}")
+    family = get_family(family_name(raw, algo), path=f"train.{algo}")
     cfg.model = parse(family.Config, section.get("model"), f"train.{algo}.model")
     return cfg
 
@@ -356,6 +377,6 @@ def tune_config(raw: dict[str, Any], algo: str) -> TuneConfig:
     return parse(TuneConfig, section, f"tune.{algo}")
 
 
-def train_config_from_dict(algo: str, data: dict[str, Any]) -> TrainConfig:
-    """Rebuild a TrainConfig from its ``to_dict`` form (checkpoints, Ray configs)."""
-    return train_config({"train": {algo: data}}, algo)
+def train_config_from_dict(family: str, data: dict[str, Any]) -> TrainConfig:
+    """Rebuild a TrainConfig of model family ``family`` from its ``to_dict`` form (checkpoints, Ray configs)."""
+    return train_config({"train": {family: data}}, family)

@@ -19,8 +19,9 @@ class FamilyModel(mlflow.pyfunc.PythonModel):
         from components.training.checkpoint import load_exported
 
         state, meta = load_exported(context.artifacts["weights"])
-        self.family = get_family(meta["algo"])
-        self.cfg = train_config_from_dict(meta["algo"], meta["train"]).model
+        name = meta.get("family", meta["algo"])
+        self.family = get_family(name)
+        self.cfg = train_config_from_dict(name, meta["train"]).model
         self.model = self.family.build(self.cfg)
         self.model.load_state_dict(state)
         self.model.eval()

@@ -15,7 +15,7 @@ import shutil
 import time
 
 from components import tracking
-from components.config import train_config_from_dict
+from components.config import family_name, train_config_from_dict
 from components.models import get_family
 from components.training.checkpoint import load_exported
 from pipelines import lineage
@@ -32,7 +32,8 @@ def main() -> None:
     args = stage_args(__doc__)
     raw, layout = load(args)
     algo = args.algo
-    family = get_family(algo)
+    fname = family_name(raw, algo)
+    family = get_family(fname)
     shard_dir = layout.shards(raw["algorithms"][algo]["dataset"])
     plot_dir = layout.plots("eval", algo)
     report_path = layout.report(algo)
@@ -45,7 +46,7 @@ def main() -> None:
     models, val = {}, {}
     for name in CANDIDATES:
         state, meta = load_exported(layout.model(algo, name))
-        cfg = train_config_from_dict(algo, meta["train"]).model
+        cfg = train_config_from_dict(fname, meta["train"]).model
         model = family.build(cfg)
         model.load_state_dict(state)
         models[name] = (model, cfg)

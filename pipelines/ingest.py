@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import shutil
 
-from components.config import dataset_config
-from components.data import get_dataset
+from components.config import dataset_config, dataset_module
 from pipelines.layout import load, run_stage, stage_args
 
 
@@ -20,7 +19,7 @@ def main() -> None:
     cfg = dataset_config(raw, args.dataset)
     out = layout.raw(args.dataset)
     shutil.rmtree(out, ignore_errors=True)
-    manifest = get_dataset(args.dataset).ingest(cfg, out)
+    manifest = dataset_module(raw, args.dataset).ingest(cfg, out)
     print(f"ingest {args.dataset}: {manifest['num_samples']} samples, split {manifest['split_sizes']} -> {out}")
 
 

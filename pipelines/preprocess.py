@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import shutil
 
-from components.config import dataset_config
-from components.data import get_dataset
+from components.config import dataset_config, dataset_module
 from components.data.manifest import verify_manifest
 from pipelines.layout import load, run_stage, stage_args
 
@@ -22,7 +21,7 @@ def main() -> None:
     manifest = verify_manifest(raw_dir, fix=f"re-create it with `dvc repro --force ingest@{args.dataset}`")
     out = layout.shards(args.dataset)
     shutil.rmtree(out, ignore_errors=True)
-    stats = get_dataset(args.dataset).preprocess(cfg, raw_dir, out, manifest)
+    stats = dataset_module(raw, args.dataset).preprocess(cfg, raw_dir, out, manifest)
     for name, s in stats["splits"].items():
         print(f"preprocess {args.dataset}/{name}: {s['samples']} samples in {len(s['shards'])} shards")
 

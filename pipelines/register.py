@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from components import tracking
-from components.config import RegisterConfig, parse, train_config_from_dict
+from components.config import RegisterConfig, family_name, parse, train_config_from_dict
 from components.models import get_family
 from pipelines import lineage
 from pipelines.layout import load, run_stage, stage_args
@@ -43,7 +43,8 @@ def main() -> None:
     raw, layout = load(args)
     algo = args.algo
     rcfg = parse(RegisterConfig, raw.get("register"), "register")
-    family = get_family(algo)
+    fname = family_name(raw, algo)
+    family = get_family(fname)
     summary = json.loads(layout.metrics("eval", algo).read_text())
     selected = summary.get("selected")
     if not selected or not summary[selected].get("valid"):
@@ -56,7 +57,7 @@ def main() -> None:
 
     weights = layout.model(algo, selected)
     meta = json.loads((weights / "config.json").read_text())
-    cfg = train_config_from_dict(algo, meta["train"]).model
+    cfg = train_config_from_dict(fname, meta["train"]).model
     example, signature = family.serving_example(cfg), family.signature(cfg)
 
     tracking.configure(layout.root)

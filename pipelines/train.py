@@ -15,7 +15,7 @@ import shutil
 import time
 
 from components import tracking
-from components.config import to_dict, train_config
+from components.config import family_name, to_dict, train_config
 from components.evaluation import plots
 from components.models import get_family
 from components.training import checkpoint as ckpt
@@ -31,13 +31,14 @@ def main() -> None:
     raw, layout = load(args)
     algo = args.algo
     cfg = train_config(raw, algo)
-    family = get_family(algo)
+    fname = family_name(raw, algo)
+    family = get_family(fname)
     dataset = raw["algorithms"][algo]["dataset"]
     shard_dir = layout.shards(dataset)
     data_version = lineage.data_version(shard_dir)
     storage = layout.storage_root(raw.get("runtime", {}).get("storage_root", ""))
     # The train stage's code deps (dvc.yaml): resuming is for interrupted runs of the same code.
-    code = lineage.code_version(layout.root, ["pipelines/train.py", f"components/models/{algo}.py",
+    code = lineage.code_version(layout.root, ["pipelines/train.py", f"components/models/{fname}.py",
                                               "components/models/common.py", "components/training", "components/data"])
     key = lineage.run_key(algo, to_dict(cfg), data_version, code)
     run_dir = f"{storage}/runs/{algo}/train-{key}"
@@ -53,7 +54,7 @@ def main() -> None:
     tracking.log_batch(client, run.info.run_id, params=tracking.params_of(to_dict(cfg)))
     print(f"train {algo}: {cfg.epochs} epochs, {max(cfg.num_workers, 1)} worker(s) "
           f"({'local mode' if cfg.num_workers == 0 else 'DDP'}), run dir {run_dir}", flush=True)
-    config = {"algo": algo, "train": to_dict(cfg), "data_dir": str(shard_dir), "run_dir": run_dir,
+    config = {"algo": algo, "family": fname, "train": to_dict(cfg), "data_dir": str(shard_dir), "run_dir": run_dir,
               "hooks": [tracking.MlflowHook(uri, run.info.run_id), launch.RayTrainReport(), Progress(cfg.epochs, family.VAL_METRIC)]}
     t0 = time.perf_counter()
     try:
@@ -68,7 +69,7 @@ def main() -> None:
 
     out = layout.model(algo, "train")
     last = ckpt.export_latest(f"{run_dir}/checkpoints", out, {
-        "algo": algo, "candidate": "train", "data_version": data_version, "mlflow_run_id": run.info.run_id})
+        "algo": algo, "family": fname, "candidate": "train", "data_version": data_version, "mlflow_run_id": run.info.run_id})
 
     steps = lineage.read_jsonl(f"{run_dir}/{HISTORY}")
     epochs = lineage.read_jsonl(f"{run_dir}/{EPOCHS}")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from components import tracking
-from components.config import to_dict, train_config, tune_config
+from components.config import family_name, to_dict, train_config, tune_config
 from components.evaluation import plots
 from components.models import get_family
 from components.training import checkpoint as ckpt
@@ -37,13 +37,13 @@ def trial_config(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]
     return {**base, "lr": params["lr"], "schedule": {**base["schedule"], "name": params["schedule"], "warmup": warmup}}
 
 
-def run_trial(params: dict[str, Any], *, algo: str, base: dict[str, Any], data_dir: str, runs_root: str,
+def run_trial(params: dict[str, Any], *, algo: str, family: str, base: dict[str, Any], data_dir: str, runs_root: str,
               workers_per_trial: int, storage: str) -> None:
     """One Tune trial (runs in a Ray worker process)."""
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
-    config = {"algo": algo, "train": trial_config(base, params), "data_dir": data_dir,
+    config = {"algo": algo, "family": family, "train": trial_config(base, params), "data_dir": data_dir,
               "run_dir": f"{runs_root}/{trial_id}"}
     if workers_per_trial == 0:
         train_loop_per_worker({**config, "hooks": [launch.TuneReport()], "single_thread": True})
@@ -65,7 +65,8 @@ def main() -> None:
     from ray.tune.search import BasicVariantGenerator
 
     cfg, tcfg = train_config(raw, algo), tune_config(raw, algo)
-    family = get_family(algo)
+    fname = family_name(raw, algo)
+    family = get_family(fname)
     metric, mode = family.VAL_METRIC, family.VAL_MODE  # what ASHA compares after every epoch
     sign = 1.0 if mode == "max" else -1.0
     base = {**to_dict(cfg), "epochs": tcfg.epochs}
@@ -98,7 +99,7 @@ def main() -> None:
           f"{tcfg.epochs} epochs max, ASHA grace {tcfg.grace_period}, {concurrent} at a time", flush=True)
 
     trainable = tune.with_parameters(
-        run_trial, algo=algo, base=base, data_dir=str(shard_dir), runs_root=runs_root,
+        run_trial, algo=algo, family=fname, base=base, data_dir=str(shard_dir), runs_root=runs_root,
         workers_per_trial=tcfg.workers_per_trial, storage=storage)
     # A trial that launches a TorchTrainer holds almost nothing itself; its workers take the CPUs.
     resources = {"CPU": 1} if tcfg.workers_per_trial == 0 else {"CPU": 0.01}
@@ -142,7 +143,7 @@ def main() -> None:
     best = max(ok, key=lambda t: (sign * t[metric], -t["val_loss"]))
 
     ckpt.export_latest(f"{runs_root}/{best['trial_id']}/checkpoints", layout.model(algo, "tune"), {
-        "algo": algo, "candidate": "tune", "data_version": data_version, "mlflow_run_id": parent.info.run_id,
+        "algo": algo, "family": fname, "candidate": "tune", "data_version": data_version, "mlflow_run_id": parent.info.run_id,
         "trial_id": best["trial_id"]})
 
     plot_dir = layout.plots("tune", algo)

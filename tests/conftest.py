@@ -38,3 +38,31 @@ def numbered_shards(directory: Path, n: int, per_shard: int, split: str = "train
     splits = {s: columns for s in ("train", "val", "test")} if split == "all" else {split: columns}
     write_shards(directory, splits, per_shard, {"dataset": "numbered"})
     return directory
+
+
+def graph_dataset(root: Path, **kw):
+    """A graph dataset ingested and sharded as the pipeline does it; returns the shard dir."""
+    from components.data import graphs
+
+    cfg = graphs.Config(**kw)
+    manifest = graphs.ingest(cfg, root / "raw")
+    graphs.preprocess(cfg, root / "raw", root / "shards", manifest)
+    return root / "shards"
+
+
+@pytest.fixture(scope="session")
+def community_shards(tmp_path_factory) -> Path:
+    """A 600-node, 4-community stochastic block model; seed nodes in shards of 40."""
+    from components.data.graphs import SBMConfig
+
+    return graph_dataset(tmp_path_factory.mktemp("community"), source="sbm", samples_per_shard=40,
+                         sbm=SBMConfig(num_nodes=600, communities=4, feature_dim=8))
+
+
+@pytest.fixture(scope="session")
+def families_shards(tmp_path_factory) -> Path:
+    """40 small graphs per random-graph family, 25 graphs per shard."""
+    from components.data.graphs import FamiliesConfig
+
+    return graph_dataset(tmp_path_factory.mktemp("families"), source="families", samples_per_shard=25,
+                         families=FamiliesConfig(graphs_per_family=40, min_nodes=12, max_nodes=20))

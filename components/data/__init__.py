@@ -1,4 +1,7 @@
-"""The registry of datasets: one explicit dict from a ``data.<name>`` section to its module.
+"""The registry of datasets: one explicit dict from a dataset type to its module.
+
+A ``data.<name>`` section is of type ``<name>`` unless it says ``type: <module>``, so one
+module can serve several datasets (``graphs``: a community graph, karate club, graph families).
 
 Each module exports ``Config`` (its ``data.<name>`` section), ``ingest(cfg, out_dir) ->
 manifest`` (raw files, a fixed split, checksums) and ``preprocess(cfg, raw_dir, out_dir,
@@ -11,11 +14,12 @@ from __future__ import annotations
 from types import ModuleType
 
 from components.config import ConfigError
-from components.data import digits, translation
+from components.data import digits, graphs, translation
 
 DATASETS: dict[str, ModuleType] = {
     "digits": digits,
     "translation": translation,
+    "graphs": graphs,
 }
 
 

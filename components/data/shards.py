@@ -33,6 +33,7 @@ import json
 import math
 import random
 import tarfile
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -159,11 +160,16 @@ class ShardDataset(IterableDataset):
         batch_size: yield collated batches (see :func:`collate`), equally many on every rank;
             ``None`` yields single samples. Use with ``DataLoader(ds, batch_size=None)``.
         fields: the fields of a sample, in order; default ``stats.json["fields"]``.
+        fanout: graph datasets with a node task: neighbours sampled per hop around each batch's
+            seed nodes (empty: the whole graph); see ``components/data/graphs.py``.
+
+    Graph datasets batch through the same reader: their ``stats.json`` names the task, and
+    batches are ``(x, edge_index, index, target)`` (``graphs.batcher``).
     """
 
     def __init__(self, shard_dir: str | Path, split: str, *, rank: int = 0, world_size: int = 1,
                  shuffle: bool = False, seed: int = 0, batch_size: int | None = None,
-                 fields: Sequence[str] | None = None):
+                 fields: Sequence[str] | None = None, fanout: Sequence[int] | None = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if not 0 <= rank < world_size:
@@ -180,6 +186,11 @@ class ShardDataset(IterableDataset):
         if len(self.shards) < world_size:
             raise DataError(f"{self.shard_dir / STATS}: split {split!r} has {len(self.shards)} shards, fewer than "
                             f"{world_size} workers; lower samples_per_shard in params.yaml data section")
+        from components.data import (
+            graphs,  # imports torch_geometric only when a graph dataset needs it
+        )
+
+        self._collate = graphs.batcher(stats, self.shard_dir, fanout) if stats.get("task") else None
         self._cache_ok = sum(s["bytes"] for s in self.shards) <= CACHE_LIMIT_BYTES
         self._cache: dict[str, list] = {}
         self._verified: set[str] = set()
@@ -239,7 +250,11 @@ class ShardDataset(IterableDataset):
             return iter(samples)
         n_batches = self._batches_for_worker(worker, num_workers)
         edges = np.linspace(0, len(samples), n_batches + 1).round().astype(int)
-        return (collate(samples[a:b]) for a, b in zip(edges[:-1], edges[1:]))
+        if self._collate is None:
+            return (collate(samples[a:b]) for a, b in zip(edges[:-1], edges[1:]))
+        # Graph batching may sample (neighbours): seeded like the shuffle, so an epoch replays exactly.
+        generator = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}/{self.epoch}/{self.rank}/{worker}".encode()))
+        return (self._collate(samples[a:b], generator) for a, b in zip(edges[:-1], edges[1:]))
 
 
 def collate(samples: list[tuple]) -> tuple:

@@ -1,5 +1,8 @@
 """Classification metrics on predicted class probabilities.
 
+Macro-F1: the unweighted mean over classes of F1 = 2·precision·recall / (precision + recall),
+so a small class counts as much as a large one (0 for a class never predicted correctly).
+
 Expected calibration error (Guo et al. 2017): ECE = sum_b |B_b|/n * |acc(B_b) - conf(B_b)|
 over ``n_bins`` equal-width confidence bins.
 """
@@ -27,8 +30,15 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
     return float(ece)
 
 
+def macro_f1(cm: np.ndarray) -> float:
+    """Mean per-class F1 from a confusion matrix (rows true, columns predicted)."""
+    tp = cm.diagonal().astype(np.float64)
+    denom = cm.sum(0) + cm.sum(1)  # 2·TP + FP + FN
+    return float(np.mean(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)))
+
+
 def classification_report(probs: np.ndarray, labels: np.ndarray) -> dict:
-    """Top-1 accuracy, per-class accuracy, NLL, ECE and the confusion matrix."""
+    """Top-1 accuracy, macro-F1, per-class accuracy, NLL, ECE and the confusion matrix."""
     num_classes = probs.shape[1]
     preds = probs.argmax(1)
     cm = confusion_matrix(labels, preds, num_classes)
@@ -36,6 +46,7 @@ def classification_report(probs: np.ndarray, labels: np.ndarray) -> dict:
     nll = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
     return {
         "accuracy": float((preds == labels).mean()),
+        "macro_f1": macro_f1(cm),
         "per_class_accuracy": {str(c): float(a) for c, a in enumerate(per_class)},
         "min_class_accuracy": float(per_class.min()),
         "nll": nll,

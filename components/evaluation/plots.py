@@ -149,8 +149,10 @@ def latent_projection(latents: np.ndarray, labels: np.ndarray, title: str) -> Fi
     elif x.shape[1] == 1:
         x = np.c_[x, np.zeros(len(x))]
     fig, ax = plt.subplots(figsize=(4.8, 4.2))
-    points = ax.scatter(x[:, 0], x[:, 1], c=labels, cmap="tab10", s=8, vmin=-0.5, vmax=9.5)
-    fig.colorbar(points, ax=ax, ticks=range(10), label="class")
+    k = max(int(np.max(labels)) + 1, 2) if len(labels) else 10
+    points = ax.scatter(x[:, 0], x[:, 1], c=labels, cmap=plt.get_cmap("tab10" if k <= 10 else "tab20", k), s=8,
+                        vmin=-0.5, vmax=k - 0.5)
+    fig.colorbar(points, ax=ax, ticks=range(k), label="class")
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
     ax.set_title(title, fontsize=9)

@@ -8,6 +8,8 @@ Each module exports the same contract:
 - ``evaluate(model, cfg, shard_dir, split, detail=True) -> dict`` and ``report(result, title,
   plot_dir, name) -> markdown`` for the evaluate stage, which selects a candidate on val by
   ``SELECT_BY`` and asks for ``detail`` (costly extras) on test for the selected one only;
+- optionally ``loader_options(cfg, world_size) -> dict``: extra ``ShardDataset`` arguments
+  for the train split (the GNN's neighbour fanout on several workers);
 - optionally ``Step`` (its own optimisation step, see ``components/training/steps.py``) and
   ``validate(model, cfg, data_dir) -> dict`` (a per-epoch val metric that is not a sum over
   batches, such as FID);
@@ -21,7 +23,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from components.config import ConfigError
-from components.models import diffusion, gan, resnet, transformer, vae
+from components.models import diffusion, gan, gnn, resnet, transformer, vae
 
 FAMILIES: dict[str, ModuleType] = {
     "resnet": resnet,
@@ -29,6 +31,7 @@ FAMILIES: dict[str, ModuleType] = {
     "gan": gan,
     "vae": vae,
     "diffusion": diffusion,
+    "gnn": gnn,
 }
 
 

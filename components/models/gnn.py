@@ -11,16 +11,18 @@
 - a node-classification head, and a graph-classification head after a readout (mean, sum or
   attention pooling, Li et al. 2016).
 
-Status: the model and its tests. The data layer (KarateClub, a stochastic block model,
-graph-classification sets through the shards), the family contract and the stages come
-next (issue 6); this module is not yet in the registry.
+Data (``components/data/graphs.py``): a batch is ``(x, edge_index, index, target)``. For
+the node task ``index`` holds the seed nodes' positions in ``x`` (the whole graph on one
+worker; each worker's sampled neighbourhood of its seeds with ``fanout``, see
+:func:`loader_options`); for the graph task it assigns each node to its graph.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,9 +30,13 @@ from torch_geometric import nn as gnn
 from torch_geometric.utils import dropout_edge
 
 from components.config import ConfigError, bounds
+from components.data.graphs import check_edge_index
 
 PAPER = ("Kipf & Welling 2017 (GCN, arXiv:1609.02907); Hamilton et al. 2017 (GraphSAGE, arXiv:1706.02216); "
          "Veličković et al. 2018 (GAT, arXiv:1710.10903); Xu et al. 2019 (GIN, arXiv:1810.00826)")
+PRIMARY_METRIC, PRIMARY_MODE = "accuracy", "max"  # test nodes (or graphs); register compares it
+SELECT_BY = (("accuracy", "max"), ("nll", "min"))
+VAL_METRIC, VAL_MODE = "val_accuracy", "max"
 
 
 @dataclass
@@ -48,11 +54,20 @@ class Config:
     norm: Literal["none", "batch", "layer", "graph"] = "none"
     residual: bool = False
     readout: Literal["mean", "sum", "attention"] = "mean"  # graph task
+    # Node task: full-batch on one worker, neighbour-sampled mini-batches on several (auto);
+    # fanout = neighbours drawn per hop, one entry per layer (-1 = all).
+    sampling: Literal["auto", "full", "neighbor"] = "auto"
+    fanout: list[int] = field(default_factory=lambda: [10, 10])
 
     def validate(self) -> None:
         if self.conv == "gat" and self.hidden % self.heads:
             raise ConfigError(f"heads: GAT concatenates heads, so hidden ({self.hidden}) must be divisible by "
                               f"heads ({self.heads})")
+        if self.task == "node" and self.sampling != "full" and len(self.fanout) != self.layers:
+            raise ConfigError(f"fanout: one entry per layer, so {self.layers} entries (the receptive field of "
+                              f"{self.layers} layers), got {self.fanout}")
+        if any(k == 0 or k < -1 for k in self.fanout):
+            raise ConfigError(f"fanout: entries must be >= 1 (or -1 for every neighbour), got {self.fanout}")
 
 
 def _conv(kind: str, c_in: int, c_out: int, heads: int) -> nn.Module:
@@ -105,14 +120,176 @@ class GNN(nn.Module):
                 h = h + h_in
         return h
 
+    def readout(self, h: torch.Tensor, batch: torch.Tensor | None) -> torch.Tensor:
+        """Graph task: node embeddings pooled per graph (batch = each node's graph)."""
+        if batch is None:
+            batch = torch.zeros(len(h), dtype=torch.long, device=h.device)
+        return self.pool(h, batch)
+
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
         h = self.embed(x, edge_index, batch)
         if self.pool is not None:
-            if batch is None:
-                batch = torch.zeros(len(h), dtype=torch.long, device=h.device)
-            h = self.pool(h, batch)
+            h = self.readout(h, batch)
         return self.head(F.dropout(h, self.cfg.dropout, self.training))
 
 
 def build(cfg: Config) -> GNN:
     return GNN(cfg)
+
+
+def bind(cfg: Config, stats: dict, data_dir) -> Config:
+    """Feature and class counts from the data; the task must match the dataset's."""
+    task = stats.get("task")
+    if task not in ("node", "graph"):
+        raise ConfigError(f"{data_dir}: not a graph dataset (stats.json has no node/graph task); point "
+                          f"algorithms.<name>.dataset at a data section of type graphs")
+    if task != cfg.task:
+        raise ConfigError(f"task: the dataset is for {task} classification, the model is set to {cfg.task}; "
+                          f"set model.task: {task}")
+    for key, have in (("in_channels", stats["num_features"]), ("num_classes", stats["num_classes"])):
+        if getattr(cfg, key) not in (0, have):
+            raise ConfigError(f"{key}: the data has {have}, the model {getattr(cfg, key)}; set it to {have} or 0")
+    cfg.in_channels, cfg.num_classes = stats["num_features"], stats["num_classes"]
+    return cfg
+
+
+def loader_options(cfg: Config, world_size: int) -> dict:
+    """Train batches: the whole graph on one worker, sampled neighbourhoods on several (node task)."""
+    sample = cfg.task == "node" and (cfg.sampling == "neighbor" or (cfg.sampling == "auto" and world_size > 1))
+    return {"fanout": list(cfg.fanout)} if sample else {}
+
+
+def _logits(model: nn.Module, batch: tuple, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    x, edge_index, index, target = batch
+    if cfg.task == "node":
+        return model(x, edge_index)[index], target
+    return model(x, edge_index, index), target
+
+
+def training_step(model: nn.Module, batch: tuple, cfg: Config, label_smoothing: float = 0.0,
+                  progress: float = 0.0) -> dict[str, torch.Tensor]:
+    logits, target = _logits(model, batch, cfg)
+    loss = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+    with torch.no_grad():
+        correct = (logits.argmax(1) == target).sum()
+    return {"loss": loss, "correct": correct, "count": torch.tensor(target.numel())}
+
+
+@torch.no_grad()
+def eval_step(model: nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
+    """Sums over the batch's seed nodes (or graphs), for exact means over all workers."""
+    model = getattr(model, "module", model)
+    logits, target = _logits(model, batch, model.cfg)
+    return {"loss": F.cross_entropy(logits, target, reduction="sum"), "correct": (logits.argmax(1) == target).sum(),
+            "count": torch.tensor(target.numel())}
+
+
+# ---------------------------------------------------------------------------- evaluate / register
+
+@torch.no_grad()
+def evaluate(model: GNN, cfg: Config, shard_dir, split: str, detail: bool = True) -> dict:
+    """Accuracy, macro-F1, NLL, ECE and the confusion matrix on a split's nodes (or graphs), with
+    their embeddings (the last layer's, pooled per graph) for a 2-D projection."""
+    from components.data.shards import ShardDataset, read_stats
+    from components.evaluation.classification import classification_report
+
+    model.eval()
+    probs, labels, embeddings = [], [], []
+    for x, edge_index, index, target in ShardDataset(shard_dir, split, batch_size=1 << 16):
+        h = model.embed(x, edge_index, index if cfg.task == "graph" else None)
+        h = h[index] if cfg.task == "node" else model.readout(h, index)
+        probs.append(torch.softmax(model.head(h), 1).numpy())
+        labels.append(target.numpy())
+        embeddings.append(h.numpy())
+    result = classification_report(np.concatenate(probs), np.concatenate(labels))
+    stats = read_stats(shard_dir)
+    result.update(embeddings=np.concatenate(embeddings), labels=np.concatenate(labels), task=cfg.task, conv=cfg.conv,
+                  graph={k: stats[k] for k in ("homophily", "num_nodes", "num_edges") if k in stats})
+    return result
+
+
+def report(result: dict, title: str, plot_dir, name: str) -> str:
+    """Confusion matrix and embedding projection as images; per-class accuracy as markdown."""
+    from components.evaluation import plots
+
+    what = "nodes" if result["task"] == "node" else "graphs"
+    plots.save(plots.confusion(np.array(result["confusion_matrix"]), f"{title}: accuracy {result['accuracy']:.4f}"),
+               plot_dir / f"confusion_{name}.png")
+    plots.save(plots.latent_projection(result["embeddings"], result["labels"],
+                                       f"{title}: {result['conv'].upper()} embeddings of test {what} (PCA)"),
+               plot_dir / f"embeddings_{name}.png")
+    g = result["graph"]
+    graph = (f"Graph: {g['num_nodes']} nodes, {g['num_edges'] // 2} edges, homophily {g['homophily']:.3f} "
+             f"(the fraction of edges inside a class).\n\n" if g else "")
+    rows = "\n".join(f"| {c} | {a:.4f} |" for c, a in result["per_class_accuracy"].items())
+    return (f"## {title}\n\n{graph}{result['num_samples']} test {what}: accuracy {result['accuracy']:.4f}, macro-F1 "
+            f"{result['macro_f1']:.4f}, NLL {result['nll']:.4f}, ECE {result['ece']:.4f}\n\n"
+            f"| class | accuracy |\n|---|---|\n{rows}\n\n"
+            f"Images: `plots/eval/{plot_dir.name}/{{confusion,embeddings}}_{name}.png`\n")
+
+
+# ------------------------------------------------------------------------------------ serving
+
+def _tensor(inputs: dict, key: str, kind: str) -> torch.Tensor:
+    if key not in inputs:
+        raise ValueError(f"missing input {key!r}: pass a dict with 'x' (num_nodes, features) float32 and "
+                         f"'edge_index' (2, num_edges) int64" + (" and 'batch' (num_nodes,) int64" if key == "batch" else ""))
+    value = np.asarray(inputs[key])
+    if kind == "float" and not np.issubdtype(value.dtype, np.floating):
+        raise TypeError(f"{key}: expected floats, got dtype {value.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)) if kind == "float" else torch.as_tensor(value)
+
+
+@torch.no_grad()
+def predict(model: GNN, inputs: Any, cfg: Config) -> np.ndarray:
+    """Class probabilities: per node (num_nodes, C) for a node model; per graph (num_graphs, C) for
+    a graph model, whose ``batch`` assigns each node to its graph (0..G-1; absent = one graph).
+
+    ``inputs``: a dict of arrays, ``x`` (num_nodes, in_channels) float and ``edge_index``
+    (2, num_edges) integer node ids, edges as columns, both directions for an undirected graph.
+    """
+    model.eval()
+    if not isinstance(inputs, dict):
+        raise TypeError(f"expected a dict of arrays {{'x', 'edge_index'[, 'batch']}}, got {type(inputs).__name__}")
+    x = _tensor(inputs, "x", "float")
+    if x.dim() != 2 or x.shape[1] != cfg.in_channels:
+        raise ValueError(f"x: expected node features of shape (num_nodes, {cfg.in_channels}), got {tuple(x.shape)}")
+    edge_index = check_edge_index(_tensor(inputs, "edge_index", "int"), len(x))
+    if cfg.task == "node":
+        return torch.softmax(model(x, edge_index), 1).numpy()
+    batch = torch.zeros(len(x), dtype=torch.long) if inputs.get("batch") is None else \
+        _tensor(inputs, "batch", "int").long()
+    if batch.shape != (len(x),) or (len(batch) and (int(batch.min()) < 0 or
+                                                   len(torch.unique(batch)) != int(batch.max()) + 1)):
+        raise ValueError(f"batch: expected each node's graph id, shape ({len(x)},) with ids 0..G-1 all present, "
+                         f"got shape {tuple(batch.shape)}")
+    return torch.softmax(model(x, edge_index, batch), 1).numpy()
+
+
+def signature(cfg: Config):
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    # edge_index's shape is checked by predict (a clear message for the (E, 2) mistake), not MLflow.
+    inputs = [TensorSpec(np.dtype(np.float32), (-1, cfg.in_channels), "x"),
+              TensorSpec(np.dtype(np.int64), (-1, -1), "edge_index")]
+    if cfg.task == "graph":
+        inputs.append(TensorSpec(np.dtype(np.int64), (-1,), "batch"))
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, cfg.num_classes))]))
+
+
+def serving_example(cfg: Config) -> dict:
+    """A 4-node path graph (two graphs of two nodes for a graph model)."""
+    example = {"x": np.ones((4, cfg.in_channels), dtype=np.float32),
+               "edge_index": np.array([[0, 1, 1, 2, 2, 3], [1, 0, 2, 1, 3, 2]], dtype=np.int64)}
+    if cfg.task == "graph":
+        example["edge_index"] = np.array([[0, 1, 2, 3], [1, 0, 3, 2]], dtype=np.int64)
+        example["batch"] = np.array([0, 0, 1, 1], dtype=np.int64)
+    return example
+
+
+def usage(name: str) -> str:
+    return (f'`mlflow.pyfunc.load_model("models:/{name}@champion").predict({{"x": x, "edge_index": edge_index}})` '
+            f'with x float32 (num_nodes, features) and edge_index int64 (2, num_edges), both directions of each '
+            f'edge; returns class probabilities per node. A graph-classification model also takes "batch" (each '
+            f'node\'s graph id) and returns probabilities per graph.')

@@ -8,7 +8,8 @@ What differs between them is injected through ``config["hooks"]``: objects with
 ``on_epoch(metrics, checkpoint_dir)`` (every rank, once per epoch).
 
 ``config`` keys:
-    algo: family name in the registry.
+    algo: the algorithm's name (in messages and keys of params.yaml).
+    family: its model family in the registry (default: ``algo``).
     train: ``TrainConfig`` as a plain dict (``components.config.to_dict``).
     data_dir: absolute path of the shard directory.
     run_dir: absolute path where this run keeps epoch checkpoints and its step history;
@@ -118,8 +119,8 @@ def _truncate_history(path: Path, up_to_step: int) -> None:
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     """Train ``config["algo"]`` with ``config["train"]``; returns the last epoch's metrics."""
     algo = config["algo"]
-    cfg = train_config_from_dict(algo, config["train"])
-    family = get_family(algo)
+    cfg = train_config_from_dict(config.get("family", algo), config["train"])
+    family = get_family(config.get("family", algo))
     hooks: list[Hook] = list(config.get("hooks") or [])
     run_dir = Path(config["run_dir"])
     ckpt_root = run_dir / "checkpoints"
@@ -133,8 +134,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     core = family.build(cfg.model).to(ctx.device)
 
+    # A family may shape how its batches are built (a GNN's neighbour sampling on several workers).
+    loader_options = family.loader_options(cfg.model, ctx.world_size) if hasattr(family, "loader_options") else {}
     train_ds = ShardDataset(config["data_dir"], "train", rank=ctx.rank, world_size=ctx.world_size,
-                            shuffle=True, seed=cfg.seed, batch_size=cfg.batch_size)
+                            shuffle=True, seed=cfg.seed, batch_size=cfg.batch_size, **loader_options)
     val_ds = ShardDataset(config["data_dir"], "val", rank=ctx.rank, world_size=ctx.world_size,
                           batch_size=max(256, cfg.batch_size))
     steps_per_epoch = []
@@ -190,7 +193,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
                     f"(now {cfg.lr}) or set train.{algo}.grad_clip; nothing was registered")
             step += 1
             n = int(out["count"])  # what the loss averages over: samples, or tokens
-            seen += len(batch[0])
+            seen += len(batch[-1])  # the targets: one per sample (images, sentence pairs, seed nodes, graphs)
             sums["loss"] += log["loss"] * n
             sums["correct"] += float(out.get("correct", 0))
             sums["count"] += n

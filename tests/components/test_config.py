@@ -74,3 +74,18 @@ def test_missing_params_file_says_where(tmp_path):
 
 def test_repo_params_file_is_the_one_tested():
     assert (REPO / "params.yaml").exists()
+
+
+def test_one_family_serves_several_algorithms_and_names_its_module(repo_params):
+    assert repo_params["algorithms"]["gnn_graphs"]["family"] == "gnn"
+    params = load_all(repo_params)
+    assert {n for n, a in params.algorithms.items() if a.family == "gnn"} == {"gnn", "gnn_graphs", "gnn_karate"}
+    raw = _with(repo_params, "algorithms.gnn_graphs.family", "gnnn")
+    with pytest.raises(ConfigError, match=r"algorithms.gnn_graphs.family: unknown algorithm 'gnnn'"):
+        load_all(raw)
+    raw = _with(repo_params, "data.karate.type", "graph")
+    with pytest.raises(ConfigError, match=r"data.karate.type: unknown dataset 'graph'; valid: \[.*'graphs'"):
+        load_all(raw)
+    raw = _with(repo_params, "train.gnn_graphs.model.readout", "max")
+    with pytest.raises(ConfigError, match=r"train.gnn_graphs.model.readout: must be one of"):
+        load_all(raw)

@@ -51,6 +51,23 @@ def tiny_params() -> dict:
     t["model"].update(width=16, groups=4, timesteps=100, eval_steps=10, val_steps=4)
     params["tune"]["diffusion"].update(samples_per_schedule=1, epochs=1, grace_period=1)
     params["tune"]["diffusion"]["space"]["schedule"] = ["cosine", "linear"]
+    # GNNs: node classification as a 2-worker DDP job on neighbour-sampled mini-batches, graph
+    # classification in local mode. The karate club (the same node path, tested in
+    # tests/components/data) stays out to keep the run short.
+    for section in ("algorithms", "train", "tune"):
+        del params[section]["gnn_karate"]
+    del params["data"]["karate"]
+    params["data"]["community"]["sbm"].update(num_nodes=600, communities=4)
+    params["data"]["community"]["samples_per_shard"] = 60
+    params["train"]["gnn"].update(epochs=20, num_workers=2, batch_size=64)
+    params["train"]["gnn"]["model"]["fanout"] = [5, 5]
+    params["tune"]["gnn"].update(samples_per_schedule=1, epochs=10, grace_period=5)
+    params["tune"]["gnn"]["space"]["schedule"] = ["cosine", "onecycle"]
+    params["data"]["graph_families"]["families"].update(graphs_per_family=30, min_nodes=12, max_nodes=20)
+    params["data"]["graph_families"]["samples_per_shard"] = 30
+    params["train"]["gnn_graphs"].update(epochs=10)
+    params["tune"]["gnn_graphs"].update(samples_per_schedule=1, epochs=4, grace_period=2)
+    params["tune"]["gnn_graphs"]["space"]["schedule"] = ["cosine", "onecycle"]
     return params
 
 
@@ -258,6 +275,50 @@ def test_diffusion_champion_samples_with_sampler_params_in_a_fresh_process(proje
     """)
     assert out["shape"] == [3, 8, 8] and out["same"]
     assert "sampler must be one of" in out.get("error", "")
+
+
+def test_repro_runs_gnns_on_node_and_graph_tasks_through_the_same_stages(project):
+    root, env, first = project
+    for algo, dataset in (("gnn", "community"), ("gnn_graphs", "graph_families")):
+        for stage in (f"ingest@{dataset}", f"preprocess@{dataset}", f"train@{algo}", f"tune@{algo}",
+                      f"evaluate@{algo}", f"register@{algo}"):
+            assert f"Running stage '{stage}'" in first.stdout
+    assert "train gnn: 20 epochs, 2 worker(s) (DDP)" in first.stdout
+    node = json.loads((root / "metrics/eval/gnn.json").read_text())
+    chosen = node[node["selected"]]
+    assert chosen["accuracy"] > 0.7 and 0 < chosen["macro_f1"] <= 1  # 4 communities: chance is 0.25
+    graph = json.loads((root / "metrics/eval/gnn_graphs.json").read_text())
+    assert graph[graph["selected"]]["accuracy"] > 0.3  # 5 families: chance is 0.2
+    for png in ("plots/eval/gnn/embeddings_train.png", "plots/eval/gnn_graphs/confusion_tune.png"):
+        assert (root / png).stat().st_size > 5000
+    assert "homophily" in (root / "reports/gnn/evaluate.md").read_text()
+    assert (root / "data/shards/community/graph.npz").exists()
+
+
+def test_gnn_champions_score_graphs_in_a_fresh_process(project):
+    root, env, _ = project
+    out = in_fresh_process(root, env, """
+        node = mlflow.pyfunc.load_model("models:/gnn@champion")
+        x = np.random.default_rng(0).standard_normal((5, 32)).astype(np.float32)
+        ring = np.array([[0, 1, 2, 3, 4, 1, 2, 3, 4, 0], [1, 2, 3, 4, 0, 0, 1, 2, 3, 4]], dtype=np.int64)
+        probs = np.asarray(node.predict({"x": x, "edge_index": ring}))
+        out = {"node": list(probs.shape), "sums": probs.sum(1).tolist(), "errors": []}
+        for bad in (ring.T.copy(), ring + 3):
+            try:
+                node.predict({"x": x, "edge_index": bad})
+                out["errors"].append(None)
+            except Exception as exc:
+                out["errors"].append(str(exc))
+        graphs = mlflow.pyfunc.load_model("models:/gnn_graphs@champion")
+        two = {"x": np.ones((10, 1), np.float32), "edge_index": np.concatenate([ring, ring + 5], 1),
+               "batch": np.repeat([0, 1], 5).astype(np.int64)}
+        out["graph"] = np.asarray(graphs.predict(two)).tolist()
+    """)
+    assert out["node"] == [5, 4] and all(abs(s - 1) < 1e-4 for s in out["sums"])
+    assert "transpose it" in out["errors"][0] and "ids must be in [0, 5)" in out["errors"][1]
+    assert len(out["graph"]) == 2 and out["graph"][0] == pytest.approx(out["graph"][1], abs=1e-5)  # same graph twice
+    version = mlflow_client(root).get_model_version_by_alias("gnn", "champion")
+    assert "Kipf" in version.description and "test_accuracy" in version.tags
 
 
 def test_second_repro_does_nothing(project):
