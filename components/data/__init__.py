@@ -14,12 +14,13 @@ from __future__ import annotations
 from types import ModuleType
 
 from components.config import ConfigError
-from components.data import digits, graphs, translation
+from components.data import captions, digits, graphs, translation
 
 DATASETS: dict[str, ModuleType] = {
     "digits": digits,
     "translation": translation,
     "graphs": graphs,
+    "captions": captions,
 }
 
 

@@ -182,6 +182,27 @@ def quality_by_steps(rows: Sequence[dict], fid_floor: float, title: str) -> Figu
     return fig
 
 
+def similarity(matrix: np.ndarray, images: np.ndarray, captions: Sequence[str], title: str) -> Figure:
+    """An image–text similarity matrix: images as columns (shown above), captions as rows."""
+    n = len(matrix)
+    fig = plt.figure(figsize=(4 + 0.55 * n, 1.5 + 0.42 * n))
+    grid = fig.add_gridspec(2, n, height_ratios=[1, n], hspace=0.05, wspace=0.05)
+    for j in range(n):
+        ax = fig.add_subplot(grid[0, j])
+        img = images[j]
+        ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray_r", vmin=0, vmax=1)
+        ax.axis("off")
+    ax = fig.add_subplot(grid[1, :])
+    im = ax.imshow(matrix.T, cmap="viridis", aspect="auto")
+    ax.set_yticks(range(n), [c[:40] for c in captions], fontsize=7)
+    ax.set_xticks(range(n), [str(i) for i in range(n)], fontsize=7)
+    ax.set_xlabel("image")
+    fig.colorbar(im, ax=ax, fraction=0.03, label="cosine")
+    fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(left=0.3)
+    return fig
+
+
 def save(fig: Figure, path) -> None:
     from pathlib import Path
 

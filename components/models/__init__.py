@@ -23,7 +23,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from components.config import ConfigError
-from components.models import diffusion, gan, gnn, resnet, transformer, vae
+from components.models import clip, diffusion, gan, gnn, resnet, transformer, vae
 
 FAMILIES: dict[str, ModuleType] = {
     "resnet": resnet,
@@ -32,6 +32,7 @@ FAMILIES: dict[str, ModuleType] = {
     "vae": vae,
     "diffusion": diffusion,
     "gnn": gnn,
+    "clip": clip,
 }
 
 

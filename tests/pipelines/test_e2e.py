@@ -64,6 +64,13 @@ def tiny_params() -> dict:
     params["train"]["gnn"]["model"]["fanout"] = [5, 5]
     params["tune"]["gnn"].update(samples_per_schedule=1, epochs=10, grace_period=5)
     params["tune"]["gnn"]["space"]["schedule"] = ["cosine", "onecycle"]
+    # CLIP as a 2-worker DDP job: the logits span both workers' batches.
+    params["data"]["captioned_digits"].update(captions_per_image=2, samples_per_shard=96)
+    t = params["train"]["clip"]
+    t.update(epochs=6, num_workers=2, batch_size=64, lr=2e-3)
+    t["model"].update(width=32, heads=2, embed_dim=32, image_layers=1, text_layers=1)
+    params["tune"]["clip"].update(samples_per_schedule=1, epochs=2, grace_period=1)
+    params["tune"]["clip"]["space"]["schedule"] = ["cosine", "onecycle"]
     return params
 
 
@@ -306,6 +313,51 @@ def test_gnn_champion_scores_nodes_in_a_fresh_process(project):
     assert "transpose it" in out["errors"][0] and "ids must be in [0, 5)" in out["errors"][1]
     version = mlflow_client(root).get_model_version_by_alias("gnn", "champion")
     assert "Kipf" in version.description and "test_accuracy" in version.tags
+
+
+def test_repro_runs_clip_as_a_ddp_job_and_classifies_zero_shot(project):
+    root, env, first = project
+    for stage in ("ingest@captioned_digits", "preprocess@captioned_digits", "train@clip", "tune@clip",
+                  "evaluate@clip", "register@clip"):
+        assert f"Running stage '{stage}'" in first.stdout
+    assert "train clip: 6 epochs, 2 worker(s) (DDP)" in first.stdout
+    ev = json.loads((root / "metrics/eval/clip.json").read_text())
+    assert ev["primary_metric"] == "zero_shot_accuracy" and ev["selected"] in ("train", "tune")
+    chosen = ev[ev["selected"]]
+    assert chosen["zero_shot_accuracy"] > 0.2  # 10 classes, unseen prompts: chance is 0.1 after 6 tiny epochs
+    for key in ("image_to_text_r1", "text_to_image_r10", "linear_probe_accuracy"):
+        assert 0 <= chosen[key] <= 1
+    assert 0.01 <= chosen["temperature"] <= 1
+    train = json.loads((root / "metrics/train/clip.json").read_text())
+    assert train["val_zero_shot_accuracy"] >= 0
+    rows = (root / "plots/train/clip/global_batch.csv").read_text().splitlines()[1:]
+    assert {float(r.split(",")[1]) for r in rows} > {64.0}  # the logits span both workers' batches
+    assert (root / "plots/eval/clip/similarity_train.png").stat().st_size > 5000
+    assert "Zero-shot top-1" in (root / "reports/clip/evaluate.md").read_text()
+
+
+def test_clip_champion_embeds_and_scores_in_a_fresh_process(project):
+    root, env, _ = project
+    out = in_fresh_process(root, env, """
+        from sklearn.datasets import load_digits
+        model = mlflow.pyfunc.load_model("models:/clip@champion")
+        digits = load_digits()
+        rows = [list(r / 16.0) for r in digits.data[:4]]
+        frame = pd.DataFrame({"image": rows, "text": ["a zero", "a one", "a two", "a three"]})
+        scores = np.asarray(model.predict(frame))
+        img = np.asarray(model.predict(frame[["image"]], params={"mode": "embed_image"}))
+        txt = np.asarray(model.predict(frame[["text"]], params={"mode": "embed_text"}))
+        out = {"scores": scores.tolist(), "img": list(img.shape), "txt": list(txt.shape),
+               "norm": float(np.linalg.norm(img, axis=1).mean())}
+        try:
+            model.predict(pd.DataFrame({"image": [[0.0] * 10]}), params={"mode": "embed_image"})
+        except Exception as exc:
+            out["error"] = str(exc)
+    """)
+    assert len(out["scores"]) == 4 and out["img"] == [4, 32] and out["txt"] == [4, 32]
+    assert abs(out["norm"] - 1) < 1e-4 and "rows of 64 pixel values" in out.get("error", "")
+    version = mlflow_client(root).get_model_version_by_alias("clip", "champion")
+    assert "Radford" in version.description and "test_zero_shot_accuracy" in version.tags
 
 
 def test_second_repro_does_nothing(project):
