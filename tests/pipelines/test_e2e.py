@@ -331,7 +331,7 @@ def test_repro_runs_clip_as_a_ddp_job_and_classifies_zero_shot(project):
     train = json.loads((root / "metrics/train/clip.json").read_text())
     assert train["val_zero_shot_accuracy"] >= 0
     rows = (root / "plots/train/clip/global_batch.csv").read_text().splitlines()[1:]
-    assert {float(r.split(",")[1]) for r in rows} > {64.0}  # the logits span both workers' batches
+    assert max(float(r.split(",")[1]) for r in rows) > 64  # the logits span both workers' batches (64 each at most)
     assert (root / "plots/eval/clip/similarity_train.png").stat().st_size > 5000
     assert "Zero-shot top-1" in (root / "reports/clip/evaluate.md").read_text()
 
