@@ -26,17 +26,32 @@ def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
 
 
+PROBE_TIMEOUT_S = 10.0
+
+
+def probe_server(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Fail within ``timeout`` seconds when nothing answers at ``uri`` (MLflow's own client retries
+    a refused connection with backoff for about four minutes before it gives up)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # it answered (an auth or proxy status): reachable; MLflow's calls report the rest
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConnectionError(f"cannot reach the MLflow tracking server at MLFLOW_TRACKING_URI={uri} ({reason}); "
+                              f"start it, fix the variable, or unset it to use the local store") from None
+
+
 def configure(root: Path) -> str:
     """Point MLflow at the project's store; check a remote server answers before any work."""
     uri = tracking_uri(root)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if uri.startswith("http"):
-        try:
-            MlflowClient(uri).search_experiments(max_results=1)
-        except Exception as exc:
-            raise ConnectionError(f"cannot reach the MLflow tracking server at MLFLOW_TRACKING_URI={uri} ({exc}); "
-                                  f"start it or unset MLFLOW_TRACKING_URI to use the local store") from None
+        probe_server(uri)
     return uri
 
 

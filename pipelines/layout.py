@@ -66,7 +66,7 @@ def run_stage(main) -> None:
     """Run a stage's main; known user errors print one clear line instead of a traceback."""
     try:
         main()
-    except (ConfigError, DataError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, FileNotFoundError, ConnectionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
 
