@@ -39,9 +39,9 @@ from components.config import ConfigError, bounds
 from components.data import digits
 from components.data.manifest import DataError, write_manifest
 from components.data.shards import write_shards
+from components.data.splits import SPLITS, stratified_split
 from components.data.tokenizer import BOS, EOS, Tokenizer, normalize
 
-SPLITS = ("train", "val", "test")
 TOKENIZER = "tokenizer.json"
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 TRAIN_TEMPLATES = (
@@ -194,7 +194,7 @@ def ingest(cfg: Config, out_dir: Path) -> dict:
         bunch = load_digits()
         images = (bunch.images.astype(np.float32) / digits.PIXEL_MAX)[:, None]
         labels = bunch.target.astype(np.int64)
-        idx = digits.stratified_split(labels, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+        idx = stratified_split(labels, cfg.val_fraction, cfg.test_fraction, cfg.seed)
         splits = {k: (images[v], [], labels[v]) for k, v in idx.items()}
     else:
         splits = read_webdataset(cfg)

@@ -15,6 +15,7 @@ from components.config import bounds
 from components.data import features
 from components.data.manifest import write_manifest
 from components.data.shards import write_shards
+from components.data.splits import stratified_split
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 8
@@ -30,21 +31,6 @@ class Config:
     samples_per_shard: int = field(default=128, metadata=bounds(ge=1))
     # The generative evaluator's feature network, fitted on train (see components/data/features.py).
     evaluator: features.FeatureConfig = field(default_factory=features.FeatureConfig)
-
-
-def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float,
-                     seed: int) -> dict[str, np.ndarray]:
-    """Per-class shuffled split; every class is in every split in its overall proportion."""
-    rng = np.random.default_rng(seed)
-    parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        n_test = round(len(idx) * test_fraction)
-        n_val = round(len(idx) * val_fraction)
-        parts["test"].append(idx[:n_test])
-        parts["val"].append(idx[n_test:n_test + n_val])
-        parts["train"].append(idx[n_test + n_val:])
-    return {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
 
 
 def ingest(cfg: Config, out_dir: Path) -> dict:

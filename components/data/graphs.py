@@ -46,9 +46,9 @@ import torch
 from components.config import ConfigError, bounds
 from components.data.manifest import DataError, sha256, write_manifest
 from components.data.shards import write_shards
+from components.data.splits import SPLITS, stratified_split
 
 GRAPH = "graph.npz"
-SPLITS = ("train", "val", "test")
 NODE_SOURCES = ("sbm", "karate", "planetoid")
 FAMILIES = ("erdos_renyi", "barabasi_albert", "watts_strogatz", "two_communities", "random_geometric")
 
@@ -120,9 +120,8 @@ def check_edge_index(edge_index, num_nodes: int, what: str = "edge_index") -> to
     if ei.dim() != 2 or ei.shape[0] != 2:
         hint = " (transpose it: edges are columns)" if ei.dim() == 2 and ei.shape[1] == 2 else ""
         raise ValueError(f"{what}: must have shape (2, num_edges), got {tuple(ei.shape)}{hint}")
-    if ei.is_floating_point() or ei.dtype == torch.bool:
-        if ei.numel() and not torch.equal(ei, ei.round()):
-            raise ValueError(f"{what}: node ids must be integers, got {ei.dtype} values")
+    if ei.dtype == torch.bool or (ei.is_floating_point() and not torch.equal(ei, ei.round())):
+        raise ValueError(f"{what}: node ids must be integers, got {ei.dtype} values")
     ei = ei.long()
     if ei.numel() and (int(ei.min()) < 0 or int(ei.max()) >= num_nodes):
         raise ValueError(f"{what}: node ids must be in [0, {num_nodes}) for {num_nodes} nodes, got ids "
@@ -133,21 +132,6 @@ def check_edge_index(edge_index, num_nodes: int, what: str = "edge_index") -> to
 def homophily(edge_index: np.ndarray, y: np.ndarray) -> float:
     """Fraction of edges joining nodes of the same class."""
     return float((y[edge_index[0]] == y[edge_index[1]]).mean()) if edge_index.shape[1] else 0.0
-
-
-def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in SPLITS}
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        n_test, n_val = max(1, round(len(idx) * test_fraction)), max(1, round(len(idx) * val_fraction))
-        parts["test"].append(idx[:n_test])
-        parts["val"].append(idx[n_test:n_test + n_val])
-        parts["train"].append(idx[n_test + n_val:])
-    split = {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
-    if not all(len(v) for v in split.values()):
-        raise DataError(f"too few samples for a train/val/test split: sizes {({k: len(v) for k, v in split.items()})}")
-    return split
 
 
 # ---------------------------------------------------------------------------- sources

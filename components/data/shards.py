@@ -190,7 +190,7 @@ class ShardDataset(IterableDataset):
             graphs,  # imports torch_geometric only when a graph dataset needs it
         )
 
-        self._collate = graphs.batcher(stats, self.shard_dir, fanout) if stats.get("task") else None
+        self._collate = graphs.batcher(stats, self.shard_dir, fanout)
         self._cache_ok = sum(s["bytes"] for s in self.shards) <= CACHE_LIMIT_BYTES
         self._cache: dict[str, list] = {}
         self._verified: set[str] = set()

@@ -20,6 +20,7 @@ process on the concatenated batch (tested), and negatives come from every worker
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,6 +35,7 @@ from torch import nn
 from components.config import ConfigError, bounds
 from components.data.tokenizer import EOS, PAD, Tokenizer
 from components.models import resnet
+from components.models.common import check_images
 
 PAPER = "Radford et al. 2021, Learning Transferable Visual Models From Natural Language Supervision (arXiv:2103.00020)"
 PRIMARY_METRIC, PRIMARY_MODE = "zero_shot_accuracy", "max"  # test digits, prompt templates never seen in training
@@ -162,11 +164,7 @@ def bind(cfg: Config, stats: dict, data_dir) -> Config:
     if "tokenizer" not in assets or "max_len" not in stats:
         raise ConfigError(f"{data_dir}: these shards have no captions and tokenizer; CLIP needs an image-caption "
                           f"dataset (a data section of type captions)")
-    shape = stats.get("input_shape")
-    if shape is not None and list(shape) != [cfg.in_channels, cfg.image_size, cfg.image_size]:
-        raise ConfigError(f"in_channels/image_size: the data's images are {tuple(shape)}, the model's are "
-                          f"{(cfg.in_channels, cfg.image_size, cfg.image_size)}; set train.<algo>.model.in_channels: "
-                          f"{shape[0]} and image_size: {shape[-1]}")
+    check_images(cfg, stats, "clip")
     tok = Tokenizer.load(Path(data_dir) / assets["tokenizer"])
     return replace(cfg, vocab_size=len(tok), max_len=stats["max_len"], tokenizer=tok.to_dict(),
                    class_names=list(stats.get("class_names", [])),
@@ -218,11 +216,11 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tenso
 
 # ---------------------------------------------------------------------------- training
 
-def _one_caption(tokens: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def _one_caption(tokens: torch.Tensor) -> torch.Tensor:
     """(B, K, L) -> (B, L): one of each image's K captions, drawn at random."""
     if tokens.dim() == 2:
         return tokens
-    pick = torch.randint(tokens.shape[1], (len(tokens),), generator=generator)
+    pick = torch.randint(tokens.shape[1], (len(tokens),))
     return tokens[torch.arange(len(tokens)), pick.to(tokens.device)]
 
 
@@ -268,7 +266,10 @@ def class_embeddings(model: CLIP, class_names: list[str], templates: list[str]) 
     return F.normalize(emb.mean(1), dim=-1)
 
 
-def _load_split(shard_dir, split: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, list[str]]:
+@functools.lru_cache(maxsize=4)
+def _read_split(shard_dir: str, split: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, list[str]]:
+    """A whole split's images, tokens, labels and first captions; read once per process (validate runs
+    every epoch). Callers must not modify the tensors."""
     from components.data.shards import ShardDataset
 
     batches = list(ShardDataset(shard_dir, split, batch_size=1 << 16, fields=EVAL_FIELDS))
@@ -299,7 +300,7 @@ def recall_at(similarity: np.ndarray, relevant: np.ndarray, ks=(1, 5, 10)) -> di
 def validate(model: CLIP, cfg: Config, data_dir) -> dict[str, float]:
     """Zero-shot accuracy on val (the held-out templates) and the InfoNCE of the whole val split."""
     model.eval()
-    images, tokens, labels, _ = _load_split(data_dir, "val")
+    images, tokens, labels, _ = _read_split(str(data_dir), "val")
     image = _embed_images(model, images)
     loss, _ = contrastive_loss(image, model.encode_text(tokens[:, 0]), model.scale())
     out = {"loss": float(loss), "logit_scale": float(model.scale())}
@@ -317,7 +318,7 @@ def evaluate(model: CLIP, cfg: Config, shard_dir, split: str, detail: bool = Tru
     from components.evaluation.classification import classification_report
 
     model.eval()
-    images, tokens, labels, captions = _load_split(shard_dir, split)
+    images, tokens, labels, captions = _read_split(str(shard_dir), split)
     image = _embed_images(model, images)
     text = model.encode_text(tokens[:, 0])
     loss, _ = contrastive_loss(image, text, model.scale())
@@ -335,7 +336,7 @@ def evaluate(model: CLIP, cfg: Config, shard_dir, split: str, detail: bool = Tru
         report = classification_report(zero_shot(model, image, cfg), labels)
         result.update({f"zero_shot_{k}" if k in ("accuracy", "macro_f1", "nll", "ece", "min_class_accuracy") else k: v
                        for k, v in report.items()})
-        train_images, _, train_labels, _ = _load_split(shard_dir, "train")
+        train_images, _, train_labels, _ = _read_split(str(shard_dir), "train")
         probe = LogisticRegression(max_iter=2000, C=1.0).fit(_embed_images(model, train_images).numpy(), train_labels)
         result["linear_probe_accuracy"] = float((probe.predict(image.numpy()) == labels).mean())
         result["labels"] = labels

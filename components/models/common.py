@@ -18,7 +18,8 @@ MAX_SAMPLES = 10_000  # per pyfunc request
 def check_images(cfg: Any, stats: dict, algo: str) -> None:
     """The model's ``num_classes``, ``in_channels`` and ``image_size`` against ``stats.json``."""
     classes, shape = stats.get("num_classes"), stats.get("input_shape")
-    if classes is not None and classes != cfg.num_classes:
+    expected = getattr(cfg, "num_classes", None)  # None: the family has no class count of its own (CLIP)
+    if classes is not None and expected is not None and classes != expected:
         raise ConfigError(f"num_classes: the data has {classes} classes, the model {cfg.num_classes}; "
                           f"set train.{algo}.model.num_classes: {classes}")
     if shape is not None and list(shape) != [cfg.in_channels, cfg.image_size, cfg.image_size]:
