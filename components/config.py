@@ -215,6 +215,8 @@ class RuntimeConfig:
     """
     storage_root: str = ""
     ray_num_cpus: int = field(default=0, metadata=bounds(ge=0))  # 0 = all cores
+    # Restarts of a train worker group that lost a worker; each resumes from the last epoch checkpoint.
+    max_failures: int = field(default=2, metadata=bounds(ge=0))
 
 
 @dataclass

@@ -8,7 +8,6 @@ One experiment per algorithm, named after it.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -118,12 +117,34 @@ class MlflowHook:
             log_batch(self.client, self.run_id, metrics=step_metrics(rows, "step/"))
 
     def on_epoch(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        log_batch(self.client, self.run_id, metrics=self._epoch_metrics([metrics]))
+
+    @staticmethod
+    def _epoch_metrics(rows: list[dict]) -> list[Metric]:
         now = int(time.time() * 1000)
-        log_batch(self.client, self.run_id, metrics=[
-            Metric(k, float(v), now, int(metrics["epoch"])) for k, v in metrics.items() if k != "epoch"])
+        return [Metric(k, float(v), now, int(r["epoch"])) for r in rows for k, v in r.items() if k != "epoch"]
+
+    def _last_logged(self, key: str) -> int:
+        history = self.client.get_metric_history(self.run_id, key)
+        return max((m.step for m in history), default=-1)
+
+    def on_resume(self, steps: list[dict], epochs: list[dict]) -> None:
+        """Log what the run directory holds up to the checkpoint and this run does not.
+
+        A worker can die after its epoch checkpoint is written and before this hook logged that
+        epoch; the restarted group resumes after that checkpoint, so those rows would be missing.
+        Rows MLflow already has are not logged again: each step and epoch appears exactly once.
+        """
+        if steps:
+            key = next(k for k in steps[-1] if k not in ("step", "epoch"))
+            last = self._last_logged(f"step/{key}")
+            log_batch(self.client, self.run_id, metrics=step_metrics([r for r in steps if r["step"] > last], "step/"))
+        if epochs:
+            last = self._last_logged("train_loss")
+            log_batch(self.client, self.run_id, metrics=self._epoch_metrics([e for e in epochs if e["epoch"] > last]))
 
 
-def tune_callback(uri: str, experiment: str, parent_run_id: str, runs_root: Path):
+def tune_callback(uri: str, experiment: str, parent_run_id: str, runs_root: str):
     """A Ray Tune callback (runs in the driver) making one nested MLflow run per trial.
 
     Epoch metrics are logged as they arrive; each trial's per-step learning rate and loss
@@ -157,9 +178,10 @@ def tune_callback(uri: str, experiment: str, parent_run_id: str, runs_root: Path
             run_id = self.runs.pop(trial.trial_id, None)
             if run_id is None:
                 return
-            steps = Path(runs_root) / trial.trial_id / "steps.jsonl"
-            if steps.exists():
-                rows = [json.loads(x) for x in steps.read_text().splitlines() if x.strip()]
+            from components.training.loop import HISTORY, read_rows
+
+            rows = read_rows(f"{str(runs_root).rstrip('/')}/{trial.trial_id}/{HISTORY}")
+            if rows:
                 log_batch(self.client, run_id, metrics=step_metrics(rows, "step/"))
             self.client.set_terminated(run_id, status)
 

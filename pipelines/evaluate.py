@@ -10,8 +10,8 @@ reported, never used to choose.
 
 from __future__ import annotations
 
+import contextlib
 import math
-import shutil
 import time
 
 from components import tracking
@@ -19,7 +19,7 @@ from components.config import family_name, train_config_from_dict
 from components.models import get_family
 from components.training.checkpoint import load_exported
 from pipelines import lineage
-from pipelines.layout import load, run_stage, stage_args
+from pipelines.layout import load, run_stage, stage_args, written_whole
 
 CANDIDATES = ("train", "tune")
 
@@ -35,12 +35,31 @@ def main() -> None:
     fname = family_name(raw, algo)
     family = get_family(fname)
     shard_dir = layout.shards(raw["algorithms"][algo]["dataset"])
-    plot_dir = layout.plots("eval", algo)
-    report_path = layout.report(algo)
-    for d in (plot_dir, report_path.parent):
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
+    with contextlib.ExitStack() as outputs:  # both folders appear whole at the end, or not at all
+        plot_dir = outputs.enter_context(written_whole(layout.plots("eval", algo)))
+        report_dir = outputs.enter_context(written_whole(layout.report(algo).parent))
+        summary = evaluate(algo, fname, family, layout, shard_dir, plot_dir, report_dir / layout.report(algo).name)
+        tracking.configure(layout.root)
+        client = tracking.MlflowClient()
+        run = client.create_run(tracking.experiment_id(algo, layout.root), run_name="evaluate",
+                                tags={"stage": "evaluate", "algo": algo, "selected": str(summary["selected"]),
+                                      "git_commit": lineage.git_commit(layout.root)})
+        now = int(time.time() * 1000)
+        tracking.log_batch(client, run.info.run_id, metrics=[
+            tracking.Metric(f"{n}_test_{k}", float(v), now, 0)
+            for n in CANDIDATES for k, v in summary[n].items() if k != "valid"])
+        client.log_artifacts(run.info.run_id, str(plot_dir))
+        client.log_artifact(run.info.run_id, str(report_dir / layout.report(algo).name))
+        client.set_terminated(run.info.run_id, "FINISHED")
+    lineage.write_json(layout.metrics("eval", algo), summary)
+    selected = summary["selected"]
+    print(f"evaluate {algo}: selected {selected}; report {layout.report(algo).relative_to(layout.root)}")
+    if selected is None:
+        raise SystemExit(f"error: no valid {algo} candidate (non-finite metrics); nothing can be registered")
 
+
+def evaluate(algo: str, fname: str, family, layout, shard_dir, plot_dir, report_path) -> dict:
+    """Val metrics of both candidates, the selection, and their test metrics; writes the report."""
     # Val first, for both candidates: it alone selects. Then test, where the family may add its
     # costly extras (a diffusion model's sampler sweep) for the selected candidate only.
     models, val = {}, {}
@@ -75,25 +94,9 @@ def main() -> None:
     summary = {"primary_metric": family.PRIMARY_METRIC, "mode": family.PRIMARY_MODE,
                "selected_by": [f"val_{m} ({mode})" for m, mode in family.SELECT_BY],
                "selected": selected, **results}
-    lineage.write_json(layout.metrics("eval", algo), summary)
     sections.insert(1, f"Selected candidate: **{selected}** (on val: {', '.join(summary['selected_by'])})\n")
     report_path.write_text("\n".join(sections))
-
-    tracking.configure(layout.root)
-    client = tracking.MlflowClient()
-    run = client.create_run(tracking.experiment_id(algo, layout.root), run_name="evaluate",
-                            tags={"stage": "evaluate", "algo": algo, "selected": str(selected),
-                                  "git_commit": lineage.git_commit(layout.root)})
-    now = int(time.time() * 1000)
-    tracking.log_batch(client, run.info.run_id, metrics=[
-        tracking.Metric(f"{n}_test_{k}", float(v), now, 0)
-        for n, r in results.items() for k, v in r.items() if k != "valid"])
-    client.log_artifacts(run.info.run_id, str(plot_dir))
-    client.log_artifact(run.info.run_id, str(report_path))
-    client.set_terminated(run.info.run_id, "FINISHED")
-    print(f"evaluate {algo}: selected {selected}; report {report_path.relative_to(layout.root)}")
-    if selected is None:
-        raise SystemExit(f"error: no valid {algo} candidate (non-finite metrics); nothing can be registered")
+    return summary
 
 
 if __name__ == "__main__":

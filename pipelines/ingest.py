@@ -7,10 +7,8 @@ in ``components/data``.
 
 from __future__ import annotations
 
-import shutil
-
 from components.config import dataset_config, dataset_module
-from pipelines.layout import load, run_stage, stage_args
+from pipelines.layout import load, run_stage, stage_args, written_whole
 
 
 def main() -> None:
@@ -18,8 +16,8 @@ def main() -> None:
     raw, layout = load(args)
     cfg = dataset_config(raw, args.dataset)
     out = layout.raw(args.dataset)
-    shutil.rmtree(out, ignore_errors=True)
-    manifest = dataset_module(raw, args.dataset).ingest(cfg, out)
+    with written_whole(out) as tmp:
+        manifest = dataset_module(raw, args.dataset).ingest(cfg, tmp)
     print(f"ingest {args.dataset}: {manifest['num_samples']} samples, split {manifest['split_sizes']} -> {out}")
 
 

@@ -6,11 +6,9 @@ Reads ``data.<dataset>`` and ``data/raw/<dataset>/``; writes ``data/shards/<data
 
 from __future__ import annotations
 
-import shutil
-
 from components.config import dataset_config, dataset_module
 from components.data.manifest import verify_manifest
-from pipelines.layout import load, run_stage, stage_args
+from pipelines.layout import load, run_stage, stage_args, written_whole
 
 
 def main() -> None:
@@ -20,8 +18,8 @@ def main() -> None:
     raw_dir = layout.raw(args.dataset)
     manifest = verify_manifest(raw_dir, fix=f"re-create it with `dvc repro --force ingest@{args.dataset}`")
     out = layout.shards(args.dataset)
-    shutil.rmtree(out, ignore_errors=True)
-    stats = dataset_module(raw, args.dataset).preprocess(cfg, raw_dir, out, manifest)
+    with written_whole(out) as tmp:
+        stats = dataset_module(raw, args.dataset).preprocess(cfg, raw_dir, tmp, manifest)
     for name, s in stats["splits"].items():
         print(f"preprocess {args.dataset}/{name}: {s['samples']} samples in {len(s['shards'])} shards")
 

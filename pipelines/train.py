@@ -11,7 +11,6 @@ the stage runs again, and a code change trains afresh.
 
 from __future__ import annotations
 
-import shutil
 import time
 
 from components import tracking
@@ -20,9 +19,15 @@ from components.evaluation import plots
 from components.models import get_family
 from components.training import checkpoint as ckpt
 from components.training import launch
-from components.training.loop import EPOCHS, HISTORY, TrainingDiverged
+from components.training.loop import EPOCHS, HISTORY, TrainingDiverged, read_rows
 from pipelines import lineage
-from pipelines.layout import load, quiet_third_parties, run_stage, stage_args
+from pipelines.layout import (
+    load,
+    quiet_third_parties,
+    run_stage,
+    stage_args,
+    written_whole,
+)
 
 
 def main() -> None:
@@ -58,8 +63,10 @@ def main() -> None:
               "hooks": [tracking.MlflowHook(uri, run.info.run_id), launch.RayTrainReport(), Progress(cfg.epochs, family.VAL_METRIC)]}
     t0 = time.perf_counter()
     try:
+        runtime = raw.get("runtime", {})
         launch.fit(config, num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, storage_path=f"{storage}/ray",
-                   name=f"{algo}-train-{key}", ray_num_cpus=raw.get("runtime", {}).get("ray_num_cpus", 0))
+                   name=f"{algo}-train-{key}", ray_num_cpus=runtime.get("ray_num_cpus", 0),
+                   max_failures=runtime.get("max_failures", 2))
     except BaseException as exc:
         client.set_terminated(run.info.run_id, "FAILED")
         if isinstance(exc, TrainingDiverged):
@@ -71,17 +78,17 @@ def main() -> None:
     last = ckpt.export_latest(f"{run_dir}/checkpoints", out, {
         "algo": algo, "family": fname, "candidate": "train", "data_version": data_version, "mlflow_run_id": run.info.run_id})
 
-    steps = lineage.read_jsonl(f"{run_dir}/{HISTORY}")
-    epochs = lineage.read_jsonl(f"{run_dir}/{EPOCHS}")
-    plot_dir = layout.plots("train", algo)
-    shutil.rmtree(plot_dir, ignore_errors=True)
-    # One table per curve (step, value): dvc.yaml plots the directory with x = step, y = the last column.
-    for col in (k for k in (steps[0] if steps else {}) if k not in ("step", "epoch")):
-        lineage.write_csv(plot_dir / f"{col}.csv", [{"step": r["step"], col: r[col]} for r in steps if col in r])
-    for col in (k for k in (epochs[0] if epochs else {}) if k.startswith("val_")):
-        lineage.write_csv(plot_dir / f"{col}.csv", [{"step": e["step"], col: e[col]} for e in epochs])
-    plots.save(plots.training_curves(steps, epochs, f"{algo}: train", [family.VAL_METRIC, "val_accuracy"]), plot_dir / "curves.png")
-    client.log_artifact(run.info.run_id, str(plot_dir / "curves.png"))
+    steps = read_rows(f"{run_dir}/{HISTORY}")
+    epochs = read_rows(f"{run_dir}/{EPOCHS}")
+    with written_whole(layout.plots("train", algo)) as plot_dir:
+        # One table per curve (step, value): dvc.yaml plots the directory with x = step, y = the last column.
+        for col in (k for k in (steps[0] if steps else {}) if k not in ("step", "epoch")):
+            lineage.write_csv(plot_dir / f"{col}.csv", [{"step": r["step"], col: r[col]} for r in steps if col in r])
+        for col in (k for k in (epochs[0] if epochs else {}) if k.startswith("val_")):
+            lineage.write_csv(plot_dir / f"{col}.csv", [{"step": e["step"], col: e[col]} for e in epochs])
+        plots.save(plots.training_curves(steps, epochs, f"{algo}: train", [family.VAL_METRIC, "val_accuracy"]),
+                   plot_dir / "curves.png")
+        client.log_artifact(run.info.run_id, str(plot_dir / "curves.png"))
 
     final = {k: v for k, v in last.items() if k != "resumed"}
     final["wall_time_s"] = wall

@@ -13,7 +13,6 @@ launches a TorchTrainer of N DDP workers that reports to Tune through TuneReport
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,16 @@ from components.evaluation import plots
 from components.models import get_family
 from components.training import checkpoint as ckpt
 from components.training import launch
-from components.training.loop import HISTORY, train_loop_per_worker
+from components.training import storage as run_storage
+from components.training.loop import HISTORY, read_rows, train_loop_per_worker
 from pipelines import lineage
-from pipelines.layout import load, quiet_third_parties, run_stage, stage_args
+from pipelines.layout import (
+    load,
+    quiet_third_parties,
+    run_stage,
+    stage_args,
+    written_whole,
+)
 
 
 def trial_config(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
@@ -76,7 +82,7 @@ def main() -> None:
     storage = layout.storage_root(raw.get("runtime", {}).get("storage_root", ""))
     key = lineage.run_key(algo, base, to_dict(tcfg), data_version)
     runs_root = f"{storage}/runs/{algo}/tune-{key}"
-    shutil.rmtree(runs_root, ignore_errors=True)  # a sweep is re-run whole, not resumed
+    run_storage.remove(runs_root)  # a sweep is re-run whole, not resumed
 
     uri = tracking.configure(layout.root)
     client = tracking.MlflowClient()
@@ -116,7 +122,7 @@ def main() -> None:
             max_concurrent_trials=concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
             name=f"{algo}-tune-{key}", storage_path=f"{storage}/ray", verbose=1,
-            callbacks=[tracking.tune_callback(uri, exp, parent.info.run_id, Path(runs_root))],
+            callbacks=[tracking.tune_callback(uri, exp, parent.info.run_id, runs_root)],
             failure_config=tune.FailureConfig(max_failures=0)),
     )
     t0 = time.perf_counter()
@@ -146,17 +152,16 @@ def main() -> None:
         "algo": algo, "family": fname, "candidate": "tune", "data_version": data_version, "mlflow_run_id": parent.info.run_id,
         "trial_id": best["trial_id"]})
 
-    plot_dir = layout.plots("tune", algo)
-    shutil.rmtree(plot_dir, ignore_errors=True)
-    table = [{k: v for k, v in t.items() if k != "error"} for t in trials]
-    lineage.write_csv(plot_dir / "trials.csv", table)
     for t in trials:
-        t["steps"] = lineage.read_jsonl(f"{runs_root}/{t['trial_id']}/{HISTORY}")
-    lineage.write_csv(plot_dir / "lr.csv", [{"trial": f"{t['schedule']}-{t['trial_id'][-5:]}", "step": r["step"], "lr": r["lr"]}
-                                            for t in trials for r in t["steps"]])
-    plots.save(plots.sweep(trials, metric, f"{algo}: tune"), plot_dir / "sweep.png")
-    client.log_artifact(parent.info.run_id, str(plot_dir / "sweep.png"))
-    client.log_artifact(parent.info.run_id, str(plot_dir / "trials.csv"))
+        t["steps"] = read_rows(f"{runs_root}/{t['trial_id']}/{HISTORY}")
+    with written_whole(layout.plots("tune", algo)) as plot_dir:
+        lineage.write_csv(plot_dir / "trials.csv", [{k: v for k, v in t.items() if k not in ("error", "steps")}
+                                                    for t in trials])
+        lineage.write_csv(plot_dir / "lr.csv", [{"trial": f"{t['schedule']}-{t['trial_id'][-5:]}", "step": r["step"],
+                                                 "lr": r["lr"]} for t in trials for r in t["steps"]])
+        plots.save(plots.sweep(trials, metric, f"{algo}: tune"), plot_dir / "sweep.png")
+        client.log_artifact(parent.info.run_id, str(plot_dir / "sweep.png"))
+        client.log_artifact(parent.info.run_id, str(plot_dir / "trials.csv"))
 
     summary = {"best_trial": best["trial_id"], "best_schedule": best["schedule"], "best_lr": best["lr"],
                "best_warmup": best["warmup"], f"best_{metric}": best[metric],

@@ -7,8 +7,11 @@ tensors and plain containers only, read back with ``torch.load(weights_only=True
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,76 +19,115 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from components.training import storage
+
 STATE = "state.pt"
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 
 
-def epoch_dir(root: Path, epoch: int) -> Path:
-    return Path(root) / f"epoch-{epoch:04d}"
+def epoch_dir(root: str, epoch: int) -> str:
+    return storage.join(str(root), f"epoch-{epoch:04d}")
 
 
-def save(directory: Path, *, model: nn.Module, optimizer: dict[str, Any], epoch: int,
+_staged: list[str] = []  # local copies of checkpoints published to a remote root (for Ray's report)
+
+
+def save(directory: str, *, model: nn.Module, optimizer: dict[str, Any], epoch: int,
          step: int, config: dict[str, Any], metrics: dict[str, float]) -> Path:
     """Write an epoch checkpoint atomically (a crash mid-write leaves no half checkpoint).
 
-    ``optimizer`` is the training step's state: one optimizer's state dict, or several.
+    ``directory`` is a local path or a URL under the storage root. ``optimizer`` is the
+    training step's state: one optimizer's state dict, or several. Returns a local
+    directory holding the checkpoint: ``directory`` itself when it is local, else a staged
+    copy (kept until the next save) that Ray Train can persist to its own storage.
     """
-    directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    directory = str(directory)
+    local = storage.local_path(directory)
+    if local is not None:
+        tmp = Path(f"{local}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix=f"{Path(directory).name}-"))
     torch.save({"model": model.state_dict(), "optimizer": optimizer, "epoch": epoch,
                 "step": step, "torch_rng": torch.get_rng_state()}, tmp / STATE)
     (tmp / CONFIG).write_text(json.dumps({"config": config, "epoch": epoch, "step": step,
                                           "metrics": metrics}, indent=2, sort_keys=True))
-    shutil.rmtree(directory, ignore_errors=True)
-    tmp.rename(directory)
-    return directory
+    if local is not None:
+        storage.publish_dir(str(tmp), local)
+        return Path(local)
+    fs, path = storage.resolve(directory)
+    storage.remove(directory)
+    fs.put_file(str(tmp / STATE), f"{path}/{STATE}")
+    fs.put_file(str(tmp / CONFIG), f"{path}/{CONFIG}")  # last: its presence marks the checkpoint complete
+    _staged.append(str(tmp))
+    while len(_staged) > 1:
+        shutil.rmtree(_staged.pop(0), ignore_errors=True)
+    return tmp
 
 
-def load(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(state, meta) of an epoch checkpoint; state holds tensors only."""
-    directory = Path(directory)
-    state = torch.load(directory / STATE, map_location="cpu", weights_only=True)
-    meta = json.loads((directory / CONFIG).read_text())
+def load(directory: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(state, meta) of an epoch checkpoint (local or under a URL); state holds tensors only."""
+    directory = str(directory)
+    with storage.open_file(storage.join(directory, STATE)) as f:
+        state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+    meta = json.loads(storage.read_text(storage.join(directory, CONFIG)))
     return state, meta
 
 
-def latest(root: Path) -> Path | None:
-    """The newest complete epoch checkpoint under ``root``, if any."""
-    root = Path(root)
-    if not root.is_dir():
-        return None
-    done = sorted(p for p in root.glob("epoch-*") if p.is_dir() and not p.name.endswith(".tmp")
-                  and (p / STATE).exists() and (p / CONFIG).exists())
-    return done[-1] if done else None
+def epoch_of(directory: str | Path) -> int:
+    """The epoch a checkpoint directory holds (read from its config.json)."""
+    return int(json.loads(storage.read_text(storage.join(str(directory), CONFIG)))["epoch"])
 
 
-def prune(root: Path, keep: int) -> None:
-    for old in sorted(Path(root).glob("epoch-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+def _complete(root: str) -> list[str]:
+    names = [n for n in storage.listdir(root) if n.startswith("epoch-") and ".tmp" not in n]
+    return [n for n in names if storage.exists(storage.join(root, n, CONFIG))
+            and storage.exists(storage.join(root, n, STATE))]
+
+
+def latest(root: str | Path) -> str | None:
+    """The newest complete epoch checkpoint under ``root`` (a path or URL), if any."""
+    done = _complete(str(root))
+    return storage.join(str(root), done[-1]) if done else None
+
+
+def prune(root: str | Path, keep: int) -> None:
+    """Keep the newest ``keep`` checkpoints; also clears temporaries a killed writer left."""
+    root = str(root)
+    names = [n for n in storage.listdir(root) if n.startswith("epoch-")]
+    done = _complete(root)
+    for name in names:
+        if name not in done[-keep:]:
+            storage.remove(storage.join(root, name))
 
 
 def export(directory: Path, model_state: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
-    """Write deployable weights (safetensors) and their config to ``directory``."""
+    """Write deployable weights (safetensors) and their config to ``directory``, replacing it
+    whole: they are written beside it and renamed, so no reader sees half an export."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    final, directory = directory, directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
     # Tied weights (a Transformer's shared embeddings) are one tensor under several names;
     # safetensors stores no aliases, so each name gets its own copy and loading re-ties them.
     save_file({k: v.detach().clone().contiguous() for k, v in model_state.items()}, directory / WEIGHTS)
     (directory / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return directory
+    storage.publish_dir(str(directory), str(final))
+    return final
 
 
-def export_latest(run_checkpoints: Path, directory: Path, meta: dict[str, Any]) -> dict[str, Any]:
+def export_latest(run_checkpoints: str, directory: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """Replace ``directory`` with the weights of the newest epoch checkpoint under ``run_checkpoints``.
 
     ``meta`` is written beside them with the run's train config and val metrics added;
     returns that epoch's metrics.
     """
-    state, saved = load(latest(run_checkpoints))
-    shutil.rmtree(directory, ignore_errors=True)
+    source = latest(run_checkpoints)
+    if source is None:
+        raise FileNotFoundError(f"{run_checkpoints}: no complete epoch checkpoint; re-run the stage that trains it")
+    state, saved = load(source)
     export(directory, state["model"], {**meta, "train": saved["config"], "val_metrics": {
         k: v for k, v in saved["metrics"].items() if k.startswith("val_")}})
     return saved["metrics"]

@@ -45,6 +45,34 @@ class TuneReport:
         tune.report(metrics)
 
 
+PROBE_TIMEOUT_S = 10.0
+
+
+def probe_address(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Fail within ``timeout`` seconds when nothing listens at a Ray address.
+
+    ``ray.init(address=...)`` on an address where nothing listens keeps retrying (more than
+    five minutes, measured); a TCP connect to the GCS (``host:port``) or Ray Client
+    (``ray://host:port``) port answers at once. ``auto`` and ``local`` are left to Ray.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    if address in ("auto", "local") or "://" in address and not address.startswith("ray://"):
+        return
+    parts = urlsplit(address if "://" in address else f"//{address}")
+    host, port = parts.hostname, parts.port or (10001 if address.startswith("ray://") else 6379)
+    if not host:
+        raise ConnectionError(f"RAY_ADDRESS={address!r} is not an address; use host:port (the head's GCS "
+                              f"port, 6379 by default), ray://host:10001, or unset it to run locally")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach the Ray cluster at RAY_ADDRESS={address} ({host}:{port}: "
+                              f"{exc.strerror or exc}); start it (`ray start --head`), fix the variable, "
+                              f"or unset it to run on a local Ray") from None
+
+
 def init_ray(num_cpus: int = 0) -> None:
     """Connect to ``RAY_ADDRESS`` if set, else start a local Ray with ``num_cpus`` (0 = all)."""
     import ray
@@ -53,6 +81,8 @@ def init_ray(num_cpus: int = 0) -> None:
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     address = os.environ.get("RAY_ADDRESS")
+    if address:
+        probe_address(address)
     try:
         if address:
             ray.init(address=address, log_to_driver=True)
@@ -83,7 +113,12 @@ def root_cause(exc: BaseException) -> BaseException:
 
 def fit(config: dict[str, Any], *, num_workers: int, use_gpu: bool, storage_path: str, name: str,
         max_failures: int = 0, ray_num_cpus: int = 0, callbacks: list | None = None) -> dict[str, float]:
-    """One Ray Train run of the shared loop; returns the metrics of its last reported epoch."""
+    """One Ray Train run of the shared loop; returns the metrics of its last reported epoch.
+
+    ``max_failures``: how many times a worker group that lost a worker (a killed process, a
+    lost node) is restarted; each restart resumes from the last reported epoch checkpoint,
+    so at most one epoch of work is repeated.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 

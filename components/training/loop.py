@@ -5,15 +5,18 @@ in a Ray Train worker group (DDP over N workers), in Ray Train's local mode (in-
 inside a plain Ray Tune function trial, and in a plain Python call (tests, benchmarks).
 What differs between them is injected through ``config["hooks"]``: objects with
 ``on_step(row)`` (rank 0, every ``log_every`` steps, buffered) and
-``on_epoch(metrics, checkpoint_dir)`` (every rank, once per epoch).
+``on_epoch(metrics, checkpoint_dir)`` (once per epoch: rank 0, or every rank where the hook
+sets ``all_ranks = True``), and optionally
+``on_resume(steps, epochs)`` (rank 0, after resuming, with the rows up to the checkpoint).
 
 ``config`` keys:
     algo: the algorithm's name (in messages and keys of params.yaml).
     family: its model family in the registry (default: ``algo``).
     train: ``TrainConfig`` as a plain dict (``components.config.to_dict``).
     data_dir: absolute path of the shard directory.
-    run_dir: absolute path where this run keeps epoch checkpoints and its step history;
-        a run restarted with the same run_dir resumes from its latest checkpoint.
+    run_dir: absolute path or URL (under the storage root) where this run keeps epoch
+        checkpoints and its step history; a run restarted with the same run_dir resumes
+        from its latest checkpoint, and one restarted by Ray Train from Ray's.
     distributed: True inside a Ray Train worker group or local mode (uses ray.train's context).
     hooks: list of hook objects.
     max_epochs: optional cap below ``train.epochs`` (the schedule still spans ``train.epochs``).
@@ -42,10 +45,12 @@ from components.config import to_dict, train_config_from_dict
 from components.data.shards import ShardDataset, read_stats
 from components.models import get_family
 from components.training import checkpoint as ckpt
+from components.training import storage
 from components.training.steps import SupervisedStep
 
 HISTORY = "steps.jsonl"  # a row every log_every steps
 EPOCHS = "epochs.jsonl"  # a row per epoch
+RESUMES = "resumes.jsonl"  # a row per restart from a checkpoint
 KEEP_CHECKPOINTS = 2
 
 
@@ -72,6 +77,11 @@ class _Context:
         else:
             self.rank, self.world_size = 0, 1
             self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+
+    def all_gather_int(self, value: int) -> list[int]:
+        out = [torch.zeros(1, dtype=torch.int64, device=self.device) for _ in range(self.world_size)]
+        torch.distributed.all_gather(out, torch.tensor([value], dtype=torch.int64, device=self.device))
+        return [int(t.item()) for t in out]
 
     def all_reduce(self, values: torch.Tensor) -> torch.Tensor:
         if self.world_size > 1:
@@ -110,10 +120,15 @@ def evaluate_split(model: nn.Module, family: Any, dataset: ShardDataset, ctx: _C
     return {("accuracy" if k == "correct" else k): v / count for k, v in sums.items()}
 
 
-def _truncate_history(path: Path, up_to_step: int) -> None:
+def read_rows(url: str) -> list[dict]:
+    """Rows of a step or epoch table (JSON lines) under the storage root; none if it is absent."""
+    return [json.loads(x) for x in (storage.read_text(url) or "").splitlines() if x.strip()]
+
+
+def _truncate_history(url: str, up_to_step: int) -> None:
     """Drop rows past the checkpoint we resume from (they will be produced again)."""
-    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= up_to_step))
+    rows = read_rows(url)
+    storage.write_text(url, "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= up_to_step))
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
@@ -122,8 +137,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     cfg = train_config_from_dict(config.get("family", algo), config["train"])
     family = get_family(config.get("family", algo))
     hooks: list[Hook] = list(config.get("hooks") or [])
-    run_dir = Path(config["run_dir"])
-    ckpt_root = run_dir / "checkpoints"
+    run_dir = str(config["run_dir"])  # a local path or a URL (components.training.storage)
+    ckpt_root = storage.join(run_dir, "checkpoints")
     ctx = _Context(config.get("distributed", False), cfg.use_gpu)
     if ctx.world_size > 1 or config.get("single_thread"):
         torch.set_num_threads(1)  # workers sharing a machine's cores; the driver sets nothing
@@ -148,24 +163,48 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     stepper = getattr(family, "Step", SupervisedStep)(core, cfg, family, total_steps,
                                                       lambda: _autocast(cfg.precision, ctx.device))
 
-    # Resume: Ray's checkpoint after a worker-group restart, else our own latest in run_dir.
-    start_epoch, step, resumed_from = 0, 0, None
+    # Resume from the newer of Ray Train's last registered checkpoint (after a worker-group
+    # restart; Ray registers a report a moment after it is made) and our own latest in run_dir.
+    start_epoch, step, resumed_from, source_kind = 0, 0, None, None
     ray_ckpt = None
     if config.get("distributed"):
         import ray.train
         ray_ckpt = ray.train.get_checkpoint()
     with contextlib.ExitStack() as stack:
-        source = Path(stack.enter_context(ray_ckpt.as_directory())) if ray_ckpt else ckpt.latest(ckpt_root)
-        if source is not None:
+        candidates = []
+        if ray_ckpt is not None:
+            candidates.append(("ray", stack.enter_context(ray_ckpt.as_directory())))
+        own = ckpt.latest(ckpt_root)
+        if own is not None:
+            candidates.append(("run_dir", own))
+        if candidates:
+            source_kind, source = max(candidates, key=lambda c: ckpt.epoch_of(c[1]))
             state, meta = ckpt.load(source)
             core.load_state_dict(state["model"])
             stepper.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["torch_rng"])
             start_epoch, step, resumed_from = state["epoch"] + 1, state["step"], str(source)
+    if ctx.world_size > 1:  # every rank must resume from the same epoch, or the group deadlocks
+        starts = ctx.all_gather_int(start_epoch)
+        if len(set(starts)) > 1:
+            raise RuntimeError(f"{algo}: workers found different checkpoints to resume from (epochs "
+                               f"{[s - 1 for s in starts]}): runtime.storage_root must be shared by every node "
+                               f"(a shared mount or a URL), not a node-local path")
     if ctx.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        storage.makedirs(run_dir)
         for name in (HISTORY, EPOCHS):
-            _truncate_history(run_dir / name, step)
+            _truncate_history(storage.join(run_dir, name), step)
+        if resumed_from is not None:
+            # What a restart cost: the work after this checkpoint is done again (at most one epoch).
+            storage.append_text(storage.join(run_dir, RESUMES), json.dumps({
+                "from_epoch": start_epoch - 1, "step": step, "source": source_kind,
+                "time": time.time()}) + "\n")
+            print(f"{algo}: resuming after epoch {start_epoch} of {cfg.epochs} (step {step}) "
+                  f"({'Ray Train' if source_kind == 'ray' else 'run directory'} checkpoint)", flush=True)
+            steps_done, epochs_done = read_rows(storage.join(run_dir, HISTORY)), read_rows(storage.join(run_dir, EPOCHS))
+            for hook in hooks:
+                if hasattr(hook, "on_resume"):
+                    hook.on_resume(steps_done, epochs_done)
     stepper.distribute(ctx.world_size)
 
     def validate() -> dict[str, float]:
@@ -216,15 +255,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
                                    f"epoch {epoch}; lower train.{algo}.lr (now {cfg.lr}); nothing was registered")
         checkpoint_dir = None
         if ctx.rank == 0:
-            with (run_dir / HISTORY).open("a") as f:
-                f.writelines(json.dumps(r) + "\n" for r in rows)
-            with (run_dir / EPOCHS).open("a") as f:
-                f.write(json.dumps(metrics) + "\n")
+            storage.append_text(storage.join(run_dir, HISTORY), "".join(json.dumps(r) + "\n" for r in rows))
+            storage.append_text(storage.join(run_dir, EPOCHS), json.dumps(metrics) + "\n")
             checkpoint_dir = ckpt.save(ckpt.epoch_dir(ckpt_root, epoch), model=core, optimizer=stepper.state_dict(),
                                        epoch=epoch, step=step, config=to_dict(cfg), metrics=metrics)
             ckpt.prune(ckpt_root, KEEP_CHECKPOINTS)
-        for hook in hooks:
+        for hook in hooks:  # rank 0 only, unless the hook must hear from every rank (Ray Train's report)
             if ctx.rank == 0:
                 hook.on_step(rows)
-            hook.on_epoch(metrics, checkpoint_dir)
+            if ctx.rank == 0 or getattr(hook, "all_ranks", False):
+                hook.on_epoch(metrics, checkpoint_dir)
     return metrics

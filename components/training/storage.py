@@ -1,0 +1,129 @@
+"""Run state under one storage root: a local path, a shared mount, or a URL fsspec handles.
+
+Epoch checkpoints and step/epoch tables of a run live at ``<storage_root>/runs/...``; the
+root may be ``/mnt/shared/runs``, ``file:///...``, ``s3://bucket/prefix`` or ``gs://...``
+(with s3fs/gcsfs installed). Ray Train persists its own results to the same root through
+pyarrow. Paths are strings joined with ``/`` so a URL stays a URL.
+
+Writes publish whole objects only: a file goes to a temporary name and is renamed (local),
+or is one PUT (object stores, where a PUT is atomic); a checkpoint directory counts as
+written only once its last file, ``config.json``, is there.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+
+def resolve(url: str) -> tuple[Any, str]:
+    """(filesystem, path inside it) for a local path or a URL."""
+    return fsspec.core.url_to_fs(str(url))
+
+
+def join(root: str, *parts: str) -> str:
+    return "/".join([str(root).rstrip("/"), *(str(p).strip("/") for p in parts)])
+
+
+def is_local(url: str) -> bool:
+    return isinstance(resolve(url)[0], LocalFileSystem)
+
+
+def local_path(url: str) -> str | None:
+    """The path on this machine's disk for a local path or ``file://`` URL, else None."""
+    fs, path = resolve(url)
+    return path if isinstance(fs, LocalFileSystem) else None
+
+
+def exists(url: str) -> bool:
+    fs, path = resolve(url)
+    return fs.exists(path)
+
+
+def makedirs(url: str) -> None:
+    fs, path = resolve(url)
+    fs.makedirs(path, exist_ok=True)
+
+
+def read_text(url: str) -> str | None:
+    """The file's text, or None when it does not exist."""
+    fs, path = resolve(url)
+    try:
+        with fs.open(path, "r") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Replace the file with ``data`` in one step: readers see the old or the new content."""
+    fs, path = resolve(url)
+    parent = path.rsplit("/", 1)[0]
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(parent, exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    else:
+        fs.makedirs(parent, exist_ok=True)
+        fs.pipe_file(path, data)
+
+
+def write_text(url: str, text: str) -> None:
+    write_bytes(url, text.encode())
+
+
+def append_text(url: str, text: str) -> None:
+    """Append to a small table; object stores have no append, so it is read and rewritten."""
+    if not text:
+        return
+    write_text(url, (read_text(url) or "") + text)
+
+
+def remove(url: str) -> None:
+    """Delete a file or a directory tree; nothing there is fine."""
+    fs, path = resolve(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def listdir(url: str) -> list[str]:
+    """Names (not paths) of the entries directly under ``url``; empty when it does not exist."""
+    fs, path = resolve(url)
+    try:
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+    except FileNotFoundError:
+        return []
+
+
+def open_file(url: str, mode: str = "rb"):
+    fs, path = resolve(url)
+    if "w" in mode:
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    return fs.open(path, mode)
+
+
+def publish_dir(local_dir: str, url: str) -> None:
+    """Move a finished local directory to ``url``, replacing what was there.
+
+    Local: one rename (``local_dir`` must be on the same filesystem, e.g. a sibling).
+    Elsewhere: upload under a temporary name, then move; a reader that requires the
+    directory's last-written file never sees a half-uploaded one.
+    """
+    fs, path = resolve(url)
+    if isinstance(fs, LocalFileSystem):
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(local_dir, path)
+        return
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    fs.put(local_dir.rstrip("/") + "/", tmp, recursive=True)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    fs.mv(tmp, path, recursive=True)

@@ -1,0 +1,107 @@
+"""Run state under a storage root given as a local path, a file:// URL or another fsspec URL.
+
+``memory://`` is fsspec's in-process object store: no rename, no append, like s3:// and
+gs://, so it exercises the code path a cloud bucket takes without a network.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+
+import pytest
+import torch
+
+from components.training import checkpoint as ckpt
+from components.training import storage
+from components.training.launch import probe_address
+from components.training.loop import EPOCHS, HISTORY, RESUMES, read_rows, train_loop_per_worker
+from tests.components.training.test_loop import Recorder, tiny_train
+
+
+@pytest.fixture(params=["path", "file", "memory"])
+def root(request, tmp_path) -> str:
+    return {"path": str(tmp_path / "store"), "file": (tmp_path / "store").as_uri(),
+            "memory": f"memory://store-{uuid.uuid4().hex[:8]}"}[request.param]
+
+
+def save(root: str, epoch: int) -> None:
+    model = torch.nn.Linear(3, 2)
+    torch.manual_seed(epoch)
+    ckpt.save(ckpt.epoch_dir(root, epoch), model=model, optimizer={"lr": 0.1 * epoch}, epoch=epoch,
+              step=10 * epoch, config={"lr": 0.1}, metrics={"val_loss": 1.0 / (epoch + 1)})
+
+
+def test_checkpoints_round_trip_and_prune_under_any_root(root):
+    for epoch in range(4):
+        save(root, epoch)
+    ckpt.prune(f"{root}/checkpoints", 2)  # nothing there: fine
+    newest = ckpt.latest(root)
+    assert newest == storage.join(root, "epoch-0003")
+    state, meta = ckpt.load(newest)
+    assert state["epoch"] == 3 and state["optimizer"] == {"lr": pytest.approx(0.3)} and meta["step"] == 30
+    ckpt.prune(root, 2)
+    assert storage.listdir(root) == ["epoch-0002", "epoch-0003"]
+
+
+def test_a_half_written_checkpoint_is_never_the_latest(root):
+    save(root, 0)
+    # A writer killed after the weights and before config.json (the last file written).
+    with storage.open_file(storage.join(root, "epoch-0001", ckpt.STATE), "wb") as f:
+        f.write(b"truncated")
+    storage.write_text(storage.join(root, "epoch-0002.tmp-123", ckpt.CONFIG), "{}")
+    assert ckpt.latest(root) == storage.join(root, "epoch-0000")
+    ckpt.prune(root, 2)  # the debris goes, the complete checkpoint stays
+    assert storage.listdir(root) == ["epoch-0000"]
+
+
+def test_tables_append_and_replace_whole(root):
+    url = storage.join(root, "run", HISTORY)
+    assert read_rows(url) == [] and storage.read_text(url) is None
+    storage.append_text(url, json.dumps({"step": 1}) + "\n")
+    storage.append_text(url, json.dumps({"step": 2}) + "\n")
+    assert [r["step"] for r in read_rows(url)] == [1, 2]
+    storage.write_text(url, "")
+    assert read_rows(url) == [] and storage.exists(url)
+    storage.remove(storage.join(root, "run"))
+    assert not storage.exists(url)
+
+
+def test_the_loop_trains_and_resumes_with_its_run_dir_under_a_url(root, digits_shards):
+    run_dir = storage.join(root, "runs", "resnet", "train-key")
+    cfg = {"algo": "resnet", "train": tiny_train(3), "data_dir": str(digits_shards), "run_dir": run_dir}
+    first = train_loop_per_worker({**cfg, "max_epochs": 2})  # stops after epoch 1, as a killed stage would
+    rec = Recorder()
+    resumed = train_loop_per_worker({**cfg, "hooks": [rec]})
+    assert [m["epoch"] for m, _ in rec.epochs] == [2] and resumed["step"] == first["step"] * 3 // 2
+    assert [e["epoch"] for e in read_rows(storage.join(run_dir, EPOCHS))] == [0, 1, 2]
+    steps = [r["step"] for r in read_rows(storage.join(run_dir, HISTORY))]
+    assert steps == sorted(set(steps)) and steps[-1] <= resumed["step"]
+    assert read_rows(storage.join(run_dir, RESUMES)) == [
+        {"from_epoch": 1, "step": first["step"], "source": "run_dir", "time": pytest.approx(time.time(), abs=600)}]
+    assert ckpt.latest(storage.join(run_dir, "checkpoints")).endswith("epoch-0002")
+    if not storage.is_local(root):
+        assert rec.epochs[0][1].is_dir()  # a local copy for Ray Train to persist
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("form", ["{}", "ray://{}"])
+def test_an_unreachable_ray_address_fails_within_seconds_naming_the_variable(form):
+    address = form.format(f"127.0.0.1:{closed_port()}")
+    t0 = time.perf_counter()
+    with pytest.raises(ConnectionError, match=f"RAY_ADDRESS={address}.*ray start --head"):
+        probe_address(address, timeout=5)
+    assert time.perf_counter() - t0 < 6
+
+
+def test_a_malformed_ray_address_is_named():
+    with pytest.raises(ConnectionError, match="RAY_ADDRESS=':6379' is not an address"):
+        probe_address(":6379")
+    probe_address("auto")  # Ray resolves these itself

@@ -1,0 +1,160 @@
+"""Faults: a Ray Train worker killed mid-epoch, and `dvc repro` interrupted with Ctrl-C.
+
+Both are real: a SIGKILL to a live RayTrainWorker process of a 2-worker DDP group (Ray
+Train restarts the group from the last reported checkpoint), and a SIGINT to the process
+group of a `dvc repro` in a temporary git repository.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from components.config import ScheduleConfig, TrainConfig, to_dict
+from components.models import resnet
+from components.tracking import MlflowClient, MlflowHook
+from components.training import launch
+from components.training.loop import EPOCHS, HISTORY, RESUMES, read_rows
+from tests.conftest import REPO
+
+EPOCHS_RUN = 4
+
+
+def ddp_config(run_dir: Path, data_dir: Path, hooks: list) -> dict:
+    cfg = TrainConfig(lr=0.05, epochs=EPOCHS_RUN, batch_size=8, log_every=5,
+                      schedule=ScheduleConfig(name="cosine", warmup=0.1))
+    cfg.model = resnet.Config(depth=8)
+    return {"algo": "resnet", "train": to_dict(cfg), "data_dir": str(data_dir), "run_dir": str(run_dir),
+            "hooks": hooks}
+
+
+def train_workers() -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        if any("RayTrainWorker" in part for part in p.info["cmdline"] or []):
+            found.append(p)
+    return found
+
+
+class Killer(threading.Thread):
+    """Once epoch 0 is logged to MLflow, SIGKILLs one worker process halfway into epoch 1."""
+
+    def __init__(self, run_dir: Path, uri: str, run_id: str):
+        super().__init__(daemon=True)
+        self.run_dir, self.client, self.run_id = run_dir, MlflowClient(uri), run_id
+        self.killed, self.epochs_done_at_kill = None, None
+
+    def run(self) -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if self.client.get_metric_history(self.run_id, "val_accuracy"):
+                rows = read_rows(str(self.run_dir / EPOCHS))
+                time.sleep(rows[0]["epoch_time_s"] / 2)
+                workers = train_workers()
+                if workers:
+                    victim = workers[-1]
+                    self.epochs_done_at_kill = len(read_rows(str(self.run_dir / EPOCHS)))
+                    victim.send_signal(signal.SIGKILL)
+                    self.killed = victim.pid
+                return
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def tracking_store(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def new_run(uri: str, name: str) -> str:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("faults") or client.get_experiment(client.create_experiment("faults"))
+    return client.create_run(exp.experiment_id, run_name=name).info.run_id
+
+
+def tracked_fit(tmp: Path, uri: str, run_id: str, data_dir: Path, name: str, max_failures: int) -> dict:
+    metrics = launch.fit(ddp_config(tmp / name, data_dir, [MlflowHook(uri, run_id), launch.RayTrainReport()]),
+                         num_workers=2, use_gpu=False, storage_path=str(tmp / "ray"), name=name,
+                         max_failures=max_failures, ray_num_cpus=2)
+    MlflowClient(uri).set_terminated(run_id, "FINISHED")
+    return metrics
+
+
+def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_last_epoch(digits_shards, tmp_path, tracking_store):
+    ref_run = new_run(tracking_store, "uninterrupted")
+    reference = tracked_fit(tmp_path, tracking_store, ref_run, digits_shards, "uninterrupted", max_failures=0)
+
+    run_id = new_run(tracking_store, "killed")
+    killer = Killer(tmp_path / "killed", tracking_store, run_id)
+    killer.start()
+    resumed = tracked_fit(tmp_path, tracking_store, run_id, digits_shards, "killed", max_failures=1)
+    killer.join(timeout=10)
+# ------------------------------------------------------------------- Ctrl-C during dvc repro
+
+def git_dvc_project(root: Path, params: dict) -> dict:
+    for name in ("components", "pipelines"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(REPO / name, root / name)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
+    env.update(RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
+    for cmd in (["git", "init", "-q", "-b", "main"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"],
+                ["git", "add", "-A"], ["git", "-c", "user.name=ci", "-c", "user.email=ci@example.com", "commit", "-qm", "p"]):
+        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
+    return env
+
+
+def debris(root: Path) -> list[str]:
+    return [str(p.relative_to(root)) for d in ("data", "models", "metrics", "plots", "reports") if (root / d).exists()
+            for p in (root / d).rglob("*") if ".tmp-" in p.name]
+
+
+def test_ctrl_c_during_train_leaves_no_half_output_and_repro_resumes(tmp_path, repo_params):
+    params = yaml.safe_load(yaml.safe_dump(repo_params))
+    params["data"]["digits"]["evaluator"]["epochs"] = 1
+    params["train"]["resnet"].update(epochs=30, num_workers=0)
+    env = git_dvc_project(tmp_path, params)
+
+    proc = subprocess.Popen(["dvc", "repro", "train@resnet"], cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    epochs_file = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list((tmp_path / ".runs" / "runs" / "resnet").glob("train-*/epochs.jsonl"))
+        if found and len(read_rows(str(found[0]))) >= 3:
+            epochs_file = found[0]
+            break
+        time.sleep(0.05)
+    assert epochs_file is not None, f"train never got going:\n{proc.communicate()[0][-3000:]}"
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+    out = proc.communicate(timeout=120)[0]
+    done_at_interrupt = len(read_rows(str(epochs_file)))
+    assert proc.returncode != 0 and done_at_interrupt < 30, out[-2000:]
+
+    # Nothing half-written: no train output at all, no temporaries, and DVC did not record the stage.
+    assert not (tmp_path / "models" / "resnet" / "train").exists()
+    assert not (tmp_path / "metrics" / "train" / "resnet.json").exists()
+    assert debris(tmp_path) == []
+    assert "train@resnet" not in (tmp_path / "dvc.lock").read_text()
+    assert (tmp_path / "data" / "shards" / "digits" / "stats.json").exists()  # earlier stages kept
+
+    again = subprocess.run(["dvc", "repro", "train@resnet"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"resuming after epoch {done_at_interrupt} of 30" in again.stdout
+    assert "Running stage 'preprocess@digits'" not in again.stdout  # finished stages are not redone
+    epochs = [e["epoch"] for e in read_rows(str(epochs_file))]
+    assert epochs == list(range(30))  # every epoch once: the interrupted one was truncated and redone
+    assert sorted(p.name for p in (tmp_path / "models" / "resnet" / "train").iterdir()) == ["config.json",
+                                                                                            "model.safetensors"]
+    status = subprocess.run(["dvc", "status", "train@resnet"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert "up to date" in status.stdout, status.stdout
