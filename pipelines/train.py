@@ -20,6 +20,7 @@ from components.models import get_family
 from components.training import checkpoint as ckpt
 from components.training import launch
 from components.training.loop import EPOCHS, HISTORY, TrainingDiverged, read_rows
+from components.training.progress import Progress
 from pipelines import lineage
 from pipelines.layout import (
     load,
@@ -96,28 +97,6 @@ def main() -> None:
     client.set_terminated(run.info.run_id, "FINISHED")
     val = ", ".join(f"{k} {final[k]:.4f}" for k in dict.fromkeys(("val_loss", family.VAL_METRIC)) if k in final)
     print(f"train {algo}: {val} after {final['epoch'] + 1} epochs in {wall:.1f}s -> {out}")
-
-
-class Progress:
-    """Hook: one line per epoch with rates and ETA; plain lines read well in CI logs and terminals."""
-
-    all_ranks = False
-
-    def __init__(self, epochs: int, val_metric: str = "val_accuracy"):
-        self.epochs, self.val_metric = epochs, val_metric
-        self.t0 = None
-
-    def on_step(self, rows: list[dict]) -> None:
-        pass
-
-    def on_epoch(self, metrics: dict[str, float], checkpoint_dir) -> None:
-        now = time.perf_counter()
-        self.t0 = self.t0 or now - metrics["epoch_time_s"]
-        done = metrics["epoch"] + 1
-        eta = (now - self.t0) / max(done, 1) * (self.epochs - done)
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()
-                          if k in ("train_loss", "val_loss", self.val_metric, "lr", "samples_per_s"))
-        print(f"  epoch {done}/{self.epochs}: {shown}; eta {eta:.0f}s", flush=True)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,38 @@ def run_trial(params: dict[str, Any], *, algo: str, family: str, base: dict[str,
                    callbacks=[TuneReportCallback()])
 
 
+def trial_progress(algo: str, n_trials: int, max_t: int, metric: str):
+    """A Ray Tune callback (driver side): one line per finished trial with counts and an ETA."""
+    from ray.tune import Callback
+
+    class TrialProgress(Callback):
+        def __init__(self) -> None:
+            self.t0, self.done, self.running = time.perf_counter(), 0, 0
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.running += 1
+
+        def _end(self, trial, how: str) -> None:
+            self.done, self.running = self.done + 1, max(self.running - 1, 0)
+            r = trial.last_result or {}
+            epochs = int(r.get("training_iteration", 0))
+            how = how or ("early-stopped" if epochs < max_t else "completed")
+            value = f"{metric} {r[metric]:.4f}" if metric in r else "no result"
+            elapsed = time.perf_counter() - self.t0
+            eta = elapsed / self.done * (n_trials - self.done)
+            print(f"tune {algo}: trial {self.done}/{n_trials} {how} ({trial.config['schedule']}, "
+                  f"lr {trial.config['lr']:.3g}: {value} after {epochs} epochs); {self.running} running, "
+                  f"{n_trials - self.done - self.running} pending; elapsed {elapsed:.0f}s, eta {eta:.0f}s", flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._end(trial, "")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._end(trial, "failed")
+
+    return TrialProgress()
+
+
 def main() -> None:
     args = stage_args(__doc__)
     quiet_third_parties()
@@ -121,8 +153,9 @@ def main() -> None:
             search_alg=BasicVariantGenerator(random_state=tcfg.seed),
             max_concurrent_trials=concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
-            name=f"{algo}-tune-{key}", storage_path=f"{storage}/ray", verbose=1,
-            callbacks=[tracking.tune_callback(uri, exp, parent.info.run_id, runs_root)],
+            name=f"{algo}-tune-{key}", storage_path=f"{storage}/ray", verbose=0,  # our lines, not Tune's tables
+            callbacks=[tracking.tune_callback(uri, exp, parent.info.run_id, runs_root),
+                       trial_progress(algo, n_trials, tcfg.epochs, metric)],
             failure_config=tune.FailureConfig(max_failures=0)),
     )
     t0 = time.perf_counter()

@@ -5,6 +5,7 @@ in a Ray Train worker group (DDP over N workers), in Ray Train's local mode (in-
 inside a plain Ray Tune function trial, and in a plain Python call (tests, benchmarks).
 What differs between them is injected through ``config["hooks"]``: objects with
 ``on_step(row)`` (rank 0, every ``log_every`` steps, buffered) and
+``on_batch(epoch, done, per_epoch, step, total_steps)`` (rank 0, after every step; progress),
 ``on_epoch(metrics, checkpoint_dir)`` (once per epoch: rank 0, or every rank where the hook
 sets ``all_ranks = True``), and optionally
 ``on_resume(steps, epochs)`` (rank 0, after resuming, with the rows up to the checkpoint).
@@ -34,6 +35,7 @@ import contextlib
 import json
 import math
 import time
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -216,11 +218,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     loader = torch.utils.data.DataLoader(train_ds, batch_size=None, num_workers=cfg.loader_workers,
                                          pin_memory=ctx.device.type == "cuda")
     max_epochs = min(cfg.epochs, config.get("max_epochs") or cfg.epochs)
+    batch_hooks = [h for h in hooks if hasattr(h, "on_batch")] if ctx.rank == 0 else []
     metrics: dict[str, float] = {"epoch": start_epoch - 1, "resumed": float(resumed_from is not None)}
     for epoch in range(start_epoch, max_epochs):
         core.train()
         train_ds.set_epoch(epoch)
+        # Augmentation and dropout draw from a stream fixed by (seed, epoch, rank): each rank its own,
+        # and an epoch replays exactly after a restart from the previous epoch's checkpoint.
+        torch.manual_seed(zlib.crc32(f"{cfg.seed}/{epoch}/{ctx.rank}".encode()))
         t0, seen, sums, rows = time.perf_counter(), 0, {"loss": 0.0, "correct": 0.0, "count": 0.0}, []
+        first_step = step
         for batch in loader:
             out = stepper(_to(batch, ctx.device), step)
             log = out["log"]
@@ -231,6 +238,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
                     f"(epoch {epoch}, lr {log.get('lr', float('nan')):.4g}); lower train.{algo}.lr "
                     f"(now {cfg.lr}) or set train.{algo}.grad_clip; nothing was registered")
             step += 1
+            for hook in batch_hooks:
+                hook.on_batch(epoch, step - first_step, steps_per_epoch[epoch], step, total_steps)
             n = int(out["count"])  # what the loss averages over: samples, or tokens
             seen += len(batch[-1])  # the targets: one per sample (images, sentence pairs, seed nodes, graphs)
             sums["loss"] += log["loss"] * n

@@ -17,7 +17,13 @@ import torch
 from components.training import checkpoint as ckpt
 from components.training import storage
 from components.training.launch import probe_address
-from components.training.loop import EPOCHS, HISTORY, RESUMES, read_rows, train_loop_per_worker
+from components.training.loop import (
+    EPOCHS,
+    HISTORY,
+    RESUMES,
+    read_rows,
+    train_loop_per_worker,
+)
 from tests.components.training.test_loop import Recorder, tiny_train
 
 
