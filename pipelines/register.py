@@ -21,21 +21,60 @@ from pipelines.layout import load, run_stage, stage_args
 PIP_REQUIREMENTS = ["torch==2.13.0", "mlflow==3.17.2", "safetensors", "numpy", "pyyaml"]
 
 
-def model_card(family, algo: str, version_meta: dict, test: dict, primary: str, data_version: str) -> str:
+def metric_rows(test: dict, primary: str) -> list[str]:
+    """Markdown rows: each test metric with its floor (the data scored as a model) and ceiling
+    where the family's evaluator measures them; the primary metric first and in bold."""
+    bounds = {"_floor", "_floor_std", "_ceiling", "_std"}
+    names = [k for k in test if isinstance(test[k], (int, float)) and not any(k.endswith(b) for b in bounds)]
+    names.sort(key=lambda k: (k != primary, k))
+    rows = ["| metric | test | floor | ceiling |", "|---|---|---|---|"]
+    for k in names:
+        floor = f"{test[k + '_floor']:.4g}" if f"{k}_floor" in test else ""
+        if floor and f"{k}_floor_std" in test:
+            floor += f" ± {test[k + '_floor_std']:.2g}"
+        ceiling = f"{test[k + '_ceiling']:.4g}" if f"{k}_ceiling" in test else ""
+        name = f"**{k}**" if k == primary else k
+        rows.append(f"| {name} | {float(test[k]):.4g} | {floor} | {ceiling} |")
+    return rows
+
+
+def model_card(family, algo: str, version_meta: dict, test: dict, primary: str, mode: str, *,
+               data_version: str, dvc_md5: str, commit: str, images: list[str], selected_by: list[str]) -> str:
+    """The registered version's description (MLflow renders it as markdown on the version page)."""
     train = version_meta["train"]
-    keys = {k: train[k] for k in ("lr", "epochs", "batch_size") if k in train}
+    keys = {k: train[k] for k in ("lr", "epochs", "batch_size", "num_workers") if k in train}
     model = {k: v for k, v in train["model"].items() if k != "tokenizer"}
-    return "\n".join([
+    lines = [
         f"# {algo}",
         f"**Algorithm**: {family.PAPER}",
-        f"**Candidate**: {version_meta['candidate']} (selected on the val split)",
-        f"**Data version**: {data_version}",
-        f"**Key params**: {json.dumps(keys)}; optimizer {train['optimizer']['name']}, "
-        f"schedule {train['schedule']['name']}; model {json.dumps(model)}",
-        "**Test metrics**: " + ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float)),
-        f"**Primary metric**: {primary}",
-        f"**Load**: {family.usage(algo)}",
-    ])
+        "",
+        "| | |",
+        "|---|---|",
+        f"| Candidate | {version_meta['candidate']} (selected on val by {', '.join(selected_by)}) |",
+        f"| Data version | {data_version} (DVC md5 of the shards {dvc_md5}) |",
+        f"| Git commit | {commit} |",
+        f"| Key params | {', '.join(f'{k} {v}' for k, v in keys.items())}; optimizer {train['optimizer']['name']}, "
+        f"schedule {train['schedule']['name']} (warm-up {train['schedule'].get('warmup', 0)}) |",
+        f"| Model | `{json.dumps(model)}` |",
+        f"| Primary metric | {primary} ({'higher' if mode == 'max' else 'lower'} is better) |",
+        "",
+        "## Test metrics",
+        "Floor: real training images scored as if they were samples (what a perfect generator gets; "
+        "mean ± std over draws); ceiling: the same score for noise.\n"
+        if any(k.endswith("_floor") for k in test) else "",
+        *metric_rows(test, primary),
+        "",
+        "## Load",
+        family.usage(algo),
+        "",
+        "## Aliases",
+        f"`champion`: the best version of {algo} so far on test {primary}; `challenger`: the newest "
+        f"version that did not beat it. Load either with `models:/{algo}@<alias>`.",
+    ]
+    if images:
+        lines += ["", "## Images", "Artifacts of this version's run, under `card/`: "
+                  + ", ".join(f"`{name}`" for name in images) + ", and the evaluation report `card/evaluate.md`."]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -71,14 +110,22 @@ def main() -> None:
             **tracking.metric_tags(test)}
     import mlflow
 
+    # The family's images of the selected candidate (confusion matrix, sample grid...) and the report.
+    images = sorted(layout.plots("eval", algo).glob(f"*_{selected}.png"))
     with mlflow.start_run(experiment_id=exp, run_name=f"register-{selected}", tags={"stage": "register", "algo": algo}):
         mlflow.log_metrics({f"test_{k}": float(v) for k, v in test.items()})
+        for image in images:
+            mlflow.log_artifact(str(image), artifact_path="card")
+        if layout.report(algo).exists():
+            mlflow.log_artifact(str(layout.report(algo)), artifact_path="card")
         info = mlflow.pyfunc.log_model(
             name="model", python_model=str(Path(__file__).resolve().parents[1] / "components" / "pyfunc_entry.py"),
             artifacts={"weights": str(weights)}, code_paths=[str(Path(__file__).resolve().parents[1] / "components")],
             signature=signature, input_example=example, pip_requirements=PIP_REQUIREMENTS)
     version, alias, previous = tracking.register(
-        info.model_uri, algo, tags=tags, description=model_card(family, algo, meta, test, f"{metric} ({mode})", meta["data_version"]),
+        info.model_uri, algo, tags=tags, description=model_card(
+            family, algo, meta, test, metric, mode, data_version=meta["data_version"], dvc_md5=tags["dvc_data_md5"],
+            commit=commit, images=[p.name for p in images], selected_by=summary.get("selected_by", [])),
         metric=metric, value=value, mode=mode, min_improvement=rcfg.min_improvement)
     result = {"version": int(version.version), "alias": alias, f"test_{metric}": value,
               "previous_champion": int(previous.version) if previous else 0}

@@ -387,6 +387,26 @@ def test_mlflow_has_train_run_tune_parent_with_nested_trials_and_champion(projec
     assert {"git_commit", "data_version", "dvc_data_md5", "test_accuracy"} <= set(version.tags)
     assert len(version.tags["git_commit"]) >= 40 and version.tags["dvc_data_md5"] != "unknown"
     assert "Test metrics" in version.description and "models:/resnet@champion" in version.description
+    # Every DDP epoch logged once (rank 0 only), and the card's images are artifacts of the version's run.
+    train_run = by_stage["train"][0].info.run_id
+    assert len(client.get_metric_history(train_run, "val_accuracy")) == tiny_params()["train"]["resnet"]["epochs"]
+    card = {f.path for f in client.list_artifacts(version.run_id, "card")}
+    selected = version.tags["candidate"]
+    assert {"card/evaluate.md", f"card/confusion_{selected}.png"} <= card
+    assert f"`confusion_{selected}.png`" in version.description
+
+
+def test_model_cards_show_floors_and_ceilings_where_the_family_has_them(project):
+    root, _, _ = project
+    client = mlflow_client(root)
+    gan = client.get_model_version_by_alias("gan", "champion").description
+    fid_row = next(line for line in gan.splitlines() if line.startswith("| **fid** |"))
+    test, floor, ceiling = (c.strip() for c in fid_row.strip("|").split("|")[1:4])
+    assert float(floor.split(" ± ")[0]) < float(ceiling) and float(test) > 0  # floor (data) below ceiling (noise)
+    assert "## Aliases" in gan and "`samples_" in gan
+    resnet = client.get_model_version_by_alias("resnet", "champion").description
+    acc_row = next(line for line in resnet.splitlines() if line.startswith("| **accuracy** |"))
+    assert acc_row.endswith("|  |  |")  # a classifier has no floor or ceiling
 
 
 def test_champion_loads_in_a_fresh_process_and_checks_input(project):
