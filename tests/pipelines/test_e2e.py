@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -449,3 +450,88 @@ def test_exp_run_with_new_lr_reruns_only_train_and_after(project):
     if new_alias[0] == "challenger":  # the old champion kept its alias because it was not beaten
         old, new = (float(client.get_model_version("resnet", v).tags["test_accuracy"]) for v in ("1", "2"))
         assert new <= old
+
+
+def test_dvc_plots_show_renders_every_familys_curves_schedules_sweep_and_images(project):
+    root, env, _ = project
+    out = run(["dvc", "plots", "show", "--json"], root, env)
+    plots = json.loads(out.stdout)["data"]
+    html = run(["dvc", "plots", "show", "-o", str(root / "dvc_plots")], root, env)
+    assert (root / "dvc_plots" / "index.html").stat().st_size > 0, html.stdout
+    for algo in tiny_params()["algorithms"]:
+        for key in (f"plots/train/{algo}/loss.csv", f"plots/train/{algo}/lr.csv", f"plots/tune/{algo}/trials.csv"):
+            assert any(k.endswith(key) for k in plots), (algo, key)
+        lr_key = next(k for k in plots if k.endswith(f"plots/tune/{algo}/lr.csv"))
+        trials = {row["trial"] for row in plots[lr_key][0]["content"]["data"]["values"]}
+        assert len(trials) == 2, (algo, trials)  # one line per tune trial, coloured by trial
+        assert any(f"plots/eval/{algo}/" in k and k.endswith(".png") for k in plots), algo
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOTS = Path(os.environ.get("TEST_ARTIFACTS", REPO / "test-artifacts")) / "browser"
+
+
+@pytest.mark.skipif(not CHROMIUM and os.environ.get("CI", "").lower() not in ("1", "true"),
+                    reason="needs Debian's chromium (`apt-get install chromium`); CI installs it and always runs this")
+def test_the_registry_in_a_real_browser_lists_champions_with_model_cards(project):
+    """`mlflow server` over the store the pipeline filled, driven in headless Chromium."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.pipelines.test_tracking_server import free_port
+
+    assert CHROMIUM, "chromium is not installed: .ci/run installs it with apt-get"
+    root, env, _ = project
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, cwd=root,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    url = f"http://127.0.0.1:{port}"
+    algos = list(tiny_params()["algorithms"])
+    client = mlflow_client(root)
+    try:
+        import urllib.request
+        for _ in range(180):
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2).close()
+                break
+            except OSError:
+                assert server.poll() is None, "mlflow server exited"
+                time.sleep(0.5)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                "--disable-background-networking", "--disable-component-update"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+
+            # The Models page lists every registered model.
+            page.goto(f"{url}/#/models", wait_until="domcontentloaded")
+            for algo in algos:
+                expect(page.get_by_role("link", name=algo, exact=True)).to_be_visible()
+            page.keyboard.press("Escape")  # a "new registry UI" announcement may cover the page
+            page.screenshot(path=str(SCREENSHOTS / "models.png"), full_page=True)
+
+            for algo in ("resnet", "gan"):
+                champion = client.get_model_version_by_alias(algo, "champion")
+                # The model's page: its versions with the champion alias.
+                page.goto(f"{url}/#/models/{algo}", wait_until="domcontentloaded")
+                expect(page.get_by_text("champion").first).to_be_visible()
+                page.screenshot(path=str(SCREENSHOTS / f"{algo}-model.png"), full_page=True)
+                # The champion's version page: the alias, the model card with its metrics table, the tags.
+                page.goto(f"{url}/#/models/{algo}/versions/{champion.version}", wait_until="domcontentloaded")
+                expect(page.get_by_role("heading", name="Test metrics")).to_be_visible()
+                expect(page.get_by_text("champion").first).to_be_visible()
+                metric = {"resnet": "accuracy", "gan": "fid"}[algo]
+                expect(page.get_by_role("cell", name=metric, exact=True).first).to_be_visible()
+                expect(page.get_by_text(f'models:/{algo}@champion').first).to_be_visible()
+                expect(page.get_by_text("git_commit").first).to_be_visible()
+                page.screenshot(path=str(SCREENSHOTS / f"{algo}-champion.png"), full_page=True)
+            browser.close()
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+    assert sorted(p.name for p in SCREENSHOTS.glob("*.png")) == sorted(
+        ["models.png", "resnet-model.png", "resnet-champion.png", "gan-model.png", "gan-champion.png"])
