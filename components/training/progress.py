@@ -32,11 +32,25 @@ class Progress:
                  tty: bool | None = None):
         self.epochs, self.val_metric, self.every_s = epochs, val_metric, every_s
         self.total_steps: int | None = None
-        self.stream = stream or sys.stdout
-        self.tty = interactive(self.stream) if tty is None else tty
+        # The hook travels to Ray Train workers (pickled): it keeps no handle on the driver's
+        # stdout, and decides bar or lines where it prints.
+        self._stream, self._tty = stream, tty
         self.t0: float | None = None
         self.steps = 0  # steps taken in this process (a resumed run counts from its restart)
         self._last = 0.0
+
+    @property
+    def stream(self):
+        return self._stream or sys.stdout
+
+    @property
+    def tty(self) -> bool:
+        if self._tty is None:
+            self._tty = interactive(self.stream)
+        return self._tty
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_stream": None if self._stream in (None, sys.stdout, sys.stderr) else self._stream}
 
     def _print(self, text: str, end: str = "\n") -> None:
         self.stream.write(text + end)

@@ -4,7 +4,6 @@ global-batch loss across two processes (values and gradients), evaluation and se
 from __future__ import annotations
 
 import math
-import socket
 
 import numpy as np
 import pytest
@@ -91,11 +90,16 @@ def test_training_steps_lower_the_loss(encoder):
     assert float(out["loss"].detach()) < first * 0.5  # 8 pairs: it learns to match them
 
 
-def _ddp_worker(rank: int, world: int, port: int, path: str) -> None:
+def _ddp_worker(rank: int, world: int, store: str, path: str) -> None:
+    import datetime
+
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    # A file rendezvous: no port to race other processes for (a TCP port picked free could be
+    # taken by the time rank 0 binds it, and the group then waited forever).
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
     torch.manual_seed(0)
     cfg = tiny_cfg()
     model = DistributedDataParallel(clip.build(cfg))
@@ -116,10 +120,7 @@ def test_two_processes_compute_the_loss_and_gradients_of_the_concatenated_batch(
     images, tokens = batch(7)
     single = clip.training_step(model, (images, tokens), cfg)
     single["loss"].backward()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(tmp_path / "rank0.pt")), nprocs=2)
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, str(tmp_path / "store"), str(tmp_path / "rank0.pt")), nprocs=2)
     ddp = torch.load(tmp_path / "rank0.pt")
     assert ddp["count"] == 7  # rank 0's logits span both workers' rows
     assert torch.allclose(ddp["loss"], single["loss"].detach(), atol=1e-6)

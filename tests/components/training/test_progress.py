@@ -35,3 +35,17 @@ def test_ci_and_pipes_get_periodic_plain_lines_not_a_bar(monkeypatch):
     assert not interactive(Tty())
     monkeypatch.delenv("CI")
     assert interactive(Tty()) and not interactive(io.StringIO())
+
+
+def test_the_hook_pickles_for_ray_workers_when_stdout_is_a_log_file(tmp_path, monkeypatch):
+    import pickle
+    import sys
+
+    with open(tmp_path / "stage.log", "a") as log:  # what dvc or CI redirects a stage's output to
+        monkeypatch.setattr(sys, "stdout", log)
+        progress = Progress(3)
+        progress.on_epoch({"epoch": 0, "step": 5, "train_loss": 1.0, "epoch_time_s": 0.1}, None)
+        copy = pickle.loads(pickle.dumps(progress))  # a worker prints to its own stdout
+        copy.on_epoch({"epoch": 1, "step": 10, "train_loss": 0.5, "epoch_time_s": 0.1}, None)
+    lines = (tmp_path / "stage.log").read_text().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["  epoch 1/3", "  epoch 2/3"]
