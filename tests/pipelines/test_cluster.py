@@ -52,12 +52,19 @@ def project(tmp_path_factory):
 def cluster():
     from ray.cluster_utils import Cluster
 
+    # Ray's processes inherit this process's environment, and so does every job they run: an
+    # MLFLOW_TRACKING_URI left by an earlier test (mlflow.set_tracking_uri exports it) would send
+    # the job's run to that store, so the nodes start without one, as on a fresh cluster.
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("MLFLOW_") or k == "RAY_ADDRESS"}
     port = free_port()
-    c = Cluster(initialize_head=True, connect=False,
-                head_node_args={"num_cpus": 0, "include_dashboard": True, "dashboard_port": port})
-    for _ in range(2):
-        c.add_node(num_cpus=1)
-    c.wait_for_nodes()
+    try:
+        c = Cluster(initialize_head=True, connect=False,
+                    head_node_args={"num_cpus": 0, "include_dashboard": True, "dashboard_port": port})
+        for _ in range(2):
+            c.add_node(num_cpus=1)
+        c.wait_for_nodes()
+    finally:
+        os.environ.update(saved)
     yield c, f"http://127.0.0.1:{port}"
     c.shutdown()
 
