@@ -44,7 +44,12 @@ def model_card(family, algo: str, version_meta: dict, test: dict, primary: str, 
     train = version_meta["train"]
     keys = {k: train[k] for k in ("lr", "epochs", "batch_size", "num_workers") if k in train}
     model = {k: v for k, v in train["model"].items() if k != "tokenizer"}
+    value = test.get(primary)
     lines = [
+        # The versions table shows a description's first line: make it the summary.
+        f"{algo}: test {primary} {value:.4f} ({version_meta['candidate']} candidate, data {data_version})"
+        if isinstance(value, (int, float)) else f"{algo} ({version_meta['candidate']} candidate)",
+        "",
         f"# {algo}",
         f"**Algorithm**: {family.PAPER}",
         "",

@@ -405,6 +405,12 @@ def test_model_cards_show_floors_and_ceilings_where_the_family_has_them(project)
     test, floor, ceiling = (c.strip() for c in fid_row.strip("|").split("|")[1:4])
     assert float(floor.split(" ± ")[0]) < float(ceiling) and float(test) > 0  # floor (data) below ceiling (noise)
     assert "## Aliases" in gan and "`samples_" in gan
+    for algo in tiny_params()["algorithms"]:  # every family's champion carries a complete card
+        card = client.get_model_version_by_alias(algo, "champion").description
+        assert card.splitlines()[0].startswith(f"{algo}: test "), (algo, card.splitlines()[0])
+        for section in ("**Algorithm**", "| Data version |", "| Git commit |", "| Key params |", "## Test metrics",
+                        "## Load", "## Aliases", "## Images"):
+            assert section in card, (algo, section)
     resnet = client.get_model_version_by_alias("resnet", "champion").description
     acc_row = next(line for line in resnet.splitlines() if line.startswith("| **accuracy** |"))
     assert acc_row.endswith("|  |  |")  # a classifier has no floor or ceiling
