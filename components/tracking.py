@@ -178,9 +178,10 @@ def tune_callback(uri: str, experiment: str, parent_run_id: str, runs_root: str)
             run_id = self.runs.pop(trial.trial_id, None)
             if run_id is None:
                 return
+            from components.training import storage
             from components.training.loop import HISTORY, read_rows
 
-            rows = read_rows(f"{str(runs_root).rstrip('/')}/{trial.trial_id}/{HISTORY}")
+            rows = read_rows(storage.join(runs_root, trial.trial_id, HISTORY))
             if rows:
                 log_batch(self.client, run_id, metrics=step_metrics(rows, "step/"))
             self.client.set_terminated(run_id, status)

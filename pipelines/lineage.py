@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -82,8 +81,6 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     """Write ``path`` whole: a temporary sibling renamed over it (a reader never sees half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    from components.training import storage
+
+    storage.write_text(str(path), json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -66,3 +66,25 @@ def families_shards(tmp_path_factory) -> Path:
 
     return graph_dataset(tmp_path_factory.mktemp("families"), source="families", samples_per_shard=25,
                          families=FamiliesConfig(graphs_per_family=40, min_nodes=12, max_nodes=20))
+
+
+def free_port() -> int:
+    """A port nothing listens on now (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def copy_project(root: Path, params: dict, with_dvc: bool = False) -> Path:
+    """The project's code (and dvc.yaml, .gitignore) under ``root`` with ``params`` as params.yaml."""
+    import shutil
+
+    for name in ("components", "pipelines"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    if with_dvc:
+        for name in ("dvc.yaml", ".gitignore"):
+            shutil.copy(REPO / name, root / name)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root

@@ -11,37 +11,27 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
-import socket
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, copy_project, free_port
 
 pytestmark = pytest.mark.e2e
 
 RESNET_TEST_FLOOR = 0.985  # the single-machine floor (issue 2), held on the cluster too
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
-    for name in ("components", "pipelines"):
-        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train"]["resnet"]["num_workers"] = 2
     params["data"]["digits"]["evaluator"]["epochs"] = 1  # the generative evaluator is not used here
     params["runtime"]["storage_root"] = (root / "shared-store").as_uri()
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    copy_project(root, params)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
     for args in (["pipelines.ingest", "--dataset", "digits"], ["pipelines.preprocess", "--dataset", "digits"]):
         subprocess.run([sys.executable, "-m", *args], cwd=root, env=env, check=True, capture_output=True, timeout=300)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, copy_project, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -95,11 +95,7 @@ def in_fresh_process(root: Path, env: dict, body: str) -> dict:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
-    for name in ("components", "pipelines"):
-        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore"):
-        shutil.copy(REPO / name, root / name)
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    copy_project(root, tiny_params(), with_dvc=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
     env.update(GIT_AUTHOR_NAME="ci", GIT_AUTHOR_EMAIL="ci@example.com", GIT_COMMITTER_NAME="ci",
                GIT_COMMITTER_EMAIL="ci@example.com", RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
@@ -482,8 +478,6 @@ SCREENSHOTS = Path(os.environ.get("TEST_ARTIFACTS", REPO / "test-artifacts")) / 
 def test_the_registry_in_a_real_browser_lists_champions_with_model_cards(project):
     """`mlflow server` over the store the pipeline filled, driven in headless Chromium."""
     from playwright.sync_api import expect, sync_playwright
-
-    from tests.pipelines.test_tracking_server import free_port
 
     assert CHROMIUM, "chromium is not installed: .ci/run installs it with apt-get"
     root, env, _ = project

@@ -8,7 +8,6 @@ group of a `dvc repro` in a temporary git repository.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -24,7 +23,7 @@ from components.models import resnet
 from components.tracking import MlflowClient, MlflowHook
 from components.training import launch
 from components.training.loop import EPOCHS, HISTORY, RESUMES, read_rows
-from tests.conftest import REPO
+from tests.conftest import copy_project
 
 EPOCHS_RUN = 4
 
@@ -127,11 +126,7 @@ def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_last_epoch(dig
 # ------------------------------------------------------------------- Ctrl-C during dvc repro
 
 def git_dvc_project(root: Path, params: dict) -> dict:
-    for name in ("components", "pipelines"):
-        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore"):
-        shutil.copy(REPO / name, root / name)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    copy_project(root, params, with_dvc=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
     env.update(RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
     for cmd in (["git", "init", "-q", "-b", "main"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"],

@@ -4,8 +4,6 @@ prompt error when the server named by the variable does not answer."""
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,13 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import REPO, copy_project, free_port
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +43,9 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("project")
-    for name in ("components", "pipelines"):
-        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train"]["gnn_karate"].update(epochs=5)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return root
+    return copy_project(tmp_path_factory.mktemp("project"), params)
 
 
 def stage(root: Path, env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:

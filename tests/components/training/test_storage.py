@@ -7,7 +7,6 @@ gs://, so it exercises the code path a cloud bucket takes without a network.
 from __future__ import annotations
 
 import json
-import socket
 import time
 import uuid
 
@@ -25,6 +24,7 @@ from components.training.loop import (
     train_loop_per_worker,
 )
 from tests.components.training.test_loop import Recorder, tiny_train
+from tests.conftest import free_port
 
 
 @pytest.fixture(params=["path", "file", "memory"])
@@ -92,15 +92,9 @@ def test_the_loop_trains_and_resumes_with_its_run_dir_under_a_url(root, digits_s
         assert rec.epochs[0][1].is_dir()  # a local copy for Ray Train to persist
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("form", ["{}", "ray://{}"])
 def test_an_unreachable_ray_address_fails_within_seconds_naming_the_variable(form):
-    address = form.format(f"127.0.0.1:{closed_port()}")
+    address = form.format(f"127.0.0.1:{free_port()}")  # free: nothing listens
     t0 = time.perf_counter()
     with pytest.raises(ConnectionError, match=f"RAY_ADDRESS={address}.*ray start --head"):
         probe_address(address, timeout=5)
