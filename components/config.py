@@ -379,6 +379,10 @@ def tune_config(raw: dict[str, Any], algo: str) -> TuneConfig:
     return parse(TuneConfig, section, f"tune.{algo}")
 
 
+def runtime_config(raw: dict[str, Any]) -> RuntimeConfig:
+    return parse(RuntimeConfig, raw.get("runtime"), "runtime")
+
+
 def train_config_from_dict(family: str, data: dict[str, Any]) -> TrainConfig:
     """Rebuild a TrainConfig of model family ``family`` from its ``to_dict`` form (checkpoints, Ray configs)."""
     return train_config({"train": {family: data}}, family)

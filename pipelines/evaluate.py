@@ -18,8 +18,9 @@ from components import tracking
 from components.config import family_name, train_config_from_dict
 from components.models import get_family
 from components.training.checkpoint import load_exported
+from components.training.storage import written_whole
 from pipelines import lineage
-from pipelines.layout import load, run_stage, stage_args, written_whole
+from pipelines.layout import load, run_stage, stage_args
 
 CANDIDATES = ("train", "tune")
 

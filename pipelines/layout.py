@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import shutil
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,27 +43,6 @@ class Layout:
             return configured
         path = Path(configured).expanduser()
         return str(path if path.is_absolute() else (self.root / path).resolve())
-
-
-@contextlib.contextmanager
-def written_whole(path: Path) -> Iterator[Path]:
-    """Build a stage's output folder in a temporary place and rename it to ``path`` at the end.
-
-    An interrupted stage (Ctrl-C, a crash) leaves the previous folder or none, never half of
-    one; the temporary folder is removed on the way out. It is ``<parent>/.<name>.tmp-<pid>/<name>``,
-    so code that names files after the folder (``plot_dir.name``) sees the real name.
-    """
-    path = Path(path)
-    holder = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    shutil.rmtree(holder, ignore_errors=True)
-    tmp = holder / path.name
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(holder, ignore_errors=True)
 
 
 def stage_args(description: str, with_algo: bool = True, with_dataset: bool = False) -> argparse.Namespace:

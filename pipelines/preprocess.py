@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from components.config import dataset_config, dataset_module
 from components.data.manifest import verify_manifest
-from pipelines.layout import load, run_stage, stage_args, written_whole
+from components.training.storage import written_whole
+from pipelines.layout import load, run_stage, stage_args
 
 
 def main() -> None:

@@ -14,21 +14,16 @@ from __future__ import annotations
 import time
 
 from components import tracking
-from components.config import family_name, to_dict, train_config
+from components.config import family_name, runtime_config, to_dict, train_config
 from components.evaluation import plots
 from components.models import get_family
 from components.training import checkpoint as ckpt
 from components.training import launch
 from components.training.loop import EPOCHS, HISTORY, TrainingDiverged, read_rows
 from components.training.progress import Progress
+from components.training.storage import written_whole
 from pipelines import lineage
-from pipelines.layout import (
-    load,
-    quiet_third_parties,
-    run_stage,
-    stage_args,
-    written_whole,
-)
+from pipelines.layout import load, quiet_third_parties, run_stage, stage_args
 
 
 def main() -> None:
@@ -42,7 +37,8 @@ def main() -> None:
     dataset = raw["algorithms"][algo]["dataset"]
     shard_dir = layout.shards(dataset)
     data_version = lineage.data_version(shard_dir)
-    storage = layout.storage_root(raw.get("runtime", {}).get("storage_root", ""))
+    runtime = runtime_config(raw)
+    storage = layout.storage_root(runtime.storage_root)
     # The train stage's code deps (dvc.yaml): resuming is for interrupted runs of the same code.
     code = lineage.code_version(layout.root, ["pipelines/train.py", f"components/models/{fname}.py",
                                               "components/models/common.py", "components/training", "components/data"])
@@ -64,10 +60,9 @@ def main() -> None:
               "hooks": [tracking.MlflowHook(uri, run.info.run_id), launch.RayTrainReport(), Progress(cfg.epochs, family.VAL_METRIC)]}
     t0 = time.perf_counter()
     try:
-        runtime = raw.get("runtime", {})
         launch.fit(config, num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, storage_path=f"{storage}/ray",
-                   name=f"{algo}-train-{key}", ray_num_cpus=runtime.get("ray_num_cpus", 0),
-                   max_failures=runtime.get("max_failures", 2))
+                   name=f"{algo}-train-{key}", ray_num_cpus=runtime.ray_num_cpus,
+                   max_failures=runtime.max_failures)
     except BaseException as exc:
         client.set_terminated(run.info.run_id, "FAILED")
         if isinstance(exc, TrainingDiverged):

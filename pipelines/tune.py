@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from components import tracking
-from components.config import family_name, to_dict, train_config, tune_config
+from components.config import (
+    family_name,
+    runtime_config,
+    to_dict,
+    train_config,
+    tune_config,
+)
 from components.evaluation import plots
 from components.models import get_family
 from components.training import checkpoint as ckpt
@@ -26,13 +32,7 @@ from components.training import launch
 from components.training import storage as run_storage
 from components.training.loop import HISTORY, read_rows, train_loop_per_worker
 from pipelines import lineage
-from pipelines.layout import (
-    load,
-    quiet_third_parties,
-    run_stage,
-    stage_args,
-    written_whole,
-)
+from pipelines.layout import load, quiet_third_parties, run_stage, stage_args
 
 
 def trial_config(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
@@ -111,7 +111,8 @@ def main() -> None:
     dataset = raw["algorithms"][algo]["dataset"]
     shard_dir = layout.shards(dataset)
     data_version = lineage.data_version(shard_dir)
-    storage = layout.storage_root(raw.get("runtime", {}).get("storage_root", ""))
+    runtime = runtime_config(raw)
+    storage = layout.storage_root(runtime.storage_root)
     key = lineage.run_key(algo, base, to_dict(tcfg), data_version)
     runs_root = f"{storage}/runs/{algo}/tune-{key}"
     run_storage.remove(runs_root)  # a sweep is re-run whole, not resumed
@@ -125,8 +126,7 @@ def main() -> None:
     tracking.log_batch(client, parent.info.run_id, params=tracking.params_of(
         {"base": base, "sweep": to_dict(tcfg)}))
 
-    ray_cpus = raw.get("runtime", {}).get("ray_num_cpus", 0)
-    launch.init_ray(ray_cpus)
+    launch.init_ray(runtime.ray_num_cpus)
     import ray
 
     cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -187,7 +187,7 @@ def main() -> None:
 
     for t in trials:
         t["steps"] = read_rows(f"{runs_root}/{t['trial_id']}/{HISTORY}")
-    with written_whole(layout.plots("tune", algo)) as plot_dir:
+    with run_storage.written_whole(layout.plots("tune", algo)) as plot_dir:
         lineage.write_csv(plot_dir / "trials.csv", [{k: v for k, v in t.items() if k not in ("error", "steps")}
                                                     for t in trials])
         lineage.write_csv(plot_dir / "lr.csv", [{"trial": f"{t['schedule']}-{t['trial_id'][-5:]}", "step": r["step"],

@@ -7,9 +7,9 @@ tensors and plain containers only, read back with ``torch.load(weights_only=True
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -44,18 +44,14 @@ def save(directory: str, *, model: nn.Module, optimizer: dict[str, Any], epoch: 
     """
     directory = str(directory)
     local = storage.local_path(directory)
+    with contextlib.ExitStack() as stack:
+        tmp = (stack.enter_context(storage.written_whole(local)) if local is not None
+               else Path(tempfile.mkdtemp(prefix=f"{Path(directory).name}-")))
+        torch.save({"model": model.state_dict(), "optimizer": optimizer, "epoch": epoch,
+                    "step": step, "torch_rng": torch.get_rng_state()}, tmp / STATE)
+        (tmp / CONFIG).write_text(json.dumps({"config": config, "epoch": epoch, "step": step,
+                                              "metrics": metrics}, indent=2, sort_keys=True))
     if local is not None:
-        tmp = Path(f"{local}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    else:
-        tmp = Path(tempfile.mkdtemp(prefix=f"{Path(directory).name}-"))
-    torch.save({"model": model.state_dict(), "optimizer": optimizer, "epoch": epoch,
-                "step": step, "torch_rng": torch.get_rng_state()}, tmp / STATE)
-    (tmp / CONFIG).write_text(json.dumps({"config": config, "epoch": epoch, "step": step,
-                                          "metrics": metrics}, indent=2, sort_keys=True))
-    if local is not None:
-        storage.publish_dir(str(tmp), local)
         return Path(local)
     fs, path = storage.resolve(directory)
     storage.remove(directory)
@@ -82,9 +78,14 @@ def epoch_of(directory: str | Path) -> int:
 
 
 def _complete(root: str) -> list[str]:
-    names = [n for n in storage.listdir(root) if n.startswith("epoch-") and ".tmp" not in n]
-    return [n for n in names if storage.exists(storage.join(root, n, CONFIG))
-            and storage.exists(storage.join(root, n, STATE))]
+    """Names of the complete epoch checkpoints under ``root``, oldest first: one listing.
+
+    Locally a checkpoint appears whole (a rename); on an object store its ``config.json`` is
+    uploaded last, so its presence is what makes one complete.
+    """
+    fs, path = storage.resolve(root)
+    return sorted(p.rstrip("/").split("/")[-2] for p in fs.glob(f"{path.rstrip('/')}/epoch-*/{CONFIG}")
+                  if storage.TMP_MARK not in p)
 
 
 def latest(root: str | Path) -> str | None:
@@ -96,7 +97,7 @@ def latest(root: str | Path) -> str | None:
 def prune(root: str | Path, keep: int) -> None:
     """Keep the newest ``keep`` checkpoints; also clears temporaries a killed writer left."""
     root = str(root)
-    names = [n for n in storage.listdir(root) if n.startswith("epoch-")]
+    names = [n for n in storage.listdir(root) if n.startswith("epoch-") or storage.TMP_MARK in n]
     done = _complete(root)
     for name in names:
         if name not in done[-keep:]:
@@ -106,16 +107,12 @@ def prune(root: str | Path, keep: int) -> None:
 def export(directory: Path, model_state: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
     """Write deployable weights (safetensors) and their config to ``directory``, replacing it
     whole: they are written beside it and renamed, so no reader sees half an export."""
-    directory = Path(directory)
-    final, directory = directory, directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
-    # Tied weights (a Transformer's shared embeddings) are one tensor under several names;
-    # safetensors stores no aliases, so each name gets its own copy and loading re-ties them.
-    save_file({k: v.detach().clone().contiguous() for k, v in model_state.items()}, directory / WEIGHTS)
-    (directory / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    storage.publish_dir(str(directory), str(final))
-    return final
+    with storage.written_whole(directory) as tmp:
+        # Tied weights (a Transformer's shared embeddings) are one tensor under several names;
+        # safetensors stores no aliases, so each name gets its own copy and loading re-ties them.
+        save_file({k: v.detach().clone().contiguous() for k, v in model_state.items()}, tmp / WEIGHTS)
+        (tmp / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return Path(directory)
 
 
 def export_latest(run_checkpoints: str, directory: Path, meta: dict[str, Any]) -> dict[str, Any]:

@@ -127,10 +127,13 @@ def read_rows(url: str) -> list[dict]:
     return [json.loads(x) for x in (storage.read_text(url) or "").splitlines() if x.strip()]
 
 
-def _truncate_history(url: str, up_to_step: int) -> None:
-    """Drop rows past the checkpoint we resume from (they will be produced again)."""
+def _truncate_history(url: str, up_to_step: int) -> list[dict]:
+    """Drop rows past the checkpoint we resume from (they will be produced again); returns the kept rows."""
     rows = read_rows(url)
-    storage.write_text(url, "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= up_to_step))
+    kept = [r for r in rows if r["step"] <= up_to_step]
+    if len(kept) < len(rows) or not rows:
+        storage.write_text(url, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
@@ -180,7 +183,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         if own is not None:
             candidates.append(("run_dir", own))
         if candidates:
-            source_kind, source = max(candidates, key=lambda c: ckpt.epoch_of(c[1]))
+            source_kind, source = (candidates[0] if len(candidates) == 1
+                                   else max(candidates, key=lambda c: ckpt.epoch_of(c[1])))
             state, meta = ckpt.load(source)
             core.load_state_dict(state["model"])
             stepper.load_state_dict(state["optimizer"])
@@ -194,8 +198,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
                                f"(a shared mount or a URL), not a node-local path")
     if ctx.rank == 0:
         storage.makedirs(run_dir)
-        for name in (HISTORY, EPOCHS):
-            _truncate_history(storage.join(run_dir, name), step)
+        steps_done, epochs_done = (_truncate_history(storage.join(run_dir, name), step) for name in (HISTORY, EPOCHS))
         if resumed_from is not None:
             # What a restart cost: the work after this checkpoint is done again (at most one epoch).
             storage.append_text(storage.join(run_dir, RESUMES), json.dumps({
@@ -203,7 +206,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
                 "time": time.time()}) + "\n")
             print(f"{algo}: resuming after epoch {start_epoch} of {cfg.epochs} (step {step}) "
                   f"({'Ray Train' if source_kind == 'ray' else 'run directory'} checkpoint)", flush=True)
-            steps_done, epochs_done = read_rows(storage.join(run_dir, HISTORY)), read_rows(storage.join(run_dir, EPOCHS))
             for hook in hooks:
                 if hasattr(hook, "on_resume"):
                     hook.on_resume(steps_done, epochs_done)

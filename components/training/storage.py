@@ -6,14 +6,20 @@ root may be ``/mnt/shared/runs``, ``file:///...``, ``s3://bucket/prefix`` or ``g
 pyarrow. Paths are strings joined with ``/`` so a URL stays a URL.
 
 Writes publish whole objects only: a file goes to a temporary name and is renamed (local),
-or is one PUT (object stores, where a PUT is atomic); a checkpoint directory counts as
-written only once its last file, ``config.json``, is there.
+or is one PUT (object stores, where a PUT is atomic); a local folder is built aside and
+renamed (``written_whole``); a checkpoint directory on an object store counts as written
+only once its last file, ``config.json``, is there. Temporaries carry ``.tmp-`` in their
+name, so whoever clears a folder can tell a killed writer's debris from output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -27,10 +33,6 @@ def resolve(url: str) -> tuple[Any, str]:
 
 def join(root: str, *parts: str) -> str:
     return "/".join([str(root).rstrip("/"), *(str(p).strip("/") for p in parts)])
-
-
-def is_local(url: str) -> bool:
-    return isinstance(resolve(url)[0], LocalFileSystem)
 
 
 def local_path(url: str) -> str | None:
@@ -65,7 +67,7 @@ def write_bytes(url: str, data: bytes) -> None:
     parent = path.rsplit("/", 1)[0]
     if isinstance(fs, LocalFileSystem):
         os.makedirs(parent, exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = f"{path}{TMP_MARK}{uuid.uuid4().hex[:8]}"
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -108,22 +110,27 @@ def open_file(url: str, mode: str = "rb"):
     return fs.open(path, mode)
 
 
-def publish_dir(local_dir: str, url: str) -> None:
-    """Move a finished local directory to ``url``, replacing what was there.
+TMP_MARK = ".tmp-"  # in the name of every temporary this module makes
 
-    Local: one rename (``local_dir`` must be on the same filesystem, e.g. a sibling).
-    Elsewhere: upload under a temporary name, then move; a reader that requires the
-    directory's last-written file never sees a half-uploaded one.
+
+@contextlib.contextmanager
+def written_whole(path: str | Path) -> Iterator[Path]:
+    """Build a local folder in a temporary place and rename it to ``path`` at the end.
+
+    An interrupted writer (Ctrl-C, a crash) leaves the previous folder or none, never half of
+    one; the temporary is removed on the way out (a SIGKILL leaves ``.<name>.tmp-<pid>``
+    beside ``path``, which ``checkpoint.prune`` and a re-run of the writer clear). The folder
+    yielded is ``<parent>/.<name>.tmp-<pid>/<name>``, so code that names files after the
+    folder (``plot_dir.name``) sees the real name.
     """
-    fs, path = resolve(url)
-    if isinstance(fs, LocalFileSystem):
-        import shutil
-
+    path = Path(path)
+    holder = path.parent / f".{path.name}{TMP_MARK}{os.getpid()}"
+    shutil.rmtree(holder, ignore_errors=True)
+    tmp = holder / path.name
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
         shutil.rmtree(path, ignore_errors=True)
-        os.replace(local_dir, path)
-        return
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    fs.put(local_dir.rstrip("/") + "/", tmp, recursive=True)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-    fs.mv(tmp, path, recursive=True)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(holder, ignore_errors=True)

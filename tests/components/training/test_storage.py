@@ -58,6 +58,8 @@ def test_a_half_written_checkpoint_is_never_the_latest(root):
     with storage.open_file(storage.join(root, "epoch-0001", ckpt.STATE), "wb") as f:
         f.write(b"truncated")
     storage.write_text(storage.join(root, "epoch-0002.tmp-123", ckpt.CONFIG), "{}")
+    # What a SIGKILL during a local save leaves: the folder being built aside (storage.written_whole).
+    storage.write_text(storage.join(root, ".epoch-0003.tmp-456", "epoch-0003", ckpt.CONFIG), "{}")
     assert ckpt.latest(root) == storage.join(root, "epoch-0000")
     ckpt.prune(root, 2)  # the debris goes, the complete checkpoint stays
     assert storage.listdir(root) == ["epoch-0000"]
@@ -88,7 +90,7 @@ def test_the_loop_trains_and_resumes_with_its_run_dir_under_a_url(root, digits_s
     assert read_rows(storage.join(run_dir, RESUMES)) == [
         {"from_epoch": 1, "step": first["step"], "source": "run_dir", "time": pytest.approx(time.time(), abs=600)}]
     assert ckpt.latest(storage.join(run_dir, "checkpoints")).endswith("epoch-0002")
-    if not storage.is_local(root):
+    if storage.local_path(root) is None:
         assert rec.epochs[0][1].is_dir()  # a local copy for Ray Train to persist
 
 
@@ -105,3 +107,17 @@ def test_a_malformed_ray_address_is_named():
     with pytest.raises(ConnectionError, match="RAY_ADDRESS=':6379' is not an address"):
         probe_address(":6379")
     probe_address("auto")  # Ray resolves these itself
+
+
+def test_a_folder_written_whole_replaces_the_old_one_or_leaves_it(tmp_path):
+    out = tmp_path / "plots"
+    with storage.written_whole(out) as tmp:
+        assert tmp.name == "plots" and tmp.parent != tmp_path  # built aside, under the real name
+        (tmp / "a.csv").write_text("1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plots"]
+    with pytest.raises(KeyboardInterrupt), storage.written_whole(out) as tmp:
+        (tmp / "b.csv").write_text("half")
+        raise KeyboardInterrupt  # Ctrl-C mid-write
+    # The previous folder is intact, the half-built one is gone, and nothing else is left beside it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plots"]
+    assert [p.name for p in out.iterdir()] == ["a.csv"]
