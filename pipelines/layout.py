@@ -36,13 +36,22 @@ class Layout:
         return self.root / "reports" / algo / "evaluate.md"
 
     def storage_root(self, configured: str) -> str:
-        """Absolute path or URL for Ray results and checkpoints (outside DVC outputs)."""
+        """Absolute path or URL for Ray results, checkpoints and workers' shards (outside DVC outputs)."""
         if not configured:
             return str(self.root / ".runs")
         if "://" in configured:
             return configured
         path = Path(configured).expanduser()
         return str(path if path.is_absolute() else (self.root / path).resolve())
+
+    def worker_shards(self, dataset: str, version: str, configured_root: str) -> str:
+        """Where train workers read ``dataset``'s shards: the checkout's own folder on one machine
+        (no storage root set), else a copy under the storage root that every node can reach."""
+        if not configured_root:
+            return str(self.shards(dataset))
+        from components.data.shards import publish
+
+        return publish(self.shards(dataset), f"{self.storage_root(configured_root)}/shards/{dataset}-{version}")
 
 
 def stage_args(description: str, with_algo: bool = True, with_dataset: bool = False) -> argparse.Namespace:

@@ -39,6 +39,7 @@ def main() -> None:
     data_version = lineage.data_version(shard_dir)
     runtime = runtime_config(raw)
     storage = layout.storage_root(runtime.storage_root)
+    worker_shards = layout.worker_shards(dataset, data_version, runtime.storage_root)
     # The train stage's code deps (dvc.yaml): resuming is for interrupted runs of the same code.
     code = lineage.code_version(layout.root, ["pipelines/train.py", f"components/models/{fname}.py",
                                               "components/models/common.py", "components/training", "components/data"])
@@ -56,7 +57,7 @@ def main() -> None:
     tracking.log_batch(client, run.info.run_id, params=tracking.params_of(to_dict(cfg)))
     print(f"train {algo}: {cfg.epochs} epochs, {max(cfg.num_workers, 1)} worker(s) "
           f"({'local mode' if cfg.num_workers == 0 else 'DDP'}), run dir {run_dir}", flush=True)
-    config = {"algo": algo, "family": fname, "train": to_dict(cfg), "data_dir": str(shard_dir), "run_dir": run_dir,
+    config = {"algo": algo, "family": fname, "train": to_dict(cfg), "data_dir": worker_shards, "run_dir": run_dir,
               "hooks": [tracking.MlflowHook(uri, run.info.run_id), launch.RayTrainReport(), Progress(cfg.epochs, family.VAL_METRIC)]}
     t0 = time.perf_counter()
     try:

@@ -113,6 +113,7 @@ def main() -> None:
     data_version = lineage.data_version(shard_dir)
     runtime = runtime_config(raw)
     storage = layout.storage_root(runtime.storage_root)
+    worker_shards = layout.worker_shards(dataset, data_version, runtime.storage_root)
     key = lineage.run_key(algo, base, to_dict(tcfg), data_version)
     runs_root = f"{storage}/runs/{algo}/tune-{key}"
     run_storage.remove(runs_root)  # a sweep is re-run whole, not resumed
@@ -137,7 +138,7 @@ def main() -> None:
           f"{tcfg.epochs} epochs max, ASHA grace {tcfg.grace_period}, {concurrent} at a time", flush=True)
 
     trainable = tune.with_parameters(
-        run_trial, algo=algo, family=fname, base=base, data_dir=str(shard_dir), runs_root=runs_root,
+        run_trial, algo=algo, family=fname, base=base, data_dir=worker_shards, runs_root=runs_root,
         workers_per_trial=tcfg.workers_per_trial, storage=storage)
     # A trial that launches a TorchTrainer holds almost nothing itself; its workers take the CPUs.
     resources = {"CPU": 1} if tcfg.workers_per_trial == 0 else {"CPU": 0.01}

@@ -22,17 +22,24 @@ same number of them in an epoch (the most any rank needs): a rank holding fewer 
 makes its batches a little smaller rather than fewer. DDP needs equal step counts on
 every rank (a rank that stops early leaves the others waiting in all-reduce), and this
 keeps them equal without dropping or repeating a sample.
+
+On a cluster, the train and tune stages ``publish`` a shard directory under the storage
+root (``<root>/shards/<dataset>-<data version>``), and each worker reads it through
+``localize``: straight from a path or ``file://`` URL (a shared mount), or from a copy
+made once per node and version (an object store).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import io
 import json
 import math
 import random
 import tarfile
+import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -41,9 +48,11 @@ from typing import Any
 import numpy as np
 import torch
 import webdataset as wds
+from filelock import FileLock
 from torch.utils.data import IterableDataset, get_worker_info
 
 from components.data.manifest import DataError, sha256
+from components.training import storage
 
 STATS = "stats.json"
 SPLITS = ("train", "val", "test")
@@ -116,6 +125,43 @@ def read_stats(shard_dir: Path) -> dict:
     if not path.exists():
         raise DataError(f"{path}: not found; create the shards with `dvc repro` (stage preprocess)")
     return json.loads(path.read_text())
+
+
+def publish(shard_dir: Path, url: str) -> str:
+    """Copy a shard directory to ``url`` under the storage root, unless it is there already.
+
+    ``url`` should name the data version (``<root>/shards/<dataset>-<version>``), so a copy is
+    made once per version. ``stats.json``, which lists every shard's sha256, goes last: its
+    presence with the same text marks the copy complete. Returns ``url``.
+    """
+    stats = (Path(shard_dir) / STATS).read_text()
+    if storage.read_text(storage.join(url, STATS)) != stats:
+        storage.put_tree(shard_dir, url, last=STATS)
+    return url
+
+
+def localize(data_dir: str, cache_root: str | Path | None = None) -> Path:
+    """A local directory holding the shards of ``data_dir`` (a path or a URL).
+
+    A path or ``file://`` URL is read in place. Anything else is copied once per node into
+    ``<cache_root>/<hash of the URL>`` (default: the system temp folder), under a file lock so
+    the workers of one node wait for one copy. Shards are checked against the sha256 in
+    ``stats.json`` when read, so a bad copy fails loudly rather than training on it.
+    """
+    local = storage.local_path(data_dir)
+    if local is not None:
+        return Path(local)
+    root = Path(cache_root) if cache_root else Path(tempfile.gettempdir()) / "pipeline-shards"
+    root.mkdir(parents=True, exist_ok=True)
+    cache = root / hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
+    with FileLock(f"{cache}.lock"):
+        if not (cache / STATS).exists():
+            if not storage.exists(storage.join(data_dir, STATS)):
+                raise DataError(f"{data_dir}: no {STATS} there; the train or tune stage publishes shards under "
+                                f"runtime.storage_root before starting workers, re-run it")
+            with storage.written_whole(cache) as tmp:
+                storage.get_tree(data_dir, tmp)
+    return cache
 
 
 def _decode_field(name: str, raw: bytes) -> Any:

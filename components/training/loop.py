@@ -14,7 +14,7 @@ sets ``all_ranks = True``), and optionally
     algo: the algorithm's name (in messages and keys of params.yaml).
     family: its model family in the registry (default: ``algo``).
     train: ``TrainConfig`` as a plain dict (``components.config.to_dict``).
-    data_dir: absolute path of the shard directory.
+    data_dir: the shard directory: a path, or a URL the stage published it to (``shards.publish``).
     run_dir: absolute path or URL (under the storage root) where this run keeps epoch
         checkpoints and its step history; a run restarted with the same run_dir resumes
         from its latest checkpoint, and one restarted by Ray Train from Ray's.
@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from components.config import to_dict, train_config_from_dict
-from components.data.shards import ShardDataset, read_stats
+from components.data.shards import ShardDataset, localize, read_stats
 from components.models import get_family
 from components.training import checkpoint as ckpt
 from components.training import storage
@@ -143,6 +143,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     family = get_family(config.get("family", algo))
     hooks: list[Hook] = list(config.get("hooks") or [])
     run_dir = str(config["run_dir"])  # a local path or a URL (components.training.storage)
+    data_dir = localize(str(config["data_dir"]))  # a URL under the storage root is copied to this node once
     ckpt_root = storage.join(run_dir, "checkpoints")
     ctx = _Context(config.get("distributed", False), cfg.use_gpu)
     if ctx.world_size > 1 or config.get("single_thread"):
@@ -150,15 +151,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
 
     # Data-derived model fields (a tokenizer's vocabulary, the class count) are bound here and
     # saved in every checkpoint's config, so an exported model rebuilds without the data.
-    cfg.model = family.bind(cfg.model, read_stats(config["data_dir"]), config["data_dir"])
+    cfg.model = family.bind(cfg.model, read_stats(data_dir), data_dir)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     core = family.build(cfg.model).to(ctx.device)
 
     # A family may shape how its batches are built (a GNN's neighbour sampling on several workers).
     loader_options = family.loader_options(cfg.model, ctx.world_size) if hasattr(family, "loader_options") else {}
-    train_ds = ShardDataset(config["data_dir"], "train", rank=ctx.rank, world_size=ctx.world_size,
+    train_ds = ShardDataset(data_dir, "train", rank=ctx.rank, world_size=ctx.world_size,
                             shuffle=True, seed=cfg.seed, batch_size=cfg.batch_size, **loader_options)
-    val_ds = ShardDataset(config["data_dir"], "val", rank=ctx.rank, world_size=ctx.world_size,
+    val_ds = ShardDataset(data_dir, "val", rank=ctx.rank, world_size=ctx.world_size,
                           batch_size=max(256, cfg.batch_size))
     steps_per_epoch = []
     for e in range(cfg.epochs):
@@ -214,7 +215,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     def validate() -> dict[str, float]:
         if hasattr(family, "validate"):
             core.eval()
-            return family.validate(core, cfg.model, config["data_dir"])
+            return family.validate(core, cfg.model, data_dir)
         return evaluate_split(core, family, val_ds, ctx, cfg.precision)
 
     loader = torch.utils.data.DataLoader(train_ds, batch_size=None, num_workers=cfg.loader_workers,

@@ -134,3 +134,34 @@ def written_whole(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         shutil.rmtree(holder, ignore_errors=True)
+
+
+def put_tree(local_dir: str | Path, url: str, last: str) -> None:
+    """Copy the files under ``local_dir`` to ``url``, the top-level file ``last`` after all others.
+
+    A reader that waits for ``last`` never sees a partial copy. Files already there with the
+    same size are skipped: a content-addressed tree (its name holds its hash) is copied once,
+    and a copy interrupted halfway resumes.
+    """
+    fs, path = resolve(url)
+    base = Path(local_dir)
+    files = sorted((p for p in base.rglob("*") if p.is_file()), key=lambda p: (p.relative_to(base).as_posix() == last,
+                                                                                 p.relative_to(base).as_posix()))
+    for f in files:
+        target = f"{path.rstrip('/')}/{f.relative_to(base).as_posix()}"
+        if fs.exists(target) and fs.size(target) == f.stat().st_size:
+            continue
+        fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        fs.put_file(str(f), target)
+
+
+def get_tree(url: str, local_dir: str | Path) -> int:
+    """Copy every file under ``url`` into ``local_dir`` (which exists); returns how many."""
+    fs, path = resolve(url)
+    prefix = path.rstrip("/") + "/"
+    found = [p for p in fs.find(path) if p.startswith(prefix)]
+    for p in found:
+        target = Path(local_dir) / p[len(prefix):]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(p, str(target))
+    return len(found)

@@ -90,6 +90,9 @@ def test_resnet_train_runs_as_a_ray_job_across_two_worker_nodes(cluster, project
     store = project / "shared-store"
     assert list(store.glob("runs/resnet/train-*/checkpoints/epoch-*/config.json"))
     assert list(store.glob("ray/resnet-train-*/checkpoint_*"))  # Ray Train's own, through pyarrow
+    # The workers read the shards the stage published under the root, not the checkout's copy.
+    published = list(store.glob("shards/digits-*/stats.json"))
+    assert len(published) == 1 and published[0].read_text() == (project / "data/shards/digits/stats.json").read_text()
 
     # The same test-accuracy floor as on one machine.
     from components.config import train_config_from_dict

@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import torch
 
+from components.data.manifest import DataError
+from components.data.shards import STATS, localize, publish, read_stats
 from components.training import checkpoint as ckpt
 from components.training import storage
 from components.training.launch import probe_address
@@ -77,9 +80,36 @@ def test_tables_append_and_replace_whole(root):
     assert not storage.exists(url)
 
 
-def test_the_loop_trains_and_resumes_with_its_run_dir_under_a_url(root, digits_shards):
+def test_shards_published_under_a_root_are_read_back_whole_by_a_worker(root, digits_shards, tmp_path):
+    url = publish(digits_shards, storage.join(root, "shards", "digits-v1"))
+    local = localize(url, cache_root=tmp_path / "cache")
+    if storage.local_path(root) is not None:
+        assert local == Path(storage.local_path(url))  # a path or a shared mount is read in place
+    else:
+        assert str(local).startswith(str(tmp_path / "cache"))  # an object store: one copy per node
+        assert localize(url, cache_root=tmp_path / "cache") == local  # and only one
+    names = sorted(p.relative_to(digits_shards).as_posix() for p in digits_shards.rglob("*") if p.is_file())
+    assert sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()) == names
+    assert all((local / n).read_bytes() == (digits_shards / n).read_bytes() for n in names)
+    assert read_stats(local) == read_stats(digits_shards)
+
+    # A copy cut short before its last file (stats.json) is completed by the next publish.
+    storage.remove(storage.join(url, STATS))
+    storage.remove(storage.join(url, names[0]))
+    publish(digits_shards, url)
+    assert storage.read_text(storage.join(url, STATS)) == (digits_shards / STATS).read_text()
+    assert storage.exists(storage.join(url, names[0]))
+
+
+def test_localizing_shards_that_were_never_published_names_the_stage(tmp_path):
+    with pytest.raises(DataError, match="publishes shards under runtime.storage_root"):
+        localize(f"memory://nothing-{uuid.uuid4().hex[:8]}/shards/digits-v1", cache_root=tmp_path)
+
+
+def test_the_loop_trains_and_resumes_with_its_run_dir_and_shards_under_a_url(root, digits_shards):
     run_dir = storage.join(root, "runs", "resnet", "train-key")
-    cfg = {"algo": "resnet", "train": tiny_train(3), "data_dir": str(digits_shards), "run_dir": run_dir}
+    data_url = publish(digits_shards, storage.join(root, "shards", "digits-v1"))
+    cfg = {"algo": "resnet", "train": tiny_train(3), "data_dir": data_url, "run_dir": run_dir}
     first = train_loop_per_worker({**cfg, "max_epochs": 2})  # stops after epoch 1, as a killed stage would
     rec = Recorder()
     resumed = train_loop_per_worker({**cfg, "hooks": [rec]})
