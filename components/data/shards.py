@@ -37,6 +37,7 @@ import hashlib
 import io
 import json
 import math
+import platform
 import random
 import tarfile
 import tempfile
@@ -150,6 +151,10 @@ def localize(data_dir: str, cache_root: str | Path | None = None) -> Path:
     """
     local = storage.local_path(data_dir)
     if local is not None:
+        if not (Path(local) / STATS).exists():
+            raise DataError(f"{local}: no shards on node {platform.node()}; create them with `dvc repro` (stage "
+                            f"preprocess), and on a multi-node cluster set runtime.storage_root to a shared mount or "
+                            f"URL: train and tune then publish the shards there, where every node can read them")
         return Path(local)
     root = Path(cache_root) if cache_root else Path(tempfile.gettempdir()) / "pipeline-shards"
     root.mkdir(parents=True, exist_ok=True)

@@ -101,9 +101,12 @@ def test_shards_published_under_a_root_are_read_back_whole_by_a_worker(root, dig
     assert storage.exists(storage.join(url, names[0]))
 
 
-def test_localizing_shards_that_were_never_published_names_the_stage(tmp_path):
+def test_shards_missing_where_a_worker_looks_are_named_with_the_fix(tmp_path):
     with pytest.raises(DataError, match="publishes shards under runtime.storage_root"):
         localize(f"memory://nothing-{uuid.uuid4().hex[:8]}/shards/digits-v1", cache_root=tmp_path)
+    # A node-local path that only the head has (a cluster without runtime.storage_root).
+    with pytest.raises(DataError, match="no shards on node .*set runtime.storage_root to a shared mount or URL"):
+        localize(str(tmp_path / "data" / "shards" / "digits"))
 
 
 def test_the_loop_trains_and_resumes_with_its_run_dir_and_shards_under_a_url(root, digits_shards):
