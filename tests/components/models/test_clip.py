@@ -110,6 +110,11 @@ def _ddp_worker(rank: int, world: int, store: str, path: str) -> None:
     if rank == 0:
         torch.save({"loss": out["loss"].detach(), "count": int(out["count"]),
                     "grads": {n: p.grad for n, p in model.module.named_parameters() if p.grad is not None}}, path)
+    # Tear down in step: both ranks done with their collectives, then the DDP wrapper (which holds
+    # the group) gone before the group. Left to the frame's end, gloo's teardown could wait forever
+    # for a peer that had already exited (1 run in 5 on a loaded 2-core machine).
+    dist.barrier()
+    del model, out
     dist.destroy_process_group()
 
 

@@ -181,8 +181,12 @@ def test_predict_returns_seeded_images_of_the_requested_classes_and_rejects_bad_
         gan.predict(gan.build(uncond), {"count": 2, "seed": 0, "label": 3}, uncond)
 
 
-def _worker(rank: int, world: int, port: int, cfg, out: dict) -> None:
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+def _worker(rank: int, world: int, store: str, cfg, out: dict) -> None:
+    import datetime
+
+    # A file rendezvous (no free port to race for), as in test_clip's two-process test.
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                                         timeout=datetime.timedelta(seconds=120))
     torch.set_num_threads(1)
     torch.manual_seed(0)  # identical initial weights, as the loop does
     model = gan.build(cfg.model)
@@ -192,23 +196,20 @@ def _worker(rank: int, world: int, port: int, cfg, out: dict) -> None:
     for i in range(3):
         step((torch.rand(8, 1, 8, 8, generator=data), torch.randint(0, 10, (8,), generator=data)), i)
     out[rank] = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.distributed.barrier()  # tear down in step (see test_clip._ddp_worker)
+    del step, model
     torch.distributed.destroy_process_group()
 
 
-def test_two_workers_stay_in_sync_through_the_gradient_penalty(train_cfg):
+def test_two_workers_stay_in_sync_through_the_gradient_penalty(train_cfg, tmp_path):
     """Gradients are averaged explicitly (DDP cannot follow WGAN-GP's double backward): after
     steps on different data, both ranks hold the same weights and BatchNorm statistics."""
-    import socket
-
     import torch.multiprocessing as mp
 
     train_cfg.model.loss = "wgan_gp"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_worker, args=(2, port, train_cfg, out), nprocs=2)
+        mp.spawn(_worker, args=(2, str(tmp_path / "store"), train_cfg, out), nprocs=2)
         a, b = out[0], out[1]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:5]
