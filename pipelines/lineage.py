@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from components.training import storage
+
 
 def git_commit(root: Path) -> str:
     try:
@@ -81,6 +83,4 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     """Write ``path`` whole: a temporary sibling renamed over it (a reader never sees half a file)."""
-    from components.training import storage
-
     storage.write_text(str(path), json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -7,7 +7,6 @@ tensors and plain containers only, read back with ``torch.load(weights_only=True
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import shutil
@@ -42,17 +41,20 @@ def save(directory: str, *, model: nn.Module, optimizer: dict[str, Any], epoch: 
     directory holding the checkpoint: ``directory`` itself when it is local, else a staged
     copy (kept until the next save) that Ray Train can persist to its own storage.
     """
+    def write(folder: Path) -> None:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer, "epoch": epoch,
+                    "step": step, "torch_rng": torch.get_rng_state()}, folder / STATE)
+        (folder / CONFIG).write_text(json.dumps({"config": config, "epoch": epoch, "step": step,
+                                                 "metrics": metrics}, indent=2, sort_keys=True))
+
     directory = str(directory)
     local = storage.local_path(directory)
-    with contextlib.ExitStack() as stack:
-        tmp = (stack.enter_context(storage.written_whole(local)) if local is not None
-               else Path(tempfile.mkdtemp(prefix=f"{Path(directory).name}-")))
-        torch.save({"model": model.state_dict(), "optimizer": optimizer, "epoch": epoch,
-                    "step": step, "torch_rng": torch.get_rng_state()}, tmp / STATE)
-        (tmp / CONFIG).write_text(json.dumps({"config": config, "epoch": epoch, "step": step,
-                                              "metrics": metrics}, indent=2, sort_keys=True))
     if local is not None:
+        with storage.written_whole(local) as tmp:
+            write(tmp)
         return Path(local)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{Path(directory).name}-"))
+    write(tmp)
     fs, path = storage.resolve(directory)
     storage.remove(directory)
     fs.put_file(str(tmp / STATE), f"{path}/{STATE}")

@@ -131,7 +131,7 @@ def _truncate_history(url: str, up_to_step: int) -> list[dict]:
     """Drop rows past the checkpoint we resume from (they will be produced again); returns the kept rows."""
     rows = read_rows(url)
     kept = [r for r in rows if r["step"] <= up_to_step]
-    if len(kept) < len(rows) or not rows:
+    if len(kept) < len(rows):
         storage.write_text(url, "".join(json.dumps(r) + "\n" for r in kept))
     return kept
 

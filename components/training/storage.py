@@ -144,15 +144,19 @@ def put_tree(local_dir: str | Path, url: str, last: str) -> None:
     and a copy interrupted halfway resumes.
     """
     fs, path = resolve(url)
+    path = path.rstrip("/")
     base = Path(local_dir)
-    files = sorted((p for p in base.rglob("*") if p.is_file()), key=lambda p: (p.relative_to(base).as_posix() == last,
-                                                                                 p.relative_to(base).as_posix()))
-    for f in files:
-        target = f"{path.rstrip('/')}/{f.relative_to(base).as_posix()}"
-        if fs.exists(target) and fs.size(target) == f.stat().st_size:
+    files = {p.relative_to(base).as_posix(): p for p in base.rglob("*") if p.is_file()}
+    try:  # one listing, not a request per file
+        have = {p: info["size"] for p, info in fs.find(path, detail=True).items()}
+    except FileNotFoundError:
+        have = {}
+    for rel in sorted(files, key=lambda r: (r == last, r)):
+        target = f"{path}/{rel}"
+        if have.get(target) == files[rel].stat().st_size:
             continue
         fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-        fs.put_file(str(f), target)
+        fs.put_file(str(files[rel]), target)
 
 
 def get_tree(url: str, local_dir: str | Path) -> int:
