@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,12 +73,40 @@ def load(args: argparse.Namespace) -> tuple[dict, Layout]:
 
 
 def run_stage(main) -> None:
-    """Run a stage's main; known user errors print one clear line instead of a traceback."""
+    """Run a stage's main; known user errors print one clear line instead of a traceback.
+
+    With ``M7_PROFILE=<file>`` set, appends one JSON line per stage process to that file: the
+    seconds from process start to ``main`` (interpreter start and imports), spent starting or
+    joining Ray, and in the rest of ``main`` (the stage's own work). ``benchmarks/profile_repro.py``
+    reads it.
+    """
+    started = time.perf_counter()
     try:
         main()
     except (ConfigError, DataError, FileNotFoundError, ConnectionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        if os.environ.get("M7_PROFILE"):
+            _profile_line(os.environ["M7_PROFILE"], started)
+
+
+def _profile_line(path: str, started: float) -> None:
+    import json
+
+    from components.training import launch
+
+    now = time.perf_counter()
+    with open(f"/proc/{os.getpid()}/stat") as f:  # field 22: start time in clock ticks after boot
+        start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as f:
+        total = float(f.read().split()[0]) - start_ticks / os.sysconf("SC_CLK_TCK")
+    imports = max(total - (now - started), 0.0)
+    entry = {"argv": sys.argv[1:], "module": sys.argv[0], "total_s": round(total, 2),
+             "start_imports_s": round(imports, 2), "ray_start_s": round(launch.ray_start_s, 2),
+             "work_s": round(now - started - launch.ray_start_s, 2)}
+    with open(path, "a") as f:
+        f.write(json.dumps(entry) + "\n")
 
 
 def quiet_third_parties() -> None:

@@ -10,6 +10,7 @@ on one laptop, one process already uses every core through intra-op threads.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ class TuneReport:
 
 
 PROBE_TIMEOUT_S = 10.0
+ray_start_s = 0.0  # seconds this process spent in init_ray (the stage profile reports it)
 
 
 def probe_address(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
@@ -80,6 +82,8 @@ def init_ray(num_cpus: int = 0) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    global ray_start_s
+    t0 = time.perf_counter()
     address = os.environ.get("RAY_ADDRESS")
     if address:
         probe_address(address)
@@ -92,6 +96,8 @@ def init_ray(num_cpus: int = 0) -> None:
     except ConnectionError as exc:
         raise ConnectionError(f"cannot reach the Ray cluster at RAY_ADDRESS={address!r} ({exc}); "
                               f"start it (`ray start --head`) or unset RAY_ADDRESS to run locally") from None
+    finally:
+        ray_start_s += time.perf_counter() - t0
 
 
 def root_cause(exc: BaseException) -> BaseException:
