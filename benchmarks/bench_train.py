@@ -5,7 +5,7 @@ Ray Train the per-epoch report + checkpoint hand-off).
 
     python benchmarks/bench_train.py --epochs 200      # ~60 s per path on 2 cores
 
-Needs the digits shards (`dvc repro preprocess@digits`). Run nothing else meanwhile:
+Needs the digits shards (`dvc repro preprocess-digits`). Run nothing else meanwhile:
 PyTorch threads from two processes sharing 2 cores slow each other down many times over.
 """
 

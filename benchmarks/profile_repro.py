@@ -8,6 +8,8 @@ the stage's own work, and the rest (Ray and interpreter shutdown, DVC hashing an
     python benchmarks/profile_repro.py                 # the committed HEAD, ~10 min on 2 cores
     python benchmarks/profile_repro.py --keep /tmp/p   # keep the clone (then: dvc status there)
     python benchmarks/profile_repro.py --json out.json # also write the rows
+    python benchmarks/profile_repro.py --here          # in this checkout (cold only if it has no
+                                                       # data/, models/, .runs/ or mlflow.db yet)
 
 Run nothing else meanwhile: two processes on 2 cores slow each other down.
 """
@@ -79,10 +81,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", type=Path, help="clone here and keep it (must not exist)")
     parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument("--here", action="store_true", help="run in this checkout instead of a clone")
     args = parser.parse_args()
-    clone = args.keep or Path(tempfile.mkdtemp(prefix="m7-profile-")) / "repo"
-    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
-    profile = clone.parent / f"{clone.name}-profile.jsonl"
+    if args.here:
+        clone = REPO
+    else:
+        clone = args.keep or Path(tempfile.mkdtemp(prefix="m7-profile-")) / "repo"
+        subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    profile = Path(tempfile.mkdtemp(prefix="m7-profile-")) / "profile.jsonl"
     profile.unlink(missing_ok=True)
     try:
         spans, total, code = repro(clone, profile)
@@ -95,7 +101,8 @@ def main() -> None:
         if code:
             raise SystemExit(f"dvc repro failed with exit code {code}")
     finally:
-        if not args.keep:
+        shutil.rmtree(profile.parent, ignore_errors=True)
+        if not args.keep and not args.here:
             shutil.rmtree(clone.parent, ignore_errors=True)
 
 

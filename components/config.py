@@ -237,6 +237,10 @@ class TrainConfig:
     grad_clip: float = field(default=0.0, metadata=bounds(ge=0))  # 0 = off
     label_smoothing: float = field(default=0.0, metadata=bounds(ge=0, lt=1))
     log_every: int = field(default=10, metadata=bounds(ge=1))  # steps between logged rows
+    # Validate after epoch 0, every val_every-th epoch after it and the last one: a family whose
+    # val metric costs more than its epoch (sampling for FID) validates less often. Tune trials
+    # validate every epoch (early stopping compares each one).
+    val_every: int = field(default=1, metadata=bounds(ge=1))
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     model: Any = None  # the family's Config dataclass, parsed by train_config()
@@ -316,21 +320,30 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     return data
 
 
-def load_all(raw: dict[str, Any]) -> Params:
-    """Validate every section of params.yaml, so a typo anywhere fails before any work."""
+def load_all(raw: dict[str, Any], algorithms: list[str] | None = None, datasets: list[str] | None = None) -> Params:
+    """Validate params.yaml: its structure, and the sections of ``algorithms`` and ``datasets``
+    in full (default: every one, so a typo anywhere fails before any work).
+
+    A full check imports every family and dataset module to parse their sections (seconds of
+    start-up), so a stage checks the whole file's shape and in full only what it reads; the
+    first stage of every cold ``dvc repro`` (ingest) checks everything.
+    """
     from components.models import (
         get_family,  # registry imports models; keep config import-light
     )
 
     params = parse(Params, raw, "params")
     for name, algo in params.algorithms.items():
-        get_family(algo.family or name, path=f"algorithms.{name}" + (".family" if algo.family else ""))
         if algo.dataset not in params.data:
             raise ConfigError(f"data.{algo.dataset}: algorithms.{name} uses it but the section is missing")
+        if algorithms is not None and name not in algorithms:
+            continue
+        get_family(algo.family or name, path=f"algorithms.{name}" + (".family" if algo.family else ""))
         train_config(raw, name)
         tune_config(raw, name)
     for name in params.data:
-        dataset_config(raw, name)
+        if datasets is None or name in datasets:
+            dataset_config(raw, name)
     return params
 
 

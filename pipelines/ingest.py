@@ -14,7 +14,7 @@ from pipelines.layout import load, run_stage, stage_args
 
 def main() -> None:
     args = stage_args(__doc__, with_algo=False, with_dataset=True)
-    raw, layout = load(args)
+    raw, layout = load(args, everything=True)  # the first stage of a cold repro: a typo anywhere stops it
     cfg = dataset_config(raw, args.dataset)
     out = layout.raw(args.dataset)
     with written_whole(out) as tmp:

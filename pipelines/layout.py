@@ -65,10 +65,21 @@ def stage_args(description: str, with_algo: bool = True, with_dataset: bool = Fa
     return parser.parse_args()
 
 
-def load(args: argparse.Namespace) -> tuple[dict, Layout]:
-    """Read and validate all of params.yaml; a bad value stops the stage before any work."""
+def load(args: argparse.Namespace, everything: bool = False) -> tuple[dict, Layout]:
+    """Read params.yaml and validate what the stage reads (``everything``: every section); a bad
+    value stops the stage before any work."""
     raw = load_params(args.params)
-    load_all(raw)
+    algo = getattr(args, "algo", None)
+    if everything:
+        load_all(raw)
+    elif algo is not None:
+        entry = (raw.get("algorithms") or {}).get(algo)
+        if not isinstance(entry, dict):
+            raise ConfigError(f"algorithms.{algo}: no such algorithm in {args.params}; "
+                              f"valid: {sorted(raw.get('algorithms') or {})}")
+        load_all(raw, algorithms=[algo], datasets=[entry.get("dataset")])
+    else:
+        load_all(raw, algorithms=[], datasets=[args.dataset])
     return raw, Layout(Path(args.params).resolve().parent)
 
 
@@ -94,8 +105,8 @@ def run_stage(main) -> None:
 def _profile_line(path: str, started: float) -> None:
     import json
 
-    from components.training import launch
-
+    launch = sys.modules.get("components.training.launch")  # imported only by stages that start Ray
+    ray_s = getattr(launch, "ray_start_s", 0.0)
     now = time.perf_counter()
     with open(f"/proc/{os.getpid()}/stat") as f:  # field 22: start time in clock ticks after boot
         start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
@@ -103,8 +114,8 @@ def _profile_line(path: str, started: float) -> None:
         total = float(f.read().split()[0]) - start_ticks / os.sysconf("SC_CLK_TCK")
     imports = max(total - (now - started), 0.0)
     entry = {"argv": sys.argv[1:], "module": sys.argv[0], "total_s": round(total, 2),
-             "start_imports_s": round(imports, 2), "ray_start_s": round(launch.ray_start_s, 2),
-             "work_s": round(now - started - launch.ray_start_s, 2)}
+             "start_imports_s": round(imports, 2), "ray_start_s": round(ray_s, 2),
+             "work_s": round(now - started - ray_s, 2)}
     with open(path, "a") as f:
         f.write(json.dumps(entry) + "\n")
 

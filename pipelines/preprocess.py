@@ -17,7 +17,7 @@ def main() -> None:
     raw, layout = load(args)
     cfg = dataset_config(raw, args.dataset)
     raw_dir = layout.raw(args.dataset)
-    manifest = verify_manifest(raw_dir, fix=f"re-create it with `dvc repro --force ingest@{args.dataset}`")
+    manifest = verify_manifest(raw_dir, fix=f"re-create it with `dvc repro --force ingest-{args.dataset}`")
     out = layout.shards(args.dataset)
     with written_whole(out) as tmp:
         stats = dataset_module(raw, args.dataset).preprocess(cfg, raw_dir, tmp, manifest)

@@ -22,7 +22,7 @@ from components.training import launch
 from components.training.loop import EPOCHS, HISTORY, TrainingDiverged, read_rows
 from components.training.progress import Progress
 from components.training.storage import written_whole
-from pipelines import lineage
+from pipelines import dag, lineage
 from pipelines.layout import load, quiet_third_parties, run_stage, stage_args
 
 
@@ -40,9 +40,8 @@ def main() -> None:
     runtime = runtime_config(raw)
     storage = layout.storage_root(runtime.storage_root)
     worker_shards = layout.worker_shards(dataset, data_version, runtime.storage_root)
-    # The train stage's code deps (dvc.yaml): resuming is for interrupted runs of the same code.
-    code = lineage.code_version(layout.root, ["pipelines/train.py", f"components/models/{fname}.py",
-                                              "components/models/common.py", "components/training", "components/data"])
+    # The stage's code deps, as dvc.yaml lists them: resuming is for interrupted runs of the same code.
+    code = lineage.code_version(layout.root, dag.code_deps("train", raw, algo, layout.root))
     key = lineage.run_key(algo, to_dict(cfg), data_version, code)
     run_dir = f"{storage}/runs/{algo}/train-{key}"
 
@@ -81,8 +80,8 @@ def main() -> None:
         # One table per curve (step, value): dvc.yaml plots the directory with x = step, y = the last column.
         for col in (k for k in (steps[0] if steps else {}) if k not in ("step", "epoch")):
             lineage.write_csv(plot_dir / f"{col}.csv", [{"step": r["step"], col: r[col]} for r in steps if col in r])
-        for col in (k for k in (epochs[0] if epochs else {}) if k.startswith("val_")):
-            lineage.write_csv(plot_dir / f"{col}.csv", [{"step": e["step"], col: e[col]} for e in epochs])
+        for col in (k for k in (epochs[0] if epochs else {}) if k.startswith("val_")):  # epoch 0 validates
+            lineage.write_csv(plot_dir / f"{col}.csv", [{"step": e["step"], col: e[col]} for e in epochs if col in e])
         plots.save(plots.training_curves(steps, epochs, f"{algo}: train", [family.VAL_METRIC, "val_accuracy"]),
                    plot_dir / "curves.png")
         client.log_artifact(run.info.run_id, str(plot_dir / "curves.png"))

@@ -107,7 +107,7 @@ def main() -> None:
     family = get_family(fname)
     metric, mode = family.VAL_METRIC, family.VAL_MODE  # what ASHA compares after every epoch
     sign = 1.0 if mode == "max" else -1.0
-    base = {**to_dict(cfg), "epochs": tcfg.epochs}
+    base = {**to_dict(cfg), "epochs": tcfg.epochs, "val_every": 1}  # ASHA compares every epoch
     dataset = raw["algorithms"][algo]["dataset"]
     shard_dir = layout.shards(dataset)
     data_version = lineage.data_version(shard_dir)

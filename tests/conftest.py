@@ -83,8 +83,10 @@ def copy_project(root: Path, params: dict, with_dvc: bool = False) -> Path:
 
     for name in ("components", "pipelines"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    if with_dvc:
-        for name in ("dvc.yaml", ".gitignore"):
-            shutil.copy(REPO / name, root / name)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if with_dvc:  # the DAG of these params, written by the code that writes the repository's own
+        from pipelines import dag
+
+        shutil.copy(REPO / ".gitignore", root / ".gitignore")
+        (root / "dvc.yaml").write_text(dag.render(params, root))
     return root

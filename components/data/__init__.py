@@ -11,22 +11,24 @@ a tokenizer, fitted on the train split only).
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 
 from components.config import ConfigError
-from components.data import captions, digits, graphs, translation
 
-DATASETS: dict[str, ModuleType] = {
-    "digits": digits,
-    "translation": translation,
-    "graphs": graphs,
-    "captions": captions,
+# Name -> module, imported when asked for: a stage loads only the dataset module it runs.
+DATASETS: dict[str, str] = {
+    "digits": "components.data.digits",
+    "translation": "components.data.translation",
+    "graphs": "components.data.graphs",
+    "captions": "components.data.captions",
 }
 
 
 def get_dataset(name: str, path: str = "dataset") -> ModuleType:
     """The dataset module registered as ``name``; an unknown name lists the valid ones."""
     try:
-        return DATASETS[name]
+        module = DATASETS[name]
     except KeyError:
         raise ConfigError(f"{path}: unknown dataset {name!r}; valid: {sorted(DATASETS)}") from None
+    return importlib.import_module(module)

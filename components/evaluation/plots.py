@@ -41,7 +41,8 @@ def training_curves(steps: Sequence[dict], epochs: Sequence[dict], title: str,
             if pts:
                 ax.plot(*zip(*pts), "o-" if rows is epochs else "-", lw=0.8, ms=3, label=k)
         if name == "loss" and epochs and "val_loss" in epochs[0]:
-            ax.plot(e_step, [r["val_loss"] for r in epochs], "o-", ms=3, label="val_loss (epoch)")
+            ax.plot(*zip(*[(x, r["val_loss"]) for x, r in zip(e_step, epochs) if "val_loss" in r]), "o-", ms=3,
+                    label="val_loss (epoch)")
         values = [r[k] for r in steps for k in losses if k in r]
         if name == "loss" and values and min(values) > 0:
             ax.set_yscale("log")

@@ -262,7 +262,7 @@ def class_embeddings(model: CLIP, class_names: list[str], templates: list[str]) 
     """(classes, d): per class, the normalised mean of its prompts' normalised text embeddings
     (the prompt ensemble of Radford et al. 2021, section 3.1.4)."""
     prompts = [t.format(digit=name) for name in class_names for t in templates]
-    emb = model.encode_text(_tokens(model, prompts)).view(len(class_names), len(templates), -1)
+    emb = _embed_texts(model, _tokens(model, prompts)).view(len(class_names), len(templates), -1)
     return F.normalize(emb.mean(1), dim=-1)
 
 
@@ -278,15 +278,24 @@ def _read_split(shard_dir: str, split: str) -> tuple[torch.Tensor, torch.Tensor,
     return images, tokens, torch.cat([b[2] for b in batches]).numpy(), [c for b in batches for c in b[3]]
 
 
+# Evaluation embeds on the model's device (the GPU, while training on one) and hands back CPU
+# float32, which the metrics (numpy, scikit-learn) read.
 @torch.no_grad()
 def _embed_images(model: CLIP, images: torch.Tensor) -> torch.Tensor:
-    return torch.cat([model.encode_image(chunk) for chunk in images.split(512)])
+    device = next(model.parameters()).device
+    return torch.cat([model.encode_image(chunk.to(device)).float().cpu() for chunk in images.split(512)])
+
+
+@torch.no_grad()
+def _embed_texts(model: CLIP, tokens: torch.Tensor) -> torch.Tensor:
+    device = next(model.parameters()).device
+    return model.encode_text(tokens.to(device)).float().cpu()
 
 
 def zero_shot(model: CLIP, image_emb: torch.Tensor, cfg: Config) -> np.ndarray:
     """Class probabilities of each image against the class prompts (softmax of scaled cosines)."""
     classes = class_embeddings(model, cfg.class_names, cfg.zero_shot_templates)
-    return torch.softmax(model.scale() * image_emb @ classes.T, 1).numpy()
+    return torch.softmax(model.scale().cpu() * image_emb @ classes.T, 1).numpy()
 
 
 def recall_at(similarity: np.ndarray, relevant: np.ndarray, ks=(1, 5, 10)) -> dict[int, float]:
@@ -302,7 +311,7 @@ def validate(model: CLIP, cfg: Config, data_dir) -> dict[str, float]:
     model.eval()
     images, tokens, labels, _ = _read_split(str(data_dir), "val")
     image = _embed_images(model, images)
-    loss, _ = contrastive_loss(image, model.encode_text(tokens[:, 0]), model.scale())
+    loss, _ = contrastive_loss(image, _embed_texts(model, tokens[:, 0]), model.scale().cpu())
     out = {"loss": float(loss), "logit_scale": float(model.scale())}
     if cfg.class_names and cfg.zero_shot_templates and (labels >= 0).all():
         out["zero_shot_accuracy"] = float((zero_shot(model, image, cfg).argmax(1) == labels).mean())
@@ -320,8 +329,8 @@ def evaluate(model: CLIP, cfg: Config, shard_dir, split: str, detail: bool = Tru
     model.eval()
     images, tokens, labels, captions = _read_split(str(shard_dir), split)
     image = _embed_images(model, images)
-    text = model.encode_text(tokens[:, 0])
-    loss, _ = contrastive_loss(image, text, model.scale())
+    text = _embed_texts(model, tokens[:, 0])
+    loss, _ = contrastive_loss(image, text, model.scale().cpu())
     result: dict[str, Any] = {"loss": float(loss), "logit_scale": float(model.scale()),
                               "temperature": 1 / float(model.scale()), "num_samples": len(labels)}
     # Many images share a caption ("a bold seven"): a retrieved item counts when its caption is the query's.

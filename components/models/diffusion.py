@@ -69,6 +69,9 @@ class Config:
     sampler: Literal["ddim", "ddpm"] = "ddim"
     eval_steps: int = field(default=50, metadata=bounds(ge=1))  # DDIM steps of the primary metric
     val_steps: int = field(default=10, metadata=bounds(ge=1))  # DDIM steps of the per-epoch val FID
+    # Samplers the test evaluation compares: "ddim<steps>" or "ddpm" (ancestral, all T steps;
+    # about 20x DDIM-50's time).
+    sweep: list[str] = field(default_factory=lambda: ["ddim10", "ddim50", "ddim250", "ddpm"])
     image_size: int = field(default=8, metadata=bounds(ge=4))
     in_channels: int = field(default=1, metadata=bounds(ge=1))
     num_classes: int = field(default=10, metadata=bounds(ge=2))
@@ -80,6 +83,9 @@ class Config:
             raise ConfigError(f"groups: GroupNorm needs width ({self.width}) divisible by groups ({self.groups})")
         if self.schedule == "linear" and self.beta_end <= self.beta_start:
             raise ConfigError(f"beta_end: must exceed beta_start ({self.beta_start}), got {self.beta_end}")
+        bad = [s for s in self.sweep if s != "ddpm" and not (s.startswith("ddim") and s[4:].isdigit() and int(s[4:]) > 0)]
+        if bad:
+            raise ConfigError(f"sweep: unknown sampler {bad}; use ddim<steps> (e.g. ddim50) or ddpm")
 
 
 # ------------------------------------------------------------------------------ the scheduler
@@ -363,13 +369,15 @@ def validate(model: Diffusion, cfg: Config, data_dir) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------ evaluate
 
-SAMPLER_GRID = (("ddim", 10), ("ddim", 50), ("ddim", 250), ("ddpm", 1000))
+def sampler_grid(cfg: Config) -> list[tuple[str, int]]:
+    """(sampler, steps) of each ``cfg.sweep`` entry; ancestral DDPM runs all T steps."""
+    return [("ddpm", cfg.timesteps) if s == "ddpm" else ("ddim", int(s[4:])) for s in cfg.sweep]
 
 
 def evaluate(model: Diffusion, cfg: Config, shard_dir, split: str, detail: bool = True) -> dict:
     """The evaluator's metrics (with floor and ceiling) for DDIM at ``eval_steps`` (the unprefixed
     metrics), a sample grid and a denoising trajectory; with ``detail`` on test also every sampler
-    of ``SAMPLER_GRID`` (``ddim10_fid``..., ancestral DDPM runs all T steps) and the unguided
+    of ``cfg.sweep`` (``ddim10_fid``..., ancestral DDPM runs all T steps) and the unguided
     class accuracy."""
     from components.evaluation import generative
 
@@ -385,7 +393,7 @@ def evaluate(model: Diffusion, cfg: Config, shard_dir, split: str, detail: bool 
         return result
     if detail:
         quality = []
-        for sampler, steps in SAMPLER_GRID:
+        for sampler, steps in sampler_grid(cfg):
             scores = score(steps=steps, sampler=sampler)
             key = f"{sampler}{steps if sampler == 'ddim' else ''}"
             result.update({f"{key}_{m}": scores[m] for m in ("fid", "kid", "precision", "recall", "coverage")})

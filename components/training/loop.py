@@ -21,6 +21,10 @@ sets ``all_ranks = True``), and optionally
     distributed: True inside a Ray Train worker group or local mode (uses ray.train's context).
     hooks: list of hook objects.
     max_epochs: optional cap below ``train.epochs`` (the schedule still spans ``train.epochs``).
+    single_thread: run torch on one thread (a tune trial sharing the machine's cores with others).
+
+An epoch's metrics carry ``val_*`` on the epochs it validates: epoch 0, every ``val_every``-th
+and the last (the one a run exports).
 
 What one optimisation step does is a ``Step`` object: ``SupervisedStep`` (one optimizer, one
 schedule, a loss from ``family.training_step``) unless the family brings its own
@@ -252,7 +256,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
                 rows.append({"step": step, "epoch": epoch, **log})
         elapsed = time.perf_counter() - t0
         train_totals = ctx.all_reduce(torch.tensor([sums["loss"], sums["correct"], sums["count"]], dtype=torch.float64))
-        val = validate()
+        val = validate() if epoch % cfg.val_every == 0 or epoch == max_epochs - 1 else {}
         count = max(train_totals[2].item(), 1)
         metrics = {
             "epoch": epoch, "step": step, "lr": log.get("lr", 0.0),

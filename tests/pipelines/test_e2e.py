@@ -49,7 +49,8 @@ def tiny_params() -> dict:
     params["tune"]["vae"]["space"]["schedule"] = ["cosine", "onecycle"]
     t = params["train"]["diffusion"]
     t.update(epochs=3)
-    t["model"].update(width=16, groups=4, timesteps=100, eval_steps=10, val_steps=4)
+    t["model"].update(width=16, groups=4, timesteps=100, eval_steps=10, val_steps=4,
+                      sweep=["ddim10", "ddim50", "ddim250", "ddpm"])
     params["tune"]["diffusion"].update(samples_per_schedule=1, epochs=1, grace_period=1)
     params["tune"]["diffusion"]["space"]["schedule"] = ["cosine", "linear"]
     # GNN: node classification as a 2-worker DDP job on neighbour-sampled mini-batches. Graph
@@ -117,8 +118,8 @@ def mlflow_client(root: Path):
 
 def test_repro_runs_all_six_stages_and_writes_metrics(project):
     root, env, first = project
-    for stage in ("ingest@digits", "preprocess@digits", "train@resnet", "tune@resnet", "evaluate@resnet",
-                  "register@resnet"):
+    for stage in ("ingest-digits", "preprocess-digits", "train-resnet", "tune-resnet", "evaluate-resnet",
+                  "register-resnet"):
         assert f"Running stage '{stage}'" in first.stdout
     assert "2 worker(s) (DDP)" in first.stdout
     ev = json.loads((root / "metrics/eval/resnet.json").read_text())
@@ -134,8 +135,8 @@ def test_repro_runs_all_six_stages_and_writes_metrics(project):
 
 def test_repro_runs_the_transformer_through_the_same_stages(project):
     root, env, first = project
-    for stage in ("ingest@translation", "preprocess@translation", "train@transformer", "tune@transformer",
-                  "evaluate@transformer", "register@transformer"):
+    for stage in ("ingest-translation", "preprocess-translation", "train-transformer", "tune-transformer",
+                  "evaluate-transformer", "register-transformer"):
         assert f"Running stage '{stage}'" in first.stdout
     ev = json.loads((root / "metrics/eval/transformer.json").read_text())
     assert ev["primary_metric"] == "exact_match" and ev["selected"] in ("train", "tune")
@@ -174,7 +175,7 @@ def test_transformer_champion_translates_raw_strings_in_a_fresh_process(project)
 
 def test_repro_runs_the_gan_and_scores_it_with_floor_and_ceiling(project):
     root, env, first = project
-    for stage in ("train@gan", "tune@gan", "evaluate@gan", "register@gan"):
+    for stage in ("train-gan", "tune-gan", "evaluate-gan", "register-gan"):
         assert f"Running stage '{stage}'" in first.stdout
     stats = json.loads((root / "data/shards/digits/stats.json").read_text())
     assert stats["evaluator"]["accuracy"]["test"] > 0.9 and (root / "data/shards/digits/evaluator/model.safetensors").exists()
@@ -212,7 +213,7 @@ def test_gan_champion_generates_seeded_images_in_a_fresh_process(project):
 
 def test_repro_runs_the_vae_and_reports_its_bounds_in_nats(project):
     root, env, first = project
-    for stage in ("train@vae", "tune@vae", "evaluate@vae", "register@vae"):
+    for stage in ("train-vae", "tune-vae", "evaluate-vae", "register-vae"):
         assert f"Running stage '{stage}'" in first.stdout
     ev = json.loads((root / "metrics/eval/vae.json").read_text())
     assert ev["primary_metric"] == "iwae" and ev["mode"] == "max"
@@ -245,7 +246,7 @@ def test_vae_champion_encodes_decodes_and_samples_in_a_fresh_process(project):
 
 def test_repro_runs_diffusion_with_its_sampler_sweep(project):
     root, env, first = project
-    for stage in ("train@diffusion", "tune@diffusion", "evaluate@diffusion", "register@diffusion"):
+    for stage in ("train-diffusion", "tune-diffusion", "evaluate-diffusion", "register-diffusion"):
         assert f"Running stage '{stage}'" in first.stdout
     ev = json.loads((root / "metrics/eval/diffusion.json").read_text())
     assert ev["primary_metric"] == "fid" and ev["selected"] in ("train", "tune")
@@ -279,7 +280,7 @@ def test_diffusion_champion_samples_with_sampler_params_in_a_fresh_process(proje
 
 def test_repro_runs_the_gnn_as_a_ddp_job_on_sampled_neighbourhoods(project):
     root, env, first = project
-    for stage in ("ingest@community", "preprocess@community", "train@gnn", "tune@gnn", "evaluate@gnn", "register@gnn"):
+    for stage in ("ingest-community", "preprocess-community", "train-gnn", "tune-gnn", "evaluate-gnn", "register-gnn"):
         assert f"Running stage '{stage}'" in first.stdout
     assert "train gnn: 20 epochs, 2 worker(s) (DDP)" in first.stdout
     node = json.loads((root / "metrics/eval/gnn.json").read_text())
@@ -314,8 +315,8 @@ def test_gnn_champion_scores_nodes_in_a_fresh_process(project):
 
 def test_repro_runs_clip_as_a_ddp_job_and_classifies_zero_shot(project):
     root, env, first = project
-    for stage in ("ingest@captioned_digits", "preprocess@captioned_digits", "train@clip", "tune@clip",
-                  "evaluate@clip", "register@clip"):
+    for stage in ("ingest-captioned_digits", "preprocess-captioned_digits", "train-clip", "tune-clip",
+                  "evaluate-clip", "register-clip"):
         assert f"Running stage '{stage}'" in first.stdout
     assert "train clip: 6 epochs, 2 worker(s) (DDP)" in first.stdout
     ev = json.loads((root / "metrics/eval/clip.json").read_text())
@@ -437,9 +438,9 @@ def test_exp_run_with_new_lr_reruns_only_train_and_after(project):
     root, env, _ = project
     proc = run(["dvc", "exp", "run", "-S", "train.resnet.lr=0.05", "-S", "train.resnet.num_workers=0"], root, env)
     out = proc.stdout
-    for stage in ("train@resnet", "tune@resnet", "evaluate@resnet", "register@resnet"):
+    for stage in ("train-resnet", "tune-resnet", "evaluate-resnet", "register-resnet"):
         assert f"Running stage '{stage}'" in out
-    for stage in ("ingest@digits", "preprocess@digits"):
+    for stage in ("ingest-digits", "preprocess-digits"):
         assert f"Running stage '{stage}'" not in out
     assert "local mode" in out
     client = mlflow_client(root)

@@ -51,7 +51,7 @@ class Killer(threading.Thread):
     def __init__(self, run_dir: Path, uri: str, run_id: str):
         super().__init__(daemon=True)
         self.run_dir, self.client, self.run_id = run_dir, MlflowClient(uri), run_id
-        self.killed, self.epochs_done_at_kill = None, None
+        self.killed, self.epochs_done_at_kill, self.checkpoint_at_kill = None, None, None
 
     def run(self) -> None:
         deadline = time.time() + 300
@@ -63,6 +63,8 @@ class Killer(threading.Thread):
                 if workers:
                     victim = workers[-1]
                     self.epochs_done_at_kill = len(read_rows(str(self.run_dir / EPOCHS)))
+                    latest = ckpt.latest(str(self.run_dir / "checkpoints"))
+                    self.checkpoint_at_kill = ckpt.epoch_of(latest) if latest else -1
                     victim.send_signal(signal.SIGKILL)
                     self.killed = victim.pid
                 return
@@ -98,13 +100,17 @@ def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_last_epoch(dig
     resumed = tracked_fit(tmp_path, tracking_store, run_id, digits_shards, "killed", max_failures=1)
     killer.join(timeout=10)
     assert killer.killed is not None, "no RayTrainWorker process was found to kill"
-    assert killer.epochs_done_at_kill == 1  # killed inside epoch 1
-
-    # Ray Train replaced the group once and the run resumed after epoch 0 (from Ray's checkpoint or
-    # the run directory's, whichever is newer): the repeated work is the part of epoch 1 done
-    # before the kill, less than one epoch.
+    # When the kill lands depends on the machine's speed (a slow one may be an epoch further on),
+    # so the test asserts the invariant: the run was killed mid-run, Ray Train replaced the group
+    # once, and the run resumed after the last complete checkpoint at the time of the kill (from
+    # Ray's or the run directory's, whichever is newer; one written in the instant before the
+    # kill counts too), so at most the epoch in flight and one finished epoch are repeated.
+    done, saved = killer.epochs_done_at_kill, killer.checkpoint_at_kill
+    assert 1 <= done < EPOCHS_RUN, f"the kill landed after {done} of {EPOCHS_RUN} epochs"
     resumes = read_rows(str(tmp_path / "killed" / RESUMES))
-    assert [r["from_epoch"] for r in resumes] == [0] and resumes[0]["source"] in ("ray", "run_dir")
+    assert len(resumes) == 1 and resumes[0]["source"] in ("ray", "run_dir"), resumes
+    assert max(saved, 0) <= resumes[0]["from_epoch"] <= done - 1 and done - 1 - resumes[0]["from_epoch"] <= 1, \
+        (resumes, done, saved)
     assert [e["epoch"] for e in read_rows(str(tmp_path / "killed" / EPOCHS))] == list(range(EPOCHS_RUN))
     steps = [r["step"] for r in read_rows(str(tmp_path / "killed" / HISTORY))]
     assert steps == [r["step"] for r in read_rows(str(tmp_path / "uninterrupted" / HISTORY))]
@@ -147,7 +153,7 @@ def test_ctrl_c_during_train_leaves_no_half_output_and_repro_resumes(tmp_path, r
     params["train"]["resnet"].update(epochs=30, num_workers=0)
     env = git_dvc_project(tmp_path, params)
 
-    proc = subprocess.Popen(["dvc", "repro", "train@resnet"], cwd=tmp_path, env=env, start_new_session=True,
+    proc = subprocess.Popen(["dvc", "repro", "train-resnet"], cwd=tmp_path, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     epochs_file = None
@@ -173,17 +179,17 @@ def test_ctrl_c_during_train_leaves_no_half_output_and_repro_resumes(tmp_path, r
     assert not (tmp_path / "models" / "resnet" / "train").exists()
     assert not (tmp_path / "metrics" / "train" / "resnet.json").exists()
     assert debris(tmp_path) == []
-    assert "train@resnet" not in (tmp_path / "dvc.lock").read_text()
+    assert "train-resnet" not in (tmp_path / "dvc.lock").read_text()
     assert (tmp_path / "data" / "shards" / "digits" / "stats.json").exists()  # earlier stages kept
 
-    again = subprocess.run(["dvc", "repro", "train@resnet"], cwd=tmp_path, env=env, capture_output=True, text=True,
+    again = subprocess.run(["dvc", "repro", "train-resnet"], cwd=tmp_path, env=env, capture_output=True, text=True,
                            timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert f"resuming after epoch {resume_after} of 30" in again.stdout, again.stdout[-3000:]
-    assert "Running stage 'preprocess@digits'" not in again.stdout  # finished stages are not redone
+    assert "Running stage 'preprocess-digits'" not in again.stdout  # finished stages are not redone
     epochs = [e["epoch"] for e in read_rows(str(epochs_file))]
     assert epochs == list(range(30))  # every epoch once: the interrupted one was truncated and redone
     assert sorted(p.name for p in (tmp_path / "models" / "resnet" / "train").iterdir()) == ["config.json",
                                                                                             "model.safetensors"]
-    status = subprocess.run(["dvc", "status", "train@resnet"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    status = subprocess.run(["dvc", "status", "train-resnet"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert "up to date" in status.stdout, status.stdout

@@ -1,0 +1,99 @@
+"""dvc.yaml is derived from the code's imports, and `dvc status` then names exactly the stages
+whose code changed (real DVC in a temporary repository)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from pipelines import dag
+from tests.conftest import REPO, copy_project
+
+PER_ALGO = ("train", "tune", "evaluate", "register")
+
+
+def test_dvc_yaml_is_what_the_dag_module_writes(repo_params):
+    assert (REPO / "dvc.yaml").read_text() == dag.render(repo_params), \
+        "dvc.yaml is out of date: run `python -m pipelines.dag` and commit it"
+
+
+def test_closure_follows_function_level_imports_and_enters_registries_by_name(repo_params):
+    deps = {(stage, algo): set(dag.code_deps(stage, repo_params, algo)) for stage in PER_ALGO
+            for algo in ("resnet", "gan", "clip")}
+    for files in deps.values():  # reached only through imports inside functions, or shared by all
+        assert {"components/config.py", "components/models/__init__.py", "components/data/__init__.py"} <= files
+    assert "components/models/resnet.py" in deps["train", "clip"]  # CLIP's ResNet image tower
+    assert "components/evaluation/generative.py" in deps["train", "gan"]  # val FID every epoch
+    assert "components/models/gan.py" not in deps["train", "resnet"]  # other families stay out
+    assert "components/models/clip.py" not in deps["train", "resnet"]
+    assert {"components/models/gan.py", "components/serving.py", "components/pyfunc_entry.py"} <= deps["register", "gan"]
+    ingest = set(dag.code_deps("ingest", repo_params, "translation"))
+    assert "components/data/translation.py" in ingest and "components/data/digits.py" not in ingest
+
+
+def test_closure_ignores_type_checking_imports_and_resolves_relative_ones(tmp_path):
+    pkg = tmp_path / "components"
+    (pkg / "sub").mkdir(parents=True)
+    for name in ("__init__.py", "sub/__init__.py", "sub/b.py", "c.py", "d.py"):
+        (pkg / name).write_text("")
+    (pkg / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from components import d\n"
+                              "def f():\n    from .sub import b\n    import components.c\n")
+    assert dag.closure(["components.a"], tmp_path) == [
+        "components/__init__.py", "components/a.py", "components/c.py", "components/sub/__init__.py",
+        "components/sub/b.py"]
+
+
+def _fake_outputs(root: Path, stages: dict) -> None:
+    """Stand-ins for every stage output, so `dvc commit` can record the DAG without running it."""
+    for stage in stages.values():
+        for key in ("outs", "metrics", "plots"):
+            for entry in stage.get(key, []):
+                path = root / (entry if isinstance(entry, str) else next(iter(entry)))
+                if path.suffix in (".json", ".csv", ".png"):
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text("{}" if path.suffix == ".json" else "x")
+                else:
+                    path.mkdir(parents=True, exist_ok=True)
+                    (path / "placeholder").write_text("x")
+
+
+def _changed(root: Path) -> set[str]:
+    out = subprocess.run(["dvc", "status", "--json"], cwd=root, capture_output=True, text=True, check=True).stdout
+    return set(json.loads(out))
+
+
+def test_dvc_status_reports_exactly_the_stages_whose_code_changed(tmp_path, repo_params):
+    root = copy_project(tmp_path / "repo", repo_params, with_dvc=True)
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    _fake_outputs(root, stages)
+    for cmd in (["dvc", "init", "-q", "--no-scm"], ["dvc", "config", "core.analytics", "false"],
+                ["dvc", "commit", "-q", "-f"]):
+        subprocess.run(cmd, cwd=root, check=True, capture_output=True)
+    assert _changed(root) == set()
+
+    def edit(rel: str) -> set[str]:
+        path = root / rel
+        original = path.read_text()
+        path.write_text(original + "\n# edited\n")
+        try:
+            reported = _changed(root)
+        finally:
+            path.write_text(original)
+        # What DVC reports is what the DAG module derives: both read the same import closure.
+        assert reported == {name for name, s in stages.items() if rel in s["deps"]}, rel
+        return reported
+
+    # A family file: its own four stages, and CLIP's, whose image tower is the ResNet.
+    assert edit("components/models/resnet.py") == {f"{s}-{a}" for s in PER_ALGO for a in ("resnet", "clip")}
+    assert edit("components/models/gan.py") == {f"{s}-gan" for s in PER_ALGO}
+    # The generative evaluator: evaluate scores with it, and the GAN and diffusion train on its val FID.
+    generative = edit("components/evaluation/generative.py")
+    assert {f"train-{a}" for a in ("gan", "diffusion")} <= generative and "train-resnet" not in generative
+    # Shared code: every stage that runs it, each train stage included.
+    assert {f"train-{a}" for a in repo_params["algorithms"]} <= edit("components/config.py")
+    translation = edit("components/data/translation.py")
+    assert {"ingest-translation", "preprocess-translation", "train-transformer"} <= translation
+    assert "train-resnet" not in translation
