@@ -20,7 +20,10 @@ import yaml
 
 from tests.conftest import REPO, copy_project, free_port
 
-pytestmark = pytest.mark.e2e
+# The module's first test sets up the whole `dvc repro` (tens of stages, each a fresh process):
+# over 15 minutes on a slow 2-core machine, so the module gets a longer limit than the suite's.
+REPRO_TIMEOUT_S = 2400
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(REPRO_TIMEOUT_S)]
 
 
 def tiny_params() -> dict:
@@ -77,7 +80,7 @@ def tiny_params() -> dict:
 
 
 def run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=REPRO_TIMEOUT_S)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
