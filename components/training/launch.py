@@ -76,7 +76,7 @@ def probe_address(address: str, timeout: float = PROBE_TIMEOUT_S) -> None:
 
 
 def init_ray(num_cpus: int = 0) -> None:
-    """Connect to ``RAY_ADDRESS`` if set, else start a local Ray with ``num_cpus`` (0 = all)."""
+    """Connect to ``RAY_ADDRESS`` if set, else start a new local Ray with ``num_cpus`` (0 = all)."""
     import ray
 
     if ray.is_initialized():
@@ -96,7 +96,9 @@ def init_ray(num_cpus: int = 0) -> None:
         if address:
             ray.init(address=address, log_to_driver=True)
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count(), log_to_driver=True,
+            # "local": a new Ray of our own, never one found on this machine (`ray start`, another
+            # process's cluster): only RAY_ADDRESS points a stage at a cluster.
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), log_to_driver=True,
                      configure_logging=False)
     except ConnectionError as exc:
         raise ConnectionError(f"cannot reach the Ray cluster at RAY_ADDRESS={address!r} ({exc}); "
