@@ -38,10 +38,15 @@ def ddp_config(run_dir: Path, data_dir: Path, hooks: list) -> dict:
 
 
 def train_workers() -> list[psutil.Process]:
+    """This test's Ray Train workers: under the local Ray this process started (its raylet is a
+    child of ours), never those of another test's Ray running beside it (pytest -n)."""
     found = []
-    for p in psutil.process_iter(["cmdline"]):
-        if any("RayTrainWorker" in part for part in p.info["cmdline"] or []):
-            found.append(p)
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if any("RayTrainWorker" in part for part in p.cmdline()):
+                found.append(p)
+        except psutil.Error:  # exited meanwhile
+            continue
     return found
 
 
