@@ -36,8 +36,11 @@ def test_two_ray_workers_visit_every_sample_once_per_epoch(tmp_path):
 
     n = 157
     shards = numbered_shards(tmp_path / "shards", n, 20)
-    # Workers import this test module by name, so they need the repository on their path.
-    ray.init(num_cpus=2, configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), str(Path(__file__).parent)])}})
+    # Workers import this test module by name, so they need the repository on their path: a Ray
+    # of this test's own (an earlier test in this process may have left one running).
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), str(Path(__file__).parent)])}})
     try:
         TorchTrainer(record_epoch_loop,
                      train_loop_config={"shards": str(shards), "out": str(tmp_path), "loader_workers": 1},
