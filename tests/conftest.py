@@ -40,6 +40,31 @@ def numbered_shards(directory: Path, n: int, per_shard: int, split: str = "train
     return directory
 
 
+class Recorder:
+    """A training-loop hook that keeps every step row and every (epoch metrics, checkpoint dir)."""
+
+    all_ranks = False
+
+    def __init__(self):
+        self.rows, self.epochs = [], []
+
+    def on_step(self, rows):
+        self.rows += rows
+
+    def on_epoch(self, metrics, checkpoint_dir):
+        self.epochs.append((metrics, checkpoint_dir))
+
+
+def dataset_shards(params: dict, name: str, root: Path) -> Path:
+    """``data.<name>`` of ``params`` ingested and sharded as the pipeline does it; returns the shard dir."""
+    from components.config import dataset_config, dataset_module
+
+    cfg, module = dataset_config(params, name), dataset_module(params, name)
+    manifest = module.ingest(cfg, root / "raw")
+    module.preprocess(cfg, root / "raw", root / "shards", manifest)
+    return root / "shards"
+
+
 def graph_dataset(root: Path, **kw):
     """A graph dataset ingested and sharded as the pipeline does it; returns the shard dir."""
     from components.data import graphs

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.config import dataset_config, dataset_module, family_name, to_dict, train_config
+from components.config import family_name, to_dict, train_config
 from components.training.loop import train_loop_per_worker
+from tests.conftest import Recorder, dataset_shards
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -16,21 +17,10 @@ pytestmark = [pytest.mark.gpu,
 @pytest.mark.parametrize("algo", ["resnet", "transformer", "gan", "vae", "diffusion", "gnn", "gnn_graphs",
                                   "gnn_karate", "clip"])
 def test_one_epoch_on_the_gpu_in_bf16(algo, repo_params, tmp_path):
-    dataset = repo_params["algorithms"][algo]["dataset"]
-    cfg_data, module = dataset_config(repo_params, dataset), dataset_module(repo_params, dataset)
-    manifest = module.ingest(cfg_data, tmp_path / "raw")
-    module.preprocess(cfg_data, tmp_path / "raw", tmp_path / "shards", manifest)
+    shards = dataset_shards(repo_params, repo_params["algorithms"][algo]["dataset"], tmp_path)
     cfg = train_config(repo_params, algo)
     cfg.epochs, cfg.use_gpu, cfg.num_workers = 1, True, 0
-    epochs = []
-
-    class Rows:
-        def on_step(self, rows):
-            pass
-
-        def on_epoch(self, metrics, checkpoint_dir):
-            epochs.append(metrics)
-
+    rec = Recorder()
     train_loop_per_worker({"algo": algo, "family": family_name(repo_params, algo), "train": to_dict(cfg),
-                           "data_dir": str(tmp_path / "shards"), "run_dir": str(tmp_path / "run"), "hooks": [Rows()]})
-    assert len(epochs) == 1 and all(v == v for v in epochs[0].values())  # finished, nothing NaN
+                           "data_dir": str(shards), "run_dir": str(tmp_path / "run"), "hooks": [rec]})
+    assert len(rec.epochs) == 1 and all(v == v for v in rec.epochs[0][0].values())  # finished, nothing NaN

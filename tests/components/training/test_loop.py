@@ -14,6 +14,7 @@ from components.training.loop import (
     TrainingDiverged,
     train_loop_per_worker,
 )
+from tests.conftest import Recorder
 
 
 def tiny_train(epochs=2, **kw) -> dict:
@@ -21,19 +22,6 @@ def tiny_train(epochs=2, **kw) -> dict:
                       schedule=ScheduleConfig(name="cosine", warmup=0.1), **kw)
     cfg.model = resnet.Config(depth=8)
     return to_dict(cfg)
-
-
-class Recorder:
-    all_ranks = False
-
-    def __init__(self):
-        self.rows, self.epochs = [], []
-
-    def on_step(self, rows):
-        self.rows += rows
-
-    def on_epoch(self, metrics, checkpoint_dir):
-        self.epochs.append((metrics, checkpoint_dir))
 
 
 def test_trains_checkpoints_and_logs(digits_shards, tmp_path):

@@ -26,7 +26,8 @@ from components.training.loop import (
     read_rows,
     train_loop_per_worker,
 )
-from tests.components.training.test_loop import Recorder, tiny_train
+from tests.components.training.test_loop import tiny_train
+from tests.conftest import Recorder
 from tests.conftest import free_port
 
 
