@@ -12,6 +12,7 @@ PyTorch threads from two processes sharing 2 cores slow each other down many tim
 from __future__ import annotations
 
 import argparse
+import copy
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ import yaml
 
 from components import tracking
 from components.config import to_dict, train_config
-from components.data.shards import ShardDataset
+from components.data.shards import ShardDataset, read_stats
 from components.models import resnet
 from components.training import launch, optim, schedules
 
@@ -36,7 +37,7 @@ def plain_loop(cfg, shard_dir: Path) -> tuple[float, float]:
     val = list(ShardDataset(shard_dir, "val", batch_size=10_000))
     (x, y), (xv, yv) = train[0], val[0]
     torch.manual_seed(cfg.seed)
-    model = resnet.build(cfg.model)
+    model = resnet.build(resnet.bind(copy.deepcopy(cfg.model), read_stats(shard_dir), shard_dir))
     opt = optim.build(model, cfg.optimizer, cfg.lr)
     steps_per_epoch = -(-len(y) // cfg.batch_size)
     lr_at = schedules.build(cfg.schedule, cfg.lr, steps_per_epoch * cfg.epochs)
@@ -48,7 +49,7 @@ def plain_loop(cfg, shard_dir: Path) -> tuple[float, float]:
         for i in range(0, len(y), cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
             optim.set_lr(opt, lr_at(step))
-            loss = F.cross_entropy(model(resnet.random_shift(x[idx], cfg.model.augment_shift)), y[idx],
+            loss = F.cross_entropy(model(resnet.random_shift(x[idx], 1)), y[idx],
                                    label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from components.data import digits
+from components.data import images
 from components.data.shards import write_shards
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,9 +25,19 @@ def repo_params() -> dict:
 def digits_shards(tmp_path_factory) -> Path:
     """The real digits dataset, split and sharded as the pipeline does it (small shards)."""
     root = tmp_path_factory.mktemp("digits")
-    manifest = digits.ingest(digits.Config(samples_per_shard=64), root / "raw")
-    digits.preprocess(digits.Config(samples_per_shard=64), root / "raw", root / "shards", manifest)
+    cfg = images.Config(samples_per_shard=64)
+    images.preprocess(cfg, root / "raw", root / "shards", images.ingest(cfg, root / "raw"))
     return root / "shards"
+
+
+DIGITS_STATS = {"input_shape": [1, 8, 8], "num_classes": 10}  # what bind reads of the digits' stats.json
+
+
+def bound(model_cfg, stats: dict = DIGITS_STATS):
+    """An image family's model config with its sizes and classes taken from ``stats`` (digits)."""
+    from components.models.common import bind_images
+
+    return bind_images(model_cfg, stats, "test")
 
 
 def numbered_shards(directory: Path, n: int, per_shard: int, split: str = "train") -> Path:

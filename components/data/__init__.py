@@ -18,7 +18,7 @@ from components.config import ConfigError
 
 # Name -> module, imported when asked for: a stage loads only the dataset module it runs.
 DATASETS: dict[str, str] = {
-    "digits": "components.data.digits",
+    "images": "components.data.images",
     "translation": "components.data.translation",
     "graphs": "components.data.graphs",
     "captions": "components.data.captions",

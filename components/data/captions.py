@@ -36,13 +36,13 @@ from typing import Literal
 import numpy as np
 
 from components.config import ConfigError, bounds
-from components.data import digits
 from components.data.manifest import DataError, write_manifest
 from components.data.shards import write_shards
 from components.data.splits import SPLITS, stratified_split
 from components.data.tokenizer import BOS, EOS, Tokenizer, normalize
 
 TOKENIZER = "tokenizer.json"
+DIGITS_PIXEL_MAX = 16.0  # sklearn's digits are counts 0..16 of a 4x4 block
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 TRAIN_TEMPLATES = (
     "a {attrs} {digit}",
@@ -192,7 +192,7 @@ def ingest(cfg: Config, out_dir: Path) -> dict:
         from sklearn.datasets import load_digits
 
         bunch = load_digits()
-        images = (bunch.images.astype(np.float32) / digits.PIXEL_MAX)[:, None]
+        images = (bunch.images.astype(np.float32) / DIGITS_PIXEL_MAX)[:, None]
         labels = bunch.target.astype(np.int64)
         idx = stratified_split(labels, cfg.val_fraction, cfg.test_fraction, cfg.seed)
         splits = {k: (images[v], [], labels[v]) for k, v in idx.items()}

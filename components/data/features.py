@@ -43,6 +43,7 @@ class FeatureConfig:
     knn: int = field(default=5, metadata=bounds(ge=1))  # k of the k-NN balls (precision/recall/density/coverage)
     kid_subsets: int = field(default=20, metadata=bounds(ge=1))
     kid_subset_size: int = field(default=100, metadata=bounds(ge=2))
+    max_samples: int = field(default=10_000, metadata=bounds(ge=100))  # per split: a seeded subset of larger ones
 
 
 class FeatureNet(nn.Module):
@@ -142,7 +143,7 @@ def load(directory: Path) -> tuple[FeatureNet, dict, dict[str, np.ndarray]]:
     directory = Path(directory)
     if not (directory / WEIGHTS).exists():
         raise FileNotFoundError(f"{directory}: no evaluator here; it is written by the dataset's preprocess stage "
-                                f"(`dvc repro preprocess@<dataset>`), for image datasets only")
+                                f"(`dvc repro preprocess-<dataset>`), for image datasets only")
     meta = json.loads((directory / CONFIG).read_text())
     cfg = FeatureConfig(**meta["config"])
     net = FeatureNet(meta["in_channels"], meta["image_size"], meta["num_classes"], cfg.width, cfg.feature_dim)

@@ -12,10 +12,18 @@ Batches are tuples in field order: equal-shaped tensors are stacked, 1-D tensors
 different lengths are padded with 0 at the end (token id 0 is padding), ints become a
 long tensor and strings a list.
 
-Reading an epoch: the split's shard list is shuffled with ``(seed, epoch)`` (the same
-order on every rank), dealt to ranks round-robin, then to the rank's DataLoader workers
-round-robin; each worker shuffles its samples with ``(seed, epoch, rank, worker)``. Every
-sample is read exactly once per epoch over all ranks and workers.
+Reading an epoch streams: the split's shard list is shuffled with ``(seed, epoch)`` (the
+same order on every rank), dealt to ranks round-robin, then to the rank's DataLoader workers
+round-robin; each worker reads its shards one after the other, member by member, through a
+shuffle buffer of ``shuffle_buffer`` samples seeded by ``(seed, epoch, rank, worker)``. A
+worker holds at most the buffer plus the sample being read, whatever the dataset's size, and
+every sample is read exactly once per epoch over all ranks and workers. A shard's size is
+checked before it is opened and its sha256 computed as its bytes stream past: a corrupt shard
+fails at its end, naming it, without hashing every shard before the first batch.
+
+Images stay encoded in the shards (``jpg``/``png``/``webp`` bytes, or raw uint8 ``npy``) and
+are decoded, augmented and scaled in the loader worker by the dataset's transform
+(``components/data/images.py``), chosen by ``stats.json["image"]``.
 
 With ``batch_size`` set, the dataset yields collated batches, and every rank yields the
 same number of them in an epoch (the most any rank needs): a rank holding fewer samples
@@ -35,6 +43,7 @@ import contextlib
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import math
 import platform
@@ -52,55 +61,94 @@ import webdataset as wds
 from filelock import FileLock
 from torch.utils.data import IterableDataset, get_worker_info
 
+from components.data import transforms
 from components.data.manifest import DataError, sha256
 from components.training import storage
 
 STATS = "stats.json"
 SPLITS = ("train", "val", "test")
-CACHE_LIMIT_BYTES = 512 << 20  # decode once and keep in memory below this size per split
+SHUFFLE_BUFFER = 2048  # samples a loader worker holds to shuffle its stream (encoded, before decoding)
 
 
 def shard_name(split: str, i: int, compress: bool = False) -> str:
     return f"{split}-{i:06d}.tar" + (".gz" if compress else "")
 
 
-def write_split(out_dir: Path, split: str, columns: dict[str, Sequence], samples_per_shard: int,
-                compress: bool = False) -> list[dict]:
-    """Write one split as near-equal shards (sizes differ by at most one sample).
+class SplitWriter:
+    """Writes one split's samples, as they come, into near-equal shards (sizes differ by at most one).
 
-    ``columns`` maps a field name (``input.npy``, ``target.cls``, ``src.txt``...) to one
-    value per sample, all of the same length. ``compress`` gzips each shard (``.tar.gz``):
-    worth it for many small members (a sentence pair is ~60 bytes of data in 2 KB of tar
-    headers and padding); readers detect it by itself.
+    ``total`` samples are expected; ``write`` takes a WebDataset sample dict (``__key__`` and
+    fields by extension); ``close`` returns the ``stats.json`` entries of the shards. ``compress``
+    gzips each shard (``.tar.gz``): worth it for many small members (a sentence pair is ~60 bytes
+    of data in 2 KB of tar headers and padding); readers detect it by itself.
     """
+
+    def __init__(self, out_dir: Path, split: str, total: int, samples_per_shard: int, compress: bool = False,
+                 compresslevel: int = 9):
+        self.out_dir, self.split, self.compress, self.level = Path(out_dir), split, compress, compresslevel
+        n_shards = max(1, math.ceil(total / samples_per_shard))
+        self.bounds = np.linspace(0, total, n_shards + 1).round().astype(int)
+        self.total, self.count, self.entries = total, 0, []
+        self._open(0)
+
+    def _open(self, i: int) -> None:
+        self.index, self.path = i, self.out_dir / shard_name(self.split, i, self.compress)
+        self._raw = open(self.path, "wb")
+        # mtime=0 in tar and gzip headers: byte-identical reruns.
+        self._gz = gzip.GzipFile(fileobj=self._raw, mode="wb", mtime=0, compresslevel=self.level) \
+            if self.compress else None
+        self._sink = wds.TarWriter(self._gz or self._raw, mtime=0.0)
+
+    def _close_shard(self) -> None:
+        self._sink.close()
+        if self._gz is not None:
+            self._gz.close()
+        self._raw.close()
+        self.entries.append({"file": self.path.name, "samples": int(self.bounds[self.index + 1] - self.bounds[self.index]),
+                             "bytes": self.path.stat().st_size, "sha256": sha256(self.path)})
+
+    def __len__(self) -> int:
+        return self.count
+
+    def write(self, sample: dict) -> None:
+        if self.count >= self.total:
+            raise ValueError(f"split {self.split!r}: more than the {self.total} samples announced")
+        if self.count == self.bounds[self.index + 1]:
+            self._close_shard()
+            self._open(self.index + 1)
+        self._sink.write(sample)
+        self.count += 1
+
+    def close(self) -> list[dict]:
+        if self.count != self.total:
+            raise ValueError(f"split {self.split!r}: {self.count} samples written, {self.total} announced")
+        self._close_shard()
+        return self.entries
+
+
+def write_split(out_dir: Path, split: str, columns: dict[str, Sequence], samples_per_shard: int,
+                compress: bool = False, compresslevel: int = 9) -> list[dict]:
+    """Write one split from columns: a field name (``input.npy``, ``target.cls``, ``src.txt``...)
+    to one value per sample, all of the same length (see :class:`SplitWriter`)."""
     lengths = {k: len(v) for k, v in columns.items()}
     if len(set(lengths.values())) != 1:
         raise ValueError(f"split {split!r}: fields have different lengths {lengths}")
     n = next(iter(lengths.values()))
-    n_shards = max(1, math.ceil(n / samples_per_shard))
-    bounds = np.linspace(0, n, n_shards + 1).round().astype(int)
-    entries = []
-    for i in range(n_shards):
-        path = out_dir / shard_name(split, i, compress)
-        # mtime=0 in tar and gzip headers: byte-identical reruns.
-        with open(path, "wb") as raw, (gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if compress
-                                       else contextlib.nullcontext(raw)) as f, wds.TarWriter(f, mtime=0.0) as sink:
-            for j in range(bounds[i], bounds[i + 1]):
-                sink.write({"__key__": f"{split}{j:07d}", **{k: _encode(k, v[j]) for k, v in columns.items()}})
-        entries.append({"file": path.name, "samples": int(bounds[i + 1] - bounds[i]),
-                        "bytes": path.stat().st_size, "sha256": sha256(path)})
-    return entries
+    writer = SplitWriter(out_dir, split, n, samples_per_shard, compress, compresslevel)
+    for j in range(n):
+        writer.write({"__key__": f"{split}{j:07d}", **{k: _encode(k, v[j]) for k, v in columns.items()}})
+    return writer.close()
 
 
 def _encode(field: str, value: Any) -> Any:
-    if field.endswith(".cls"):
+    if field == "cls" or field.endswith(".cls"):
         return int(value)
     return value  # .npy arrays and .txt strings: webdataset's writer encodes them by extension
 
 
 def write_shards(out_dir: Path, splits: dict[str, dict[str, Sequence]], samples_per_shard: int, meta: dict,
                  fields: Sequence[str] | None = None, split_meta: dict[str, dict] | None = None,
-                 compress: bool = False) -> dict:
+                 compress: bool = False, compresslevel: int = 9) -> dict:
     """Write every split and ``stats.json``; returns the stats.
 
     Args:
@@ -114,7 +162,7 @@ def write_shards(out_dir: Path, splits: dict[str, dict[str, Sequence]], samples_
     first = next(iter(splits.values()))
     stats: dict = {**meta, "fields": list(fields or first), "splits": {}}
     for split, columns in splits.items():
-        shards = write_split(out_dir, split, columns, samples_per_shard, compress)
+        shards = write_split(out_dir, split, columns, samples_per_shard, compress, compresslevel)
         stats["splits"][split] = {"samples": sum(s["samples"] for s in shards), "shards": shards,
                                   **(split_meta or {}).get(split, {})}
     (out_dir / STATS).write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
@@ -170,33 +218,98 @@ def localize(data_dir: str, cache_root: str | Path | None = None) -> Path:
 
 
 def _decode_field(name: str, raw: bytes) -> Any:
-    if name.endswith(".npy"):
+    if name == "npy" or name.endswith(".npy"):
         return torch.from_numpy(np.load(io.BytesIO(raw), allow_pickle=False))
-    if name.endswith(".cls"):
+    if name == "cls" or name.endswith(".cls"):
         return int(raw)
     if name.endswith(".txt"):
         return raw.decode("utf-8")
-    raise KeyError(f"field {name!r} has no decoder (use .npy, .cls or .txt)")
+    if name.rpartition(".")[2] in IMAGE_EXTENSIONS:
+        return raw  # encoded image: the dataset's transform decodes it in the loader worker
+    raise KeyError(f"field {name!r} has no decoder (use .npy, .cls, .txt or an image extension)")
+
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+_FIX = "re-create it with `dvc repro --force preprocess` (or `dvc checkout` if it is DVC-tracked)"
+
+
+class _HashingReader(io.RawIOBase):
+    """A file read once front to back, hashed as its bytes pass (so a shard is verified while it streams)."""
+
+    def __init__(self, f):
+        self.f, self.digest, self.read_bytes = f, hashlib.sha256(), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self.f.readinto(buffer)
+        if n:
+            self.digest.update(memoryview(buffer)[:n])
+            self.read_bytes += n
+        return n
+
+    def finish(self) -> str:
+        while self.read(1 << 20):  # tar padding after the last member
+            pass
+        return self.digest.hexdigest()
+
+
+def _pick(sample: dict, spec: str) -> tuple[str, Any]:
+    """The field ``spec`` of a grouped tar sample; ``spec`` may list alternatives (``jpg;png;npy``)."""
+    for name in spec.split(";"):
+        if name in sample:
+            return name, sample[name]
+    raise KeyError(spec)
+
+
+def iter_shard(path: Path, expected: dict | None = None,
+               fields: Sequence[str] = ("input.npy", "target.cls"), keys: bool = False) -> Iterator[tuple]:
+    """The samples of one shard as tuples of ``fields``, streamed member by member.
+
+    ``expected`` (the shard's entry in ``stats.json``): the size is checked before the first
+    sample and the sha256 and sample count after the last. A missing, truncated or corrupt
+    file raises DataError naming it, and the sample's key when one field is bad. With ``keys``,
+    yields ``(key, sample)`` pairs.
+    """
+    if not path.exists():
+        raise DataError(f"{path}: shard not found; {_FIX}")
+    if expected is not None and path.stat().st_size != expected["bytes"]:
+        raise DataError(f"{path}: shard is corrupt or truncated (size {path.stat().st_size} bytes, stats.json "
+                        f"says {expected['bytes']}); {_FIX}")
+    count = 0
+    with open(path, "rb", buffering=0) as raw:
+        hashed = _HashingReader(raw)
+        buffered = io.BufferedReader(hashed, 1 << 20)
+        try:
+            # tarfile's stream mode "r|*" (inside webdataset's iterator) un-gzips a .tar.gz by itself.
+            files = ({**f, "__url__": str(path)} for f in wds.tariterators.tar_file_iterator(buffered))
+            for s in wds.tariterators.group_by_keys(files):
+                key = s.get("__key__")
+                try:
+                    picked = [_pick(s, f) for f in fields]
+                    sample = tuple(_decode_field(name, value) for name, value in picked)
+                except KeyError as exc:
+                    have = sorted(k for k in s if not k.startswith("__"))
+                    raise DataError(f"{path}: sample {key!r} has fields {have}, not {exc.args[0]!r}; {_FIX}") from None
+                except ValueError as exc:
+                    raise DataError(f"{path}: sample {key!r} cannot be decoded ({exc}); {_FIX}") from None
+                count += 1
+                yield (key, sample) if keys else sample
+            digest = hashed.finish()
+        except (tarfile.TarError, EOFError, OSError, ValueError, gzip.BadGzipFile, zlib.error) as exc:
+            raise DataError(f"{path}: cannot read shard ({type(exc).__name__}: {exc}); {_FIX}") from None
+    if expected is not None:
+        if digest != expected["sha256"]:
+            raise DataError(f"{path}: shard is corrupt (its sha256 differs from stats.json); {_FIX}")
+        if count != expected["samples"]:
+            raise DataError(f"{path}: holds {count} samples, stats.json says {expected['samples']}; {_FIX}")
 
 
 def read_shard(path: Path, expected: dict | None = None,
                fields: Sequence[str] = ("input.npy", "target.cls")) -> list[tuple]:
-    """All samples of one shard as tuples of ``fields``; a missing, truncated or corrupt file
-    raises DataError naming it."""
-    fix = "re-create it with `dvc repro --force preprocess` (or `dvc checkout` if it is DVC-tracked)"
-    if not path.exists():
-        raise DataError(f"{path}: shard not found; {fix}")
-    if expected is not None and (path.stat().st_size != expected["bytes"] or sha256(path) != expected["sha256"]):
-        raise DataError(f"{path}: shard is corrupt or truncated (size/sha256 differ from stats.json); {fix}")
-    try:
-        with open(path, "rb") as stream:
-            files = ({**f, "__url__": str(path)} for f in wds.tariterators.tar_file_iterator(stream))
-            samples = [tuple(_decode_field(k, s[k]) for k in fields) for s in wds.tariterators.group_by_keys(files)]
-    except (tarfile.TarError, EOFError, OSError, KeyError, ValueError, gzip.BadGzipFile) as exc:
-        raise DataError(f"{path}: cannot read shard ({type(exc).__name__}: {exc}); {fix}") from None
-    if expected is not None and len(samples) != expected["samples"]:
-        raise DataError(f"{path}: holds {len(samples)} samples, stats.json says {expected['samples']}; {fix}")
-    return samples
+    """All samples of one shard (see :func:`iter_shard`)."""
+    return list(iter_shard(path, expected, fields))
 
 
 class ShardDataset(IterableDataset):
@@ -213,6 +326,9 @@ class ShardDataset(IterableDataset):
         fields: the fields of a sample, in order; default ``stats.json["fields"]``.
         fanout: graph datasets with a node task: neighbours sampled per hop around each batch's
             seed nodes (empty: the whole graph); see ``components/data/graphs.py``.
+        augment: image datasets: the training transform (random crops, flips) instead of the
+            evaluation one; decoding and augmentation run in the loader worker.
+        shuffle_buffer: samples held to shuffle a worker's stream (with ``shuffle``).
 
     Graph datasets batch through the same reader: their ``stats.json`` names the task, and
     batches are ``(x, edge_index, index, target)`` (``graphs.batcher``).
@@ -220,7 +336,8 @@ class ShardDataset(IterableDataset):
 
     def __init__(self, shard_dir: str | Path, split: str, *, rank: int = 0, world_size: int = 1,
                  shuffle: bool = False, seed: int = 0, batch_size: int | None = None,
-                 fields: Sequence[str] | None = None, fanout: Sequence[int] | None = None):
+                 fields: Sequence[str] | None = None, fanout: Sequence[int] | None = None,
+                 augment: bool = False, shuffle_buffer: int = SHUFFLE_BUFFER):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if not 0 <= rank < world_size:
@@ -242,9 +359,9 @@ class ShardDataset(IterableDataset):
         )
 
         self._collate = graphs.batcher(stats, self.shard_dir, fanout)
-        self._cache_ok = sum(s["bytes"] for s in self.shards) <= CACHE_LIMIT_BYTES
-        self._cache: dict[str, list] = {}
-        self._verified: set[str] = set()
+        # Image shards hold encoded images: decoded (and augmented for training) per sample.
+        self.transform = transforms.for_stats(stats, train=augment) if "image" in stats else None
+        self.shuffle_buffer = max(1, shuffle_buffer)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -280,32 +397,43 @@ class ShardDataset(IterableDataset):
             share[w] += 1
         return share[worker]
 
-    def _load(self, entry: dict) -> list:
-        if entry["file"] in self._cache:
-            return self._cache[entry["file"]]
-        # Verify a checksum once per process; later epochs re-read but skip hashing.
-        expected = entry if entry["file"] not in self._verified else None
-        samples = read_shard(self.shard_dir / entry["file"], expected, self.fields)
-        self._verified.add(entry["file"])
-        if self._cache_ok:
-            self._cache[entry["file"]] = samples
-        return samples
+    def _stream(self, entries: list[dict]) -> Iterator[tuple[str, str, tuple]]:
+        for entry in entries:
+            for key, sample in iter_shard(self.shard_dir / entry["file"], entry, self.fields, keys=True):
+                yield entry["file"], key, sample
+
+    def _transformed(self, samples: Iterator[tuple[str, str, tuple]], rng: random.Random) -> Iterator[tuple]:
+        for file, key, sample in samples:
+            try:
+                yield self.transform(sample, rng)
+            except DataError as exc:
+                raise DataError(f"{self.shard_dir / file}: sample {key!r}: {exc}; fix or drop the source image and "
+                                f"re-run `dvc repro` (stage preprocess)") from None
 
     def __iter__(self) -> Iterator[tuple]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        samples = [s for entry in self.shards_for(worker, num_workers) for s in self._load(entry)]
+        entries = self.shards_for(worker, num_workers)
+        stream_seed = f"{self.seed}/{self.epoch}/{self.rank}/{worker}"
+        stream: Iterator[tuple[str, str, tuple]] = self._stream(entries)
         if self.shuffle:
-            random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}").shuffle(samples)
+            stream = wds.filters.shuffle(self.shuffle_buffer, self.shuffle_buffer,
+                                         rng=random.Random(stream_seed))(stream)
+        if self.transform is not None:
+            # Augmentation draws from its own stream, fixed by (seed, epoch, rank, worker): an epoch replays exactly.
+            samples = self._transformed(stream, random.Random(f"{stream_seed}/augment"))
+        else:
+            samples = (sample for _, _, sample in stream)
         if self.batch_size is None:
-            return iter(samples)
-        n_batches = self._batches_for_worker(worker, num_workers)
-        edges = np.linspace(0, len(samples), n_batches + 1).round().astype(int)
+            return samples
+        n = sum(e["samples"] for e in entries)
+        edges = np.linspace(0, n, self._batches_for_worker(worker, num_workers) + 1).round().astype(int)
+        sizes = (b - a for a, b in zip(edges[:-1], edges[1:]))
         if self._collate is None:
-            return (collate(samples[a:b]) for a, b in zip(edges[:-1], edges[1:]))
+            return (collate(list(itertools.islice(samples, size))) for size in sizes)
         # Graph batching may sample (neighbours): seeded like the shuffle, so an epoch replays exactly.
-        generator = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}/{self.epoch}/{self.rank}/{worker}".encode()))
-        return (self._collate(samples[a:b], generator) for a, b in zip(edges[:-1], edges[1:]))
+        generator = torch.Generator().manual_seed(zlib.crc32(stream_seed.encode()))
+        return (self._collate(list(itertools.islice(samples, size)), generator) for size in sizes)
 
 
 def collate(samples: list[tuple]) -> tuple:

@@ -35,7 +35,7 @@ from torch import nn
 from components.config import ConfigError, bounds
 from components.data.tokenizer import EOS, PAD, Tokenizer
 from components.models import resnet
-from components.models.common import check_images
+from components.models.common import bind_images
 
 PAPER = "Radford et al. 2021, Learning Transferable Visual Models From Natural Language Supervision (arXiv:2103.00020)"
 PRIMARY_METRIC, PRIMARY_MODE = "zero_shot_accuracy", "max"  # test digits, prompt templates never seen in training
@@ -164,7 +164,7 @@ def bind(cfg: Config, stats: dict, data_dir) -> Config:
     if "tokenizer" not in assets or "max_len" not in stats:
         raise ConfigError(f"{data_dir}: these shards have no captions and tokenizer; CLIP needs an image-caption "
                           f"dataset (a data section of type captions)")
-    check_images(cfg, stats, "clip")
+    bind_images(cfg, stats, "clip")
     tok = Tokenizer.load(Path(data_dir) / assets["tokenizer"])
     return replace(cfg, vocab_size=len(tok), max_len=stats["max_len"], tokenizer=tok.to_dict(),
                    class_names=list(stats.get("class_names", [])),

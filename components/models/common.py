@@ -15,17 +15,39 @@ from components.config import ConfigError
 MAX_SAMPLES = 10_000  # per pyfunc request
 
 
-def check_images(cfg: Any, stats: dict, algo: str) -> None:
-    """The model's ``num_classes``, ``in_channels`` and ``image_size`` against ``stats.json``."""
+def bind_images(cfg: Any, stats: dict, algo: str) -> Any:
+    """Fill the model's ``in_channels``, ``image_size`` and ``num_classes`` from ``stats.json``
+    where they are 0, check them where params.yaml sets them, and re-validate the config (an
+    architecture may not fit every size)."""
     classes, shape = stats.get("num_classes"), stats.get("input_shape")
-    expected = getattr(cfg, "num_classes", None)  # None: the family has no class count of its own (CLIP)
-    if classes is not None and expected is not None and classes != expected:
-        raise ConfigError(f"num_classes: the data has {classes} classes, the model {cfg.num_classes}; "
-                          f"set train.{algo}.model.num_classes: {classes}")
-    if shape is not None and list(shape) != [cfg.in_channels, cfg.image_size, cfg.image_size]:
-        raise ConfigError(f"in_channels/image_size: the data's images are {tuple(shape)}, the model's are "
-                          f"{(cfg.in_channels, cfg.image_size, cfg.image_size)}; set train.{algo}.model."
-                          f"in_channels: {shape[0]} and image_size: {shape[-1]}")
+    if classes is not None and hasattr(cfg, "num_classes"):  # CLIP has no class count of its own
+        if cfg.num_classes == 0:
+            cfg.num_classes = int(classes)
+        elif classes != cfg.num_classes:
+            raise ConfigError(f"num_classes: the data has {classes} classes, the model {cfg.num_classes}; "
+                              f"set train.{algo}.model.num_classes: {classes} (or 0: from the data)")
+    if shape is not None:
+        have = (cfg.in_channels or shape[0], cfg.image_size or shape[-1])
+        if [have[0], have[1], have[1]] != list(shape):
+            raise ConfigError(f"in_channels/image_size: the data's images are {tuple(shape)}, the model's are "
+                              f"{(have[0], have[1], have[1])}; set train.{algo}.model.in_channels and image_size "
+                              f"to 0 (from the data) or to {shape[0]} and {shape[-1]}")
+        cfg.in_channels, cfg.image_size = int(shape[0]), int(shape[-1])
+    if hasattr(cfg, "validate"):
+        try:
+            cfg.validate()
+        except ConfigError as exc:
+            raise ConfigError(f"train.{algo}.model.{exc} (the size comes from the data)") from None
+    return cfg
+
+
+def base_resolution(size: int) -> tuple[int, int]:
+    """(base, doublings): ``size`` halved while it is even and above 7, e.g. 8 -> (4, 1),
+    32 -> (4, 3), 28 -> (7, 2), 224 -> (7, 5). A generator grows from base x base."""
+    base, n = size, 0
+    while base % 2 == 0 and base > 7:
+        base, n = base // 2, n + 1
+    return base, n
 
 
 def check_evaluator(stats: dict, data_dir: Any, algo: str) -> None:

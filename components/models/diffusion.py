@@ -32,8 +32,8 @@ from torch import nn
 
 from components.config import ConfigError, bounds
 from components.models.common import (
+    bind_images,
     check_evaluator,
-    check_images,
     ema_update,
     generation_example,
     generation_requests,
@@ -72,9 +72,9 @@ class Config:
     # Samplers the test evaluation compares: "ddim<steps>" or "ddpm" (ancestral, all T steps;
     # about 20x DDIM-50's time).
     sweep: list[str] = field(default_factory=lambda: ["ddim10", "ddim50", "ddim250", "ddpm"])
-    image_size: int = field(default=8, metadata=bounds(ge=4))
-    in_channels: int = field(default=1, metadata=bounds(ge=1))
-    num_classes: int = field(default=10, metadata=bounds(ge=2))
+    image_size: int = field(default=8, metadata=bounds(ge=0))  # 0: from the data (bind), as the next two
+    in_channels: int = field(default=1, metadata=bounds(ge=0))
+    num_classes: int = field(default=10, metadata=bounds(ge=0))
 
     def validate(self) -> None:
         if self.image_size % 2:
@@ -350,7 +350,7 @@ def build(cfg: Config) -> Diffusion:
 
 
 def bind(cfg: Config, stats: dict, data_dir) -> Config:
-    check_images(cfg, stats, "diffusion")
+    bind_images(cfg, stats, "diffusion")
     check_evaluator(stats, data_dir, "diffusion")
     return cfg
 

@@ -38,8 +38,9 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from components.config import ConfigError, OptimizerConfig, ScheduleConfig, bounds
 from components.models.common import (
+    base_resolution,
+    bind_images,
     check_evaluator,
-    check_images,
     ema_update,
     generation_example,
     generation_requests,
@@ -60,9 +61,9 @@ class Config:
     """``train.gan.model``. The generator uses ``train.gan.{lr,optimizer,schedule}``."""
     latent_dim: int = field(default=64, metadata=bounds(ge=1))
     width: int = field(default=64, metadata=bounds(ge=4))  # channels at full resolution; x2 per halving
-    image_size: int = field(default=8, metadata=bounds(ge=4))
-    in_channels: int = field(default=1, metadata=bounds(ge=1))
-    num_classes: int = field(default=10, metadata=bounds(ge=2))
+    image_size: int = field(default=8, metadata=bounds(ge=0))  # 0: from the data (bind), as the next two
+    in_channels: int = field(default=1, metadata=bounds(ge=0))
+    num_classes: int = field(default=10, metadata=bounds(ge=0))
     conditional: bool = True
     loss: Literal["minimax", "non_saturating", "wgan_gp", "least_squares", "hinge"] = "hinge"
     gp_weight: float = field(default=10.0, metadata=bounds(ge=0))  # WGAN-GP's λ
@@ -74,13 +75,17 @@ class Config:
     d_schedule: ScheduleConfig | None = None  # None = train.gan.schedule
 
     def validate(self) -> None:
-        if self.image_size & (self.image_size - 1):
-            raise ConfigError(f"image_size: DCGAN doubles the resolution from 4x4, so it must be a power of 2 "
-                              f">= 4, got {self.image_size}")
+        if 0 < self.image_size < 4:
+            raise ConfigError(f"image_size: at least 4, got {self.image_size}")
+
+    @property
+    def base(self) -> int:
+        """The generator's first resolution (4 for 8/16/32/64, 7 for 28/224); it doubles ``ups`` times."""
+        return base_resolution(self.image_size)[0]
 
     @property
     def ups(self) -> int:
-        return int(math.log2(self.image_size)) - 2
+        return base_resolution(self.image_size)[1]
 
 
 # ---------------------------------------------------------------------------------- networks
@@ -107,7 +112,7 @@ class ConditionalBatchNorm(nn.Module):
 class Generator(nn.Module):
     """z (B, latent) [+ class y] -> images (B, C, S, S) in [-1, 1].
 
-    Linear to 4x4 x (width·2^ups), then ``ups`` fractionally-strided 4x4 convolutions that
+    Linear to base x base x (width·2^ups) (base 4, or 7 for 28 and 224), then ``ups`` fractionally-strided 4x4 convolutions that
     double the resolution and halve the channels, each followed by (conditional) BatchNorm
     and ReLU, and a 3x3 convolution to the image channels with tanh.
     """
@@ -117,7 +122,7 @@ class Generator(nn.Module):
         self.cfg = cfg
         classes = cfg.num_classes if cfg.conditional else None
         c = cfg.width * 2 ** cfg.ups
-        self.project = nn.Linear(cfg.latent_dim, c * 16)
+        self.project = nn.Linear(cfg.latent_dim, c * cfg.base ** 2)
         self.norms = nn.ModuleList([ConditionalBatchNorm(c, classes)])
         self.ups = nn.ModuleList()
         for _ in range(cfg.ups):
@@ -127,7 +132,7 @@ class Generator(nn.Module):
         self.out = nn.Conv2d(c, cfg.in_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.project(z).view(len(z), -1, 4, 4)
+        h = self.project(z).view(len(z), -1, self.cfg.base, self.cfg.base)
         h = F.relu(self.norms[0](h, y))
         for up, norm in zip(self.ups, self.norms[1:]):
             h = F.relu(norm(up(h), y))
@@ -153,8 +158,8 @@ class Discriminator(nn.Module):
             c *= 2
         layers += [sn(nn.Conv2d(c, c, 3, padding=1)), nn.LeakyReLU(0.2)]
         self.body = nn.Sequential(*layers)
-        self.psi = sn(nn.Linear(c * 16, 1))
-        self.embed = sn(nn.Embedding(cfg.num_classes, c * 16)) if cfg.conditional else None
+        self.psi = sn(nn.Linear(c * cfg.base ** 2, 1))
+        self.embed = sn(nn.Embedding(cfg.num_classes, c * cfg.base ** 2)) if cfg.conditional else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         phi = torch.flatten(self.body(x), 1)
@@ -361,7 +366,7 @@ def build(cfg: Config) -> GAN:
 
 def bind(cfg: Config, stats: dict, data_dir) -> Config:
     """Check the images and class count against the shards; the evaluator must be there."""
-    check_images(cfg, stats, "gan")
+    bind_images(cfg, stats, "gan")
     check_evaluator(stats, data_dir, "gan")
     return cfg
 

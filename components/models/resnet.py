@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.config import ConfigError, bounds
-from components.models.common import check_images
+from components.models.common import bind_images
 
 PAPER = "He et al. 2016, Deep Residual Learning for Image Recognition (arXiv:1512.03385)"
 PRIMARY_METRIC = "accuracy"  # test top-1; register compares it
@@ -54,10 +54,15 @@ class Config:
     tweaks: list[Literal["B", "C", "D"]] = field(default_factory=list)
     zero_init_residual: bool = False
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1))
-    in_channels: int = field(default=1, metadata=bounds(ge=1))
-    num_classes: int = field(default=10, metadata=bounds(ge=2))
-    image_size: int = field(default=8, metadata=bounds(ge=4))
-    augment_shift: int = field(default=1, metadata=bounds(ge=0))  # random translation in pixels, train only
+    in_channels: int = field(default=1, metadata=bounds(ge=0))  # 0: from the data (bind), as the next two
+    num_classes: int = field(default=10, metadata=bounds(ge=0))
+    image_size: int = field(default=8, metadata=bounds(ge=0))
+    augment: bool = True  # train on the dataset's augmentation (data.<name>.augment), run in the loader workers
+    # Per-channel (x - mean) / std as the first layer, with the train split's statistics (bound from
+    # stats.json): the model takes [0, 1] pixels, in training and from its users alike.
+    normalize: bool = True
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
 
     def validate(self) -> None:
         if self.style == "imagenet" and self.depth not in IMAGENET_LAYOUTS:
@@ -179,6 +184,9 @@ class ResNet(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         self.cfg = cfg
+        norm = cfg.normalize and bool(cfg.mean)
+        self.register_buffer("mean", torch.tensor(cfg.mean if norm else [0.0]).view(1, -1, 1, 1))
+        self.register_buffer("inv_std", 1 / torch.tensor(cfg.std if norm else [1.0]).view(1, -1, 1, 1))
         block_name, blocks, planes = cfg.layout()
         block = BasicBlock if block_name == "basic" else Bottleneck
         c = planes[0]
@@ -220,6 +228,7 @@ class ResNet(nn.Module):
                     nn.init.zeros_(m.last_bn().weight)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) * self.inv_std
         x = self.final_norm(self.stages(self.stem(x)))  # (B, C, h, w)
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)  # (B, C)
 
@@ -234,9 +243,17 @@ def build(cfg: Config) -> nn.Module:
 
 
 def bind(cfg: Config, stats: dict, data_dir) -> Config:
-    """Check the model's input and class count against the shards (nothing to fill in)."""
-    check_images(cfg, stats, "resnet")
+    """Image size, channels and classes from the shards (or checked against them), and the
+    train split's per-channel mean and std for the input normalisation."""
+    bind_images(cfg, stats, "resnet")
+    if cfg.normalize and "mean" in stats:
+        cfg.mean, cfg.std = [float(m) for m in stats["mean"]], [max(float(s), 1e-6) for s in stats["std"]]
     return cfg
+
+
+def loader_options(cfg: Config, world_size: int) -> dict:
+    """Training batches come augmented from the loader workers (crops, flips: the data section's style)."""
+    return {"augment": cfg.augment}
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -253,7 +270,6 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | N
 def training_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], cfg: Config,
                   label_smoothing: float = 0.0, progress: float = 0.0) -> dict[str, torch.Tensor]:
     images, labels = batch
-    images = random_shift(images, cfg.augment_shift)
     logits = model(images)
     loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
     with torch.no_grad():

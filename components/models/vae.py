@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.config import ConfigError, bounds
-from components.models.common import check_images
+from components.models.common import base_resolution, bind_images
 
 PAPER = "Kingma & Welling 2014, Auto-Encoding Variational Bayes (arXiv:1312.6114)"
 PRIMARY_METRIC, PRIMARY_MODE = "iwae", "max"  # test log p(x) estimate in nats; register compares it
@@ -54,16 +54,15 @@ class Config:
     kl_warmup: float = field(default=0.3, metadata=bounds(ge=0, le=1))  # linear: fraction of the run
     kl_cycles: int = field(default=4, metadata=bounds(ge=1))  # cyclical
     conditional: bool = False
-    image_size: int = field(default=8, metadata=bounds(ge=4))
-    in_channels: int = field(default=1, metadata=bounds(ge=1))
-    num_classes: int = field(default=10, metadata=bounds(ge=2))
+    image_size: int = field(default=8, metadata=bounds(ge=0))  # 0: from the data (bind), as the next two
+    in_channels: int = field(default=1, metadata=bounds(ge=0))
+    num_classes: int = field(default=10, metadata=bounds(ge=0))
     iwae_samples: int = field(default=100, metadata=bounds(ge=1))  # k of the test log p(x) estimate
     active_threshold: float = field(default=0.01, metadata=bounds(ge=0))  # nats of KL for an active unit
 
     def validate(self) -> None:
-        if self.arch == "conv" and self.image_size & (self.image_size - 1):
-            raise ConfigError(f"image_size: the conv VAE halves the resolution down to 4x4, so it must be a power "
-                              f"of 2 >= 4, got {self.image_size}; or set arch: mlp")
+        if 0 < self.image_size < 4:
+            raise ConfigError(f"image_size: at least 4, got {self.image_size}")
 
     @property
     def pixels(self) -> int:
@@ -103,15 +102,15 @@ class VAE(nn.Module):
             self.decoder = nn.Sequential(nn.Linear(d + cond, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
                                          nn.Linear(h, cfg.pixels))
         else:
-            ups = int(math.log2(cfg.image_size)) - 2
+            base, ups = base_resolution(cfg.image_size)  # halved down to 4x4 (or 7x7 for 28)
             c = cfg.width
             enc: list[nn.Module] = [nn.Conv2d(cfg.in_channels + cond, c, 3, padding=1), nn.ReLU()]
             for _ in range(ups):
                 enc += [nn.Conv2d(c, 2 * c, 4, 2, 1), nn.ReLU()]
                 c *= 2
             self.encoder = nn.Sequential(*enc, nn.Flatten())
-            self.to_stats = nn.Linear(c * 16, 2 * d)
-            dec: list[nn.Module] = [nn.Linear(d + cond, c * 16), nn.ReLU(), nn.Unflatten(1, (c, 4, 4))]
+            self.to_stats = nn.Linear(c * base ** 2, 2 * d)
+            dec: list[nn.Module] = [nn.Linear(d + cond, c * base ** 2), nn.ReLU(), nn.Unflatten(1, (c, base, base))]
             for _ in range(ups):
                 dec += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1), nn.ReLU()]
                 c //= 2
@@ -174,7 +173,7 @@ def build(cfg: Config) -> VAE:
 
 
 def bind(cfg: Config, stats: dict, data_dir) -> Config:
-    check_images(cfg, stats, "vae")
+    bind_images(cfg, stats, "vae")
     return cfg
 
 

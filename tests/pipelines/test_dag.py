@@ -31,7 +31,7 @@ def test_closure_follows_function_level_imports_and_enters_registries_by_name(re
     assert "components/models/clip.py" not in deps["train", "resnet"]
     assert {"components/models/gan.py", "components/serving.py", "components/pyfunc_entry.py"} <= deps["register", "gan"]
     ingest = set(dag.code_deps("ingest", repo_params, "translation"))
-    assert "components/data/translation.py" in ingest and "components/data/digits.py" not in ingest
+    assert "components/data/translation.py" in ingest and "components/data/images.py" not in ingest
 
 
 def test_closure_ignores_type_checking_imports_and_resolves_relative_ones(tmp_path):

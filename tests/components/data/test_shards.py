@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from components.data import digits
-from components.data.manifest import DataError, verify_manifest
+from components.data.manifest import DataError
 from components.data.shards import ShardDataset, read_stats
 from tests.conftest import numbered_shards
 
@@ -77,27 +76,3 @@ def test_shards_are_byte_identical_when_rewritten(tmp_path):
     a = read_stats(numbered_shards(tmp_path / "a", 50, 16))
     b = read_stats(numbered_shards(tmp_path / "b", 50, 16))
     assert [s["sha256"] for s in a["splits"]["train"]["shards"]] == [s["sha256"] for s in b["splits"]["train"]["shards"]]
-
-
-def test_digits_split_is_fixed_stratified_and_disjoint(tmp_path):
-    m1 = digits.ingest(digits.Config(), tmp_path / "a")
-    m2 = digits.ingest(digits.Config(), tmp_path / "b")
-    assert m1["files"]["split.npz"]["sha256"] == m2["files"]["split.npz"]["sha256"]
-    images, labels, split = digits.load_raw(tmp_path / "a")
-    assert images.shape == (1797, 1, 8, 8) and 0 <= images.min() and images.max() <= 1
-    all_idx = np.concatenate(list(split.values()))
-    assert len(all_idx) == len(set(all_idx)) == 1797
-    for part in split.values():  # every class in every split near its overall share
-        assert np.abs(np.bincount(labels[part], minlength=10) / len(part) - 0.1).max() < 0.02
-    (tmp_path / "a" / "split.npz").write_bytes(b"changed")
-    with pytest.raises(DataError, match="split.npz: checksum does not match"):
-        verify_manifest(tmp_path / "a", fix="re-run ingest")
-
-
-def test_digits_shards_hold_the_split(digits_shards):
-    stats = read_stats(digits_shards)
-    assert {k: v["samples"] for k, v in stats["splits"].items()} == {"train": 1259, "val": 269, "test": 269}
-    batches = list(ShardDataset(digits_shards, "test", batch_size=32))
-    x, y = batches[0]
-    assert x.shape[1:] == (1, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.long
-    assert all(len(b[1]) <= 32 for b in batches) and sum(len(b[1]) for b in batches) == 269

@@ -12,6 +12,7 @@ import torch
 
 from components.config import ConfigError, parse
 from components.models import diffusion
+from tests.conftest import bound
 
 
 def cfg_of(**kw) -> diffusion.Config:
@@ -97,6 +98,7 @@ def test_one_training_step_and_the_ema(repo_params):
     raw = copy.deepcopy(repo_params)
     raw["train"]["diffusion"]["model"].update(width=16, groups=4)
     cfg = train_config(raw, "diffusion")
+    cfg.model = bound(cfg.model)
     model = diffusion.build(cfg.model)
     step = diffusion.Step(model, cfg, diffusion, total_steps=10)
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -218,7 +218,7 @@ def test_one_epoch_trains_and_predicts_raw_strings(number_shards, tmp_path):
     metrics = train_loop_per_worker({"algo": "transformer", "train": to_dict(cfg),
                                      "data_dir": str(number_shards / "shards"), "run_dir": str(tmp_path)})
     epochs = (tmp_path / "epochs.jsonl").read_text().splitlines()
-    assert len(epochs) == 2 and metrics["val_accuracy"] > 0.3  # token accuracy; chance is ~1/90
+    assert len(epochs) == 2 and metrics["val_accuracy"] > 0.25  # token accuracy; chance is ~1/90
     from components.training import checkpoint as ckpt
 
     state, meta = ckpt.load(ckpt.latest(tmp_path / "checkpoints"))

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from components.config import ConfigError, parse, train_config
+from components.data.shards import read_stats
 from components.models import vae
 
 
@@ -99,10 +100,14 @@ def test_shapes_and_a_one_step_train(arch, conditional):
     assert model.decode(mu, y if conditional else None).shape == (6, 1, 8, 8)
 
 
-def test_conv_needs_a_power_of_two():
-    with pytest.raises(ConfigError, match="power of 2"):
-        parse(vae.Config, {"image_size": 12}, "train.vae.model")
-    parse(vae.Config, {"image_size": 12, "arch": "mlp"}, "train.vae.model")
+@pytest.mark.parametrize("size, channels", [(28, 1), (32, 3)])
+def test_conv_vae_at_mnist_and_cifar_sizes(size, channels):
+    model = vae.build(vae.Config(latent_dim=4, width=8, image_size=size, in_channels=channels))
+    x = torch.rand(3, channels, size, size)
+    mu, logvar = model.encode(x, None)
+    assert mu.shape == (3, 4) and model.decode(mu, None).shape == (3, channels, size, size)
+    with pytest.raises(ConfigError, match="at least 4"):
+        parse(vae.Config, {"image_size": 2}, "train.vae.model")
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +123,7 @@ def trained(repo_params, digits_shards, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("vae")
     train_loop_per_worker({"algo": "vae", "train": to_dict(cfg), "data_dir": str(digits_shards), "run_dir": str(run_dir)})
     state, _ = load(latest(run_dir / "checkpoints"))
-    model = get_family("vae").build(cfg.model)
+    model = get_family("vae").build(get_family("vae").bind(cfg.model, read_stats(digits_shards), digits_shards))
     model.load_state_dict(state["model"])
     return model, cfg.model
 

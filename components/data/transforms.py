@@ -1,0 +1,142 @@
+"""Decoding and augmentation of one image, run per sample in the DataLoader workers.
+
+A shard's image is encoded (JPEG/PNG/WebP bytes, or a raw uint8 ``npy`` array (C, H, W)); the
+transform turns it into a float32 tensor (C, S, S) in [0, 1] (pixel value / ``pixel_max``).
+Per-channel normalisation is the model's first layer (its mean and std come from ``stats.json``),
+so a registered model takes the same [0, 1] pixels that its users have.
+
+Two augmentation styles, chosen by ``data.<name>.augment.style``:
+
+- ``cifar`` (small images of one size): train pads ``pad`` zero pixels on every side and
+  crops back to S x S at a random offset, then flips horizontally with probability 1/2 when
+  ``flip``; evaluation takes the image as it is (resized to S if the source's images differ).
+- ``imagenet`` (photos of any size): train takes a random crop of 8%..100% of the area
+  (``min_scale``) with aspect ratio 3/4..4/3, resized to S x S, then flips (the
+  RandomResizedCrop of Szegedy et al. 2015); evaluation resizes the shorter side to
+  S / ``crop_ratio`` and takes the centre S x S (S = 224, 256 -> 224).
+- ``none``: evaluation's transform for training too.
+
+JPEGs are decoded at the smallest of libjpeg's 1/1, 1/2, 1/4, 1/8 scales that still covers
+the crop at S x S (PIL's ``draft``), which is most of the speed of an ImageNet-style loader.
+Randomness comes from the ``random.Random`` the reader passes, seeded by (seed, epoch, rank,
+loader worker): the same epoch gives the same crops, after a restart too.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from components.data.manifest import DataError
+
+STYLES = ("cifar", "imagenet", "none")
+
+
+class ImageTransform:
+    """Callable on a sample tuple whose first field is an encoded image; picklable for workers."""
+
+    def __init__(self, image: dict, train: bool):
+        aug = image["augment"]
+        self.style = aug["style"] if train else "eval-" + aug["style"]
+        self.size = int(aug["size"])
+        self.pad, self.flip = int(aug.get("pad", 0)), bool(aug.get("flip", False))
+        self.min_scale, self.crop_ratio = float(aug.get("min_scale", 0.08)), float(aug.get("crop_ratio", 0.875))
+        self.channels, self.pixel_max = int(image["channels"]), float(image["pixel_max"])
+        self.mode = "L" if self.channels == 1 else "RGB"
+
+    def __call__(self, sample: tuple, rng: random.Random) -> tuple:
+        raw, *rest = sample
+        try:
+            pixels = self.pixels(raw, rng)
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for bad image bytes
+            raise DataError(f"cannot decode an image ({type(exc).__name__}: {exc})") from None
+        return (pixels.float().div_(self.pixel_max), *rest)
+
+    # ---------------------------------------------------------------- uint8 (C, S, S)
+
+    def pixels(self, raw: Any, rng: random.Random) -> torch.Tensor:
+        if isinstance(raw, torch.Tensor):  # a raw uint8 array: digits, CIFAR, MNIST
+            x = raw if raw.dim() == 3 else raw[None]
+            if x.shape[-1] != self.size or x.shape[-2] != self.size:
+                x = _resize_tensor(x, self.size)
+            return self._array_augment(x, rng)
+        from PIL import Image
+
+        img = Image.open(io.BytesIO(raw))
+        w, h = img.size
+        if self.style == "imagenet":
+            box = random_resized_crop(w, h, self.min_scale, rng)
+        elif self.style == "eval-imagenet":
+            side = min(w, h) * self.crop_ratio
+            box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+        else:
+            box = (0.0, 0.0, float(w), float(h))
+        img, box = _draft(img, box, self.size, self.mode)
+        img = img.convert(self.mode).resize((self.size, self.size), Image.BILINEAR, box=box, reducing_gap=None)
+        x = torch.from_numpy(np.asarray(img).copy())
+        x = x[None] if x.dim() == 2 else x.permute(2, 0, 1)
+        if self.style in ("cifar", "imagenet"):
+            return self._array_augment(x, rng) if self.style == "cifar" else self._maybe_flip(x, rng)
+        return x
+
+    def _array_augment(self, x: torch.Tensor, rng: random.Random) -> torch.Tensor:
+        if self.style != "cifar":
+            return x
+        if self.pad:
+            p, (c, h, w) = self.pad, x.shape
+            padded = x.new_zeros(c, h + 2 * p, w + 2 * p)
+            padded[:, p:p + h, p:p + w] = x
+            dy, dx = rng.randint(0, 2 * p), rng.randint(0, 2 * p)
+            x = padded[:, dy:dy + h, dx:dx + w]
+        return self._maybe_flip(x, rng)
+
+    def _maybe_flip(self, x: torch.Tensor, rng: random.Random) -> torch.Tensor:
+        return x.flip(-1) if self.flip and rng.random() < 0.5 else x
+
+
+def random_resized_crop(w: int, h: int, min_scale: float, rng: random.Random,
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[float, float, float, float]:
+    """A crop box (left, top, right, bottom) of min_scale..1 of the area and aspect ratio in
+    ``ratio`` (log-uniform); after 10 misses, the centre crop of the clamped ratio."""
+    area, log_lo, log_hi = w * h, math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * rng.uniform(min_scale, 1.0)
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        cw, ch = math.sqrt(target * aspect), math.sqrt(target / aspect)
+        if cw <= w and ch <= h:
+            x0, y0 = rng.uniform(0, w - cw), rng.uniform(0, h - ch)
+            return (x0, y0, x0 + cw, y0 + ch)
+    aspect = min(max(w / h, ratio[0]), ratio[1])
+    cw, ch = (w, w / aspect) if w / h < aspect else (h * aspect, h) if w / h > aspect else (w, h)
+    return ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
+
+
+def _draft(img, box: tuple[float, float, float, float], size: int, mode: str):
+    """Let libjpeg decode at a reduced scale when the crop stays >= ``size`` pixels; the box is
+    rescaled to the decoded image."""
+    if img.format != "JPEG":
+        return img, box
+    w, h = img.size
+    crop = min(box[2] - box[0], box[3] - box[1])
+    factor = crop / size
+    if factor < 2:
+        return img, box
+    img.draft(mode if mode == "L" else "RGB", (math.ceil(w / factor), math.ceil(h / factor)))
+    sx, sy = img.size[0] / w, img.size[1] / h
+    return img, (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+
+
+def _resize_tensor(x: torch.Tensor, size: int) -> torch.Tensor:
+    out = torch.nn.functional.interpolate(x[None].float(), size=(size, size), mode="bilinear", antialias=True,
+                                          align_corners=False)[0]
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def for_stats(stats: dict, train: bool) -> ImageTransform:
+    """The transform that ``stats.json`` (its ``image`` entry) says the shards need."""
+    return ImageTransform(stats["image"], train)
