@@ -138,9 +138,12 @@ def stages(raw: dict[str, Any], root: Path = ROOT) -> dict[str, dict]:
     """Every stage of the pipeline, in run order, as dvc.yaml writes it."""
     out: dict[str, dict] = {}
     for ds in raw["data"]:
+        # A source outside the repository (CIFAR batches, an image folder, tars) is a dependency too:
+        # DVC hashes it, so changed files re-run ingest.
+        source = [raw["data"][ds]["path"]] if isinstance(raw["data"][ds], dict) and raw["data"][ds].get("path") else []
         out[f"ingest-{ds}"] = {
             "cmd": f"python -m pipelines.ingest --dataset {ds}",
-            "deps": code_deps("ingest", raw, ds, root),
+            "deps": [*code_deps("ingest", raw, ds, root), *source],
             "params": [f"data.{ds}"],
             "outs": [f"data/raw/{ds}"]}
         out[f"preprocess-{ds}"] = {

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from components import tracking
 from components.config import RegisterConfig, family_name, parse, train_config_from_dict
+from components.data.shards import read_stats
 from components.models import get_family
 from pipelines import lineage
 from pipelines.layout import load, run_stage, stage_args
@@ -38,8 +39,24 @@ def metric_rows(test: dict, primary: str) -> list[str]:
     return rows
 
 
+def data_rows(stats: dict) -> list[str]:
+    """Where the training data came from, as ``stats.json`` records it: source, format, path and
+    the sha256 of every file ingested (an image folder: one digest over its files' sha256s)."""
+    if "source" not in stats:
+        return []
+    rows = [f"| Data source | {stats['source']}" + (f" ({stats['format']})" if stats.get("format") else "")
+            + (f" at `{stats['path']}`" if stats.get("path") else "") + " |"]
+    digests = stats.get("source_sha256") or {}
+    if digests:
+        shown = [f"`{name}` {digest}" for name, digest in list(digests.items())[:8]]
+        more = f" and {len(digests) - 8} more" if len(digests) > 8 else ""
+        rows.append(f"| Ingested (sha256) | {'; '.join(shown)}{more} |")
+    return rows
+
+
 def model_card(family, algo: str, version_meta: dict, test: dict, primary: str, mode: str, *,
-               data_version: str, dvc_md5: str, commit: str, images: list[str], selected_by: list[str]) -> str:
+               data_version: str, dvc_md5: str, commit: str, images: list[str], selected_by: list[str],
+               data: dict | None = None) -> str:
     """The registered version's description (MLflow renders it as markdown on the version page)."""
     train = version_meta["train"]
     keys = {k: train[k] for k in ("lr", "epochs", "batch_size", "num_workers") if k in train}
@@ -57,6 +74,7 @@ def model_card(family, algo: str, version_meta: dict, test: dict, primary: str, 
         "|---|---|",
         f"| Candidate | {version_meta['candidate']} (selected on val by {', '.join(selected_by)}) |",
         f"| Data version | {data_version} (DVC md5 of the shards {dvc_md5}) |",
+        *data_rows(data or {}),
         f"| Git commit | {commit} |",
         f"| Key params | {', '.join(f'{k} {v}' for k, v in keys.items())}; optimizer {train['optimizer']['name']}, "
         f"schedule {train['schedule']['name']} (warm-up {train['schedule'].get('warmup', 0)}) |",
@@ -108,7 +126,8 @@ def main() -> None:
     exp = tracking.experiment_id(algo, layout.root)
     commit = lineage.git_commit(layout.root)
     dataset = raw["algorithms"][algo]["dataset"]
-    tags = {"git_commit": commit, "data_version": meta["data_version"],
+    data_stats = read_stats(layout.shards(dataset))
+    tags = {"data_source": str(data_stats.get("source", dataset)),"git_commit": commit, "data_version": meta["data_version"],
             "dvc_data_md5": lineage.dvc_md5(layout.root, f"data/shards/{dataset}"),
             "params_hash": lineage.run_key(meta["train"]), "candidate": selected,
             "source_run_id": meta.get("mlflow_run_id", ""),
@@ -130,7 +149,8 @@ def main() -> None:
     version, alias, previous = tracking.register(
         info.model_uri, algo, tags=tags, description=model_card(
             family, algo, meta, test, metric, mode, data_version=meta["data_version"], dvc_md5=tags["dvc_data_md5"],
-            commit=commit, images=[p.name for p in images], selected_by=summary.get("selected_by", [])),
+            commit=commit, images=[p.name for p in images], selected_by=summary.get("selected_by", []),
+            data=data_stats),
         metric=metric, value=value, mode=mode, min_improvement=rcfg.min_improvement)
     result = {"version": int(version.version), "alias": alias, f"test_{metric}": value,
               "previous_champion": int(previous.version) if previous else 0}

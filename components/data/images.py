@@ -40,17 +40,24 @@ import io
 import json
 import pickle
 import random
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 
 from components.config import ConfigError, bounds
 from components.data import features, transforms
 from components.data.manifest import DataError, sha256, write_manifest
-from components.data.shards import (IMAGE_EXTENSIONS, STATS, SPLITS, SplitWriter, _HashingReader,
-                                    write_shards)
+from components.data.shards import (
+    IMAGE_EXTENSIONS,
+    SPLITS,
+    STATS,
+    SplitWriter,
+    _HashingReader,
+    write_shards,
+)
 from components.data.splits import stratified_split
 
 IMAGE_FIELD = "jpg;jpeg;png;webp;npy"  # one of these per sample (webdataset's alternatives syntax)
@@ -118,8 +125,8 @@ class _ArrayUnpickler(pickle.Unpickler):
     """CIFAR's batches are pickles: allow numpy arrays and builtins only, nothing that runs code."""
 
     def find_class(self, module: str, name: str):
-        if module in ("numpy.core.multiarray", "numpy._core.multiarray", "numpy") and name in (
-                "_reconstruct", "ndarray", "dtype", "scalar"):
+        if (module in ("numpy.core.multiarray", "numpy._core.multiarray", "numpy") and name in (
+                "_reconstruct", "ndarray", "dtype", "scalar")) or (module, name) == ("_codecs", "encode"):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR batch")
 
@@ -373,8 +380,8 @@ def ingest(cfg: Config, out_dir: Path) -> dict:
         meta["source_sha256"] = {str(f.relative_to(root)): sha256(f) for f in files}
     np.savez(out_dir / "split.npz", **split)
     return write_manifest(out_dir, {
-        **meta, "num_samples": int(len(labels)), "num_classes": len(names), "class_names": names,
-        "split_sizes": {k: int(len(split[k])) for k in SPLITS}})
+        **meta, "num_samples": len(labels), "num_classes": len(names), "class_names": names,
+        "split_sizes": {k: len(split[k]) for k in SPLITS}})
 
 
 # ---------------------------------------------------------------------------- preprocess

@@ -39,7 +39,6 @@ made once per node and version (an object store).
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import io
@@ -428,12 +427,18 @@ class ShardDataset(IterableDataset):
             return samples
         n = sum(e["samples"] for e in entries)
         edges = np.linspace(0, n, self._batches_for_worker(worker, num_workers) + 1).round().astype(int)
-        sizes = (b - a for a, b in zip(edges[:-1], edges[1:]))
         if self._collate is None:
-            return (collate(list(itertools.islice(samples, size))) for size in sizes)
+            return self._batches(samples, np.diff(edges).tolist(), collate)
         # Graph batching may sample (neighbours): seeded like the shuffle, so an epoch replays exactly.
         generator = torch.Generator().manual_seed(zlib.crc32(stream_seed.encode()))
-        return (self._collate(list(itertools.islice(samples, size)), generator) for size in sizes)
+        return self._batches(samples, np.diff(edges).tolist(), lambda batch: self._collate(batch, generator))
+
+    @staticmethod
+    def _batches(samples: Iterator[tuple], sizes: list[int], make: Any) -> Iterator[Any]:
+        for size in sizes:
+            yield make(list(itertools.islice(samples, size)))
+        for _ in samples:  # runs the last shard's checks (sha256, sample count) after its last sample
+            raise DataError("a shard holds more samples than stats.json says; re-run preprocess")
 
 
 def collate(samples: list[tuple]) -> tuple:
