@@ -40,7 +40,7 @@ STYLES = ("cifar", "imagenet", "none")
 class ImageTransform:
     """Callable on a sample tuple whose first field is an encoded image; picklable for workers."""
 
-    def __init__(self, image: dict, train: bool):
+    def __init__(self, image: dict, train: bool, uint8: bool = False):
         aug = image["augment"]
         self.style = aug["style"] if train else "eval-" + aug["style"]
         self.size = int(aug["size"])
@@ -48,6 +48,7 @@ class ImageTransform:
         self.min_scale, self.crop_ratio = float(aug.get("min_scale", 0.08)), float(aug.get("crop_ratio", 0.875))
         self.channels, self.pixel_max = int(image["channels"]), float(image["pixel_max"])
         self.mode = "L" if self.channels == 1 else "RGB"
+        self.uint8 = uint8  # hand over uint8 pixels (4x fewer bytes between processes); scale later
 
     def __call__(self, sample: tuple, rng: random.Random) -> tuple:
         raw, *rest = sample
@@ -55,7 +56,7 @@ class ImageTransform:
             pixels = self.pixels(raw, rng)
         except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for bad image bytes
             raise DataError(f"cannot decode an image ({type(exc).__name__}: {exc})") from None
-        return (pixels.float().div_(self.pixel_max), *rest)
+        return (pixels if self.uint8 else pixels.float().div_(self.pixel_max), *rest)
 
     # ---------------------------------------------------------------- uint8 (C, S, S)
 
@@ -137,6 +138,11 @@ def _resize_tensor(x: torch.Tensor, size: int) -> torch.Tensor:
     return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def for_stats(stats: dict, train: bool) -> ImageTransform:
+def for_stats(stats: dict, train: bool, uint8: bool = False) -> ImageTransform:
     """The transform that ``stats.json`` (its ``image`` entry) says the shards need."""
-    return ImageTransform(stats["image"], train)
+    return ImageTransform(stats["image"], train, uint8)
+
+
+def scale(batch: tuple, pixel_max: float) -> tuple:
+    """A batch of uint8 images (from ``uint8=True``) as floats in [0, 1], on whatever device it is."""
+    return (batch[0].float().div_(pixel_max), *batch[1:])

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from components.config import to_dict, train_config_from_dict
+from components.data import transforms
 from components.data.shards import ShardDataset, localize, read_stats
 from components.models import get_family
 from components.training import checkpoint as ckpt
@@ -161,8 +162,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
 
     # A family may shape how its batches are built (a GNN's neighbour sampling on several workers).
     loader_options = family.loader_options(cfg.model, ctx.world_size) if hasattr(family, "loader_options") else {}
-    train_ds = ShardDataset(data_dir, "train", rank=ctx.rank, world_size=ctx.world_size,
-                            shuffle=True, seed=cfg.seed, batch_size=cfg.batch_size, **loader_options)
+    # Image batches cross from the loader workers (and to a GPU) as uint8 and are scaled on arrival.
+    train_ds = ShardDataset(data_dir, "train", rank=ctx.rank, world_size=ctx.world_size, shuffle=True,
+                            seed=cfg.seed, batch_size=cfg.batch_size, uint8_images=True, **loader_options)
     val_ds = ShardDataset(data_dir, "val", rank=ctx.rank, world_size=ctx.world_size,
                           batch_size=max(256, cfg.batch_size))
     steps_per_epoch = []
@@ -236,7 +238,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         t0, seen, sums, rows = time.perf_counter(), 0, {"loss": 0.0, "correct": 0.0, "count": 0.0}, []
         first_step = step
         for batch in loader:
-            out = stepper(_to(batch, ctx.device), step)
+            batch = _to(batch, ctx.device)
+            if train_ds.pixel_max:
+                batch = transforms.scale(batch, train_ds.pixel_max)
+            out = stepper(batch, step)
             log = out["log"]
             bad = {k: v for k, v in log.items() if not math.isfinite(v)}
             if bad:
