@@ -132,14 +132,16 @@ def throughput(shards: Path, workers: int, batch: int = 128, limit: int = 0) -> 
     return n / (time.perf_counter() - t0)
 
 
+# VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec.
 PEAK_RSS = """
-import resource, sys
+import sys
 sys.path.insert(0, {repo!r})
 from components.data.shards import ShardDataset
 n = 0
 for x, y in ShardDataset({shards!r}, "train", shuffle=True, batch_size=128, augment=True):
     n += len(y)
-print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(n, hwm.split()[1])
 """
 
 
