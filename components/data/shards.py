@@ -179,13 +179,26 @@ def publish(shard_dir: Path, url: str) -> str:
     """Copy a shard directory to ``url`` under the storage root, unless it is there already.
 
     ``url`` should name the data version (``<root>/shards/<dataset>-<version>``), so a copy is
-    made once per version. ``stats.json``, which lists every shard's sha256, goes last: its
-    presence with the same text marks the copy complete. Returns ``url``.
+    made once per version. Every shard is checked against its size and sha256 first, so a
+    corrupt local file never reaches the cluster. ``stats.json``, which lists every shard's
+    sha256, goes last: its presence with the same text marks the copy complete. Returns ``url``.
     """
-    stats = (Path(shard_dir) / STATS).read_text()
-    if storage.read_text(storage.join(url, STATS)) != stats:
+    text = (Path(shard_dir) / STATS).read_text()
+    if storage.read_text(storage.join(url, STATS)) != text:
+        verify_shards(Path(shard_dir))
         storage.put_tree(shard_dir, url, last=STATS)
     return url
+
+
+def verify_shards(shard_dir: Path) -> None:
+    """Every shard of every split against the size and sha256 that ``stats.json`` lists."""
+    for split in read_stats(shard_dir)["splits"].values():
+        for entry in split["shards"]:
+            path = shard_dir / entry["file"]
+            if not path.exists():
+                raise DataError(f"{path}: shard not found; {_FIX}")
+            if path.stat().st_size != entry["bytes"] or sha256(path) != entry["sha256"]:
+                raise DataError(f"{path}: shard is corrupt (size or sha256 differ from stats.json); {_FIX}")
 
 
 def localize(data_dir: str, cache_root: str | Path | None = None) -> Path:

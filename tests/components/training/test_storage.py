@@ -28,7 +28,7 @@ from components.training.loop import (
 )
 from tests.components.training.test_loop import tiny_train
 from tests.conftest import Recorder
-from tests.conftest import free_port
+from tests.conftest import free_port, numbered_shards
 
 
 @pytest.fixture(params=["path", "file", "memory"])
@@ -100,6 +100,21 @@ def test_shards_published_under_a_root_are_read_back_whole_by_a_worker(root, dig
     publish(digits_shards, url)
     assert storage.read_text(storage.join(url, STATS)) == (digits_shards / STATS).read_text()
     assert storage.exists(storage.join(url, names[0]))
+
+
+def test_a_corrupt_shard_is_never_published(root, tmp_path):
+    import shutil
+
+    shards = tmp_path / "shards"
+    shutil.copytree(numbered_shards(tmp_path / "src", 64, 16, split="all"), shards)
+    victim = shards / "val-000001.tar"
+    data = bytearray(victim.read_bytes())
+    data[700] ^= 0xFF  # same size, other bytes
+    victim.write_bytes(bytes(data))
+    url = storage.join(root, "shards", f"numbers-{uuid.uuid4().hex[:8]}")
+    with pytest.raises(DataError, match="val-000001.tar: shard is corrupt"):
+        publish(shards, url)
+    assert not storage.exists(storage.join(url, STATS))
 
 
 def test_shards_missing_where_a_worker_looks_are_named_with_the_fix(tmp_path):
