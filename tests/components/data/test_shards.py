@@ -75,3 +75,31 @@ def test_shards_are_byte_identical_when_rewritten(tmp_path):
     a = read_stats(numbered_shards(tmp_path / "a", 50, 16))
     b = read_stats(numbered_shards(tmp_path / "b", 50, 16))
     assert [s["sha256"] for s in a["splits"]["train"]["shards"]] == [s["sha256"] for s in b["splits"]["train"]["shards"]]
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "pax", "ustar"])
+def test_tar_members_reads_what_tarfile_writes(fmt):
+    import io
+    import tarfile
+
+    from components.data.shards import tar_members
+
+    files = [("a" * 150 + ".txt", b"hello"), ("dir/x.bin", bytes(1000)), ("e.cls", b""), ("ü.npy", b"y" * 513)]
+    if fmt == "ustar":
+        files = [(n, d) for n, d in files if len(n) < 100 and n.isascii()]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format={"gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT,
+                                                     "ustar": tarfile.USTAR_FORMAT}[fmt]) as tar:
+        folder = tarfile.TarInfo("a-folder")
+        folder.type = tarfile.DIRTYPE  # no data: skipped
+        tar.addfile(folder)
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1.5  # a float mtime makes tarfile write a pax header
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    assert [(m["fname"], m["data"]) for m in tar_members(buf)] == files
+    broken = bytearray(buf.getvalue())
+    broken[520] ^= 0x01  # inside the second header (the first is the folder's)
+    with pytest.raises(ValueError, match="checksum"):
+        list(tar_members(io.BytesIO(bytes(broken))))
