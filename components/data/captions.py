@@ -15,19 +15,22 @@ attributes; training draws one of them per step. ``ZERO_SHOT_TEMPLATES`` are nev
 training: evaluate classifies test digits zero-shot with them.
 
 ``source: webdataset`` reads the common image–caption layout: ``{train,val,test}-*.tar``
-under ``path`` whose samples hold an image (``jpg``, ``jpeg`` or ``png``), its caption
-(``txt``) and optionally a class (``cls``); images are resized to ``image_size`` with
-``channels`` channels.
+under ``path`` whose samples hold an image (``jpg``, ``jpeg``, ``png`` or ``webp``), its
+caption (``txt``) and optionally a class (``cls``). Ingest lists the samples (and hashes the
+tars); preprocess streams the tars again, passing each image's bytes through.
 
-Shards: ``input.npy`` (C, H, W) float in [0, 1], ``tokens.npy`` (K, max_len) int
-(``<bos>`` caption ``<eos>``, zero-padded), ``target.cls`` (-1 without labels) and
-``caption.txt`` (the first caption). The BPE tokenizer is fitted on the train captions
-only and written beside the shards (``tokenizer.json``).
+Shards, as the images datasets' (components/data/images.py): the image encoded (raw uint8
+``npy`` for the digits, the source's own bytes otherwise), decoded and augmented in the loader
+workers (``augment``; images are brought to ``image_size`` x ``image_size`` with ``channels``
+channels), ``tokens.npy`` (K, max_len) int (``<bos>`` caption ``<eos>``, zero-padded),
+``cls`` (-1 without labels) and ``caption.txt`` (the first caption). The BPE tokenizer is
+fitted on the train captions only and written beside the shards (``tokenizer.json``).
+Augmentation never flips by default: captions say "left-leaning" and "right-leaning".
 """
 
 from __future__ import annotations
 
-import io
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +39,9 @@ from typing import Literal
 import numpy as np
 
 from components.config import ConfigError, bounds
+from components.data import images
 from components.data.manifest import DataError, write_manifest
-from components.data.shards import write_shards
+from components.data.shards import IMAGE_EXTENSIONS, STATS, SplitWriter, write_shards
 from components.data.splits import SPLITS, stratified_split
 from components.data.tokenizer import BOS, EOS, Tokenizer, normalize
 
@@ -76,15 +80,21 @@ class Config:
     captions_per_image: int = field(default=4, metadata=bounds(ge=1))
     vocab_size: int = field(default=200, metadata=bounds(ge=8))
     max_len: int = field(default=16, metadata=bounds(ge=4))  # tokens with <bos> and <eos>; longer captions are cut
-    image_size: int = field(default=8, metadata=bounds(ge=4))  # webdataset images are resized to it
+    image_size: int = field(default=8, metadata=bounds(ge=4))  # what the loader hands the model: S x S
     channels: int = field(default=1, metadata=bounds(ge=1, le=3))
+    on_channel_mismatch: Literal["convert", "error"] = "convert"  # webdataset: an image of another band count
     samples_per_shard: int = field(default=128, metadata=bounds(ge=1))
+    augment: images.AugmentConfig = field(default_factory=lambda: images.AugmentConfig(flip=False))
 
     def validate(self) -> None:
         if self.source == "webdataset" and not self.path:
             raise ConfigError("path: source webdataset needs the folder with {train,val,test}-*.tar")
         if self.channels == 2:
             raise ConfigError("channels: 1 (grey) or 3 (RGB), got 2")
+        if self.source == "digits" and self.channels != 1:
+            raise ConfigError("channels: the digits are grey, 1 channel")
+        if self.augment.size not in (0, self.image_size):
+            raise ConfigError(f"augment.size: set image_size instead ({self.image_size} now)")
 
 
 # ---------------------------------------------------------------------------- attributes and captions
@@ -143,101 +153,139 @@ def encode(tok: Tokenizer, texts: list[str], max_len: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- sources
 
-def _decode_image(raw: bytes, size: int, channels: int) -> np.ndarray:
-    from PIL import Image
-
-    img = Image.open(io.BytesIO(raw)).convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+LISTING = "listing.jsonl"
 
 
-def read_webdataset(cfg: Config) -> dict[str, tuple[np.ndarray, list[str], np.ndarray]]:
-    """``{split: (images, captions, labels)}`` from jpg/png + txt (+ cls) tar shards."""
-    import tarfile
-
-    import webdataset as wds
-
+def list_webdataset(cfg: Config) -> tuple[list[dict], dict[str, str]]:
+    """One row per sample (split, tar, key, image extension, caption, class) and each tar's sha256."""
     root = Path(cfg.path).expanduser()
-    out = {}
+    rows, digests = [], {}
     for split in SPLITS:
         tars = sorted(root.glob(f"{split}-*.tar"))
         if not tars:
             raise DataError(f"{root}: no {split}-*.tar shards; expected WebDataset tars of jpg (or png) + txt "
                             f"samples named {{train,val,test}}-000000.tar")
-        images, caps, labels = [], [], []
         for tar in tars:
-            try:
-                with open(tar, "rb") as stream:
-                    files = ({**f, "__url__": str(tar)} for f in wds.tariterators.tar_file_iterator(stream))
-                    for s in wds.tariterators.group_by_keys(files):
-                        key = next((k for k in ("jpg", "jpeg", "png") if k in s), None)
-                        if key is None or "txt" not in s:
-                            raise DataError(f"{tar}: sample {s.get('__key__')!r} has {sorted(k for k in s if not k.startswith('__'))}; "
-                                            f"each needs an image (jpg/jpeg/png) and a caption (txt)")
-                        images.append(_decode_image(s[key], cfg.image_size, cfg.channels))
-                        caps.append(normalize(s["txt"].decode("utf-8")))
-                        labels.append(int(s["cls"]) if "cls" in s else -1)
-            except (tarfile.TarError, OSError) as exc:
-                raise DataError(f"{tar}: cannot read ({type(exc).__name__}: {exc})") from None
-        out[split] = (np.stack(images), caps, np.array(labels, dtype=np.int64))
-    return out
+            for s in images.iter_tar_samples(tar):
+                if "__sha256__" in s:
+                    digests[tar.name] = s["__sha256__"]
+                    continue
+                ext = next((k for k in IMAGE_EXTENSIONS if k in s), None)
+                if ext is None or "txt" not in s:
+                    raise DataError(f"{tar}: sample {s.get('__key__')!r} has "
+                                    f"{sorted(k for k in s if not k.startswith('__'))}; each needs an image "
+                                    f"(jpg/jpeg/png/webp) and a caption (txt)")
+                images.check_image_header(s[ext], f"{tar}: sample {s['__key__']!r}", cfg.channels,
+                                          cfg.on_channel_mismatch)
+                rows.append({"split": split, "tar": tar.name, "key": s["__key__"], "ext": ext,
+                             "caption": normalize(s["txt"].decode("utf-8")),
+                             "label": int(s["cls"]) if "cls" in s else -1})
+    return rows, digests
 
 
 # ---------------------------------------------------------------------------- ingest / preprocess
 
 def ingest(cfg: Config, out_dir: Path) -> dict:
-    """Images, captions (webdataset) and labels per split, with a checksum manifest."""
+    """Digits: the images (grey levels 0..16) and labels per split. Webdataset: the list of
+    samples with their captions, and each tar's sha256. With a checksum manifest."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    meta: dict = {"dataset": "captions", "source": cfg.source}
     if cfg.source == "digits":
         from sklearn.datasets import load_digits
 
         bunch = load_digits()
-        images = (bunch.images.astype(np.float32) / DIGITS_PIXEL_MAX)[:, None]
+        pixels = bunch.images.astype(np.uint8)[:, None]
         labels = bunch.target.astype(np.int64)
         idx = stratified_split(labels, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-        splits = {k: (images[v], [], labels[v]) for k, v in idx.items()}
+        for k, v in idx.items():
+            np.savez(out_dir / f"{k}.npz", images=pixels[v], labels=labels[v])
+        sizes = {k: int(len(v)) for k, v in idx.items()}
+        all_labels = labels
+        meta.update(pixel_max=DIGITS_PIXEL_MAX, format="sklearn.datasets.load_digits")
     else:
-        splits = read_webdataset(cfg)
-    for k, (images, caps, labels) in splits.items():
-        np.savez(out_dir / f"{k}.npz", images=images, labels=labels, captions=np.array(caps, dtype=str))
-    labelled = all((v[2] >= 0).all() for v in splits.values())
+        rows, digests = list_webdataset(cfg)
+        (out_dir / LISTING).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        sizes = {k: sum(r["split"] == k for r in rows) for k in SPLITS}
+        all_labels = np.array([r["label"] for r in rows])
+        meta.update(pixel_max=255, format="webdataset tars", path=str(Path(cfg.path).expanduser()),
+                    source_sha256=digests)
+    labelled = bool((all_labels >= 0).all())
     return write_manifest(out_dir, {
-        "dataset": "captions", "source": cfg.source, "num_samples": sum(len(v[2]) for v in splits.values()),
-        "num_classes": int(max(v[2].max() for v in splits.values()) + 1) if labelled else 0,
-        "split_sizes": {k: int(len(v[2])) for k, v in splits.items()}})
+        **meta, "num_samples": int(sum(sizes.values())),
+        "num_classes": int(all_labels.max() + 1) if labelled else 0, "split_sizes": sizes})
+
+
+def _image_meta(cfg: Config, manifest: dict) -> dict:
+    a = cfg.augment
+    return {"channels": cfg.channels, "pixel_max": manifest["pixel_max"],
+            "source_size": [cfg.image_size, cfg.image_size] if cfg.source == "digits" else None,
+            "augment": {"style": a.style, "size": cfg.image_size, "pad": a.pad if a.pad >= 0 else cfg.image_size // 8,
+                        "flip": bool(a.flip), "min_scale": a.min_scale, "crop_ratio": a.crop_ratio}}
 
 
 def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, manifest: dict) -> dict:
     """Write captions (digits), fit the tokenizer on train captions, shard every split."""
-    raw = {}
-    for k in SPLITS:
-        with np.load(raw_dir / f"{k}.npz") as f:
-            raw[k] = (f["images"], [str(c) for c in f["captions"]], f["labels"])
     meta: dict = {}
     if cfg.source == "digits":
-        train_values = measure(raw["train"][0])
+        raw = {}
+        for k in SPLITS:
+            with np.load(raw_dir / f"{k}.npz") as f:
+                raw[k] = (f["images"], f["labels"])
+        scaled = {k: raw[k][0].astype(np.float32) / DIGITS_PIXEL_MAX for k in SPLITS}
+        train_values = measure(scaled["train"])
         thresholds = {n: np.quantile(v, [1 / 3, 2 / 3]).tolist() for n, v in train_values.items()}
         rng = np.random.default_rng(cfg.seed)
-        captions = {k: write_captions(raw[k][2], attribute_words(measure(raw[k][0]), thresholds),
+        captions = {k: write_captions(raw[k][1], attribute_words(measure(scaled[k]), thresholds),
                                       cfg.captions_per_image, rng) for k in SPLITS}
         meta.update(attribute_thresholds=thresholds, class_names=list(DIGIT_WORDS), train_templates=list(TRAIN_TEMPLATES),
                     zero_shot_templates=list(ZERO_SHOT_TEMPLATES))
     else:
-        captions = {k: [[c] for c in raw[k][1]] for k in SPLITS}
+        rows = [json.loads(line) for line in (raw_dir / LISTING).read_text().splitlines() if line]
+        captions = {k: [[r["caption"]] for r in rows if r["split"] == k] for k in SPLITS}
         if manifest["num_classes"]:
             meta.update(class_names=[str(c) for c in range(manifest["num_classes"])],
                         zero_shot_templates=["a photo of a {digit}"])
     tok = Tokenizer.fit([c for caps in captions["train"] for c in caps], cfg.vocab_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save(out_dir / TOKENIZER)
-    columns = {}
-    for k in SPLITS:
-        images, _, labels = raw[k]
-        tokens = [encode(tok, caps, cfg.max_len) for caps in captions[k]]
-        columns[k] = {"input.npy": images.astype(np.float32), "tokens.npy": tokens, "target.cls": labels,
-                      "caption.txt": [caps[0] for caps in captions[k]]}
-    return write_shards(out_dir, columns, cfg.samples_per_shard, fields=("input.npy", "tokens.npy"), meta={
-        "dataset": "captions", "source": cfg.source, "num_classes": manifest["num_classes"],
-        "input_shape": list(raw["train"][0].shape[1:]), "vocab_size": len(tok), "max_len": cfg.max_len,
-        "captions_per_image": cfg.captions_per_image, "assets": {"tokenizer": TOKENIZER}, **meta,
-        "raw_manifest_sha256": {k: v["sha256"] for k, v in manifest["files"].items()}})
+    tokens = {k: [encode(tok, caps, cfg.max_len) for caps in captions[k]] for k in SPLITS}
+    image = _image_meta(cfg, manifest)
+    meta = {"dataset": "captions", "source": cfg.source, "format": manifest["format"],
+            "path": manifest.get("path", ""), "source_sha256": manifest.get("source_sha256", {}),
+            "num_classes": manifest["num_classes"], "image": image,
+            "input_shape": [cfg.channels, cfg.image_size, cfg.image_size], "vocab_size": len(tok),
+            "max_len": cfg.max_len, "captions_per_image": cfg.captions_per_image,
+            "assets": {"tokenizer": TOKENIZER}, **meta,
+            "raw_manifest_sha256": {k: v["sha256"] for k, v in manifest["files"].items()}}
+    fields = (images.IMAGE_FIELD, "tokens.npy")
+    if cfg.source == "digits":
+        columns = {k: {"npy": list(raw[k][0]), "tokens.npy": tokens[k], "cls": raw[k][1],
+                       "caption.txt": [caps[0] for caps in captions[k]]} for k in SPLITS}
+        return write_shards(out_dir, columns, cfg.samples_per_shard, fields=fields, meta=meta, compress=True,
+                            compresslevel=6)
+    # Webdataset: the tars streamed once more, each image's bytes passed through to its split's shards.
+    root = Path(manifest["path"])
+    position = {(r["tar"], r["key"]): (r["split"], i) for i, r in
+                enumerate(sorted(rows, key=lambda r: SPLITS.index(r["split"])))}
+    start = {k: sum(1 for r in rows if SPLITS.index(r["split"]) < SPLITS.index(k)) for k in SPLITS}
+    writers = {k: SplitWriter(out_dir, k, len(captions[k]), cfg.samples_per_shard, compress=True, compresslevel=6)
+               for k in SPLITS}
+    for tar, digest in manifest["source_sha256"].items():
+        for s in images.iter_tar_samples(root / tar):
+            if "__sha256__" in s:
+                if s["__sha256__"] != digest:
+                    raise DataError(f"{root / tar}: changed since ingest (sha256 differs); re-run `dvc repro` "
+                                    f"from ingest")
+                continue
+            split, i = position[(tar, s["__key__"])]
+            j = i - start[split]
+            ext = next(k for k in IMAGE_EXTENSIONS if k in s)
+            writers[split].write({"__key__": f"{split}{j:07d}", ext: s[ext], "tokens.npy": tokens[split][j],
+                                  "cls": int(s["cls"]) if "cls" in s else -1,
+                                  "caption.txt": captions[split][j][0]})
+    stats = {**meta, "fields": list(fields), "splits": {}}
+    for k, w in writers.items():
+        shards = w.close()
+        stats["splits"][k] = {"samples": sum(e["samples"] for e in shards), "shards": shards}
+    (out_dir / STATS).write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+    return stats

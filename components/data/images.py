@@ -204,9 +204,9 @@ def read_mnist(root: Path, source: str) -> tuple[dict[str, tuple[np.ndarray, np.
     return out, names, files
 
 
-def _image_header(raw: bytes | Path, where: str, cfg: Config) -> tuple[int, str]:
+def check_image_header(raw: bytes | Path, where: str, channels: int, on_mismatch: str) -> tuple[int, str]:
     """(band count, format) of an encoded image, read from its header; DataError when unreadable
-    or (``on_channel_mismatch: error``) of another band count than ``channels``."""
+    or (``on_mismatch == "error"``) of another band count than ``channels``."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -215,8 +215,8 @@ def _image_header(raw: bytes | Path, where: str, cfg: Config) -> tuple[int, str]
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DataError(f"{where}: not a readable image ({type(exc).__name__}: {exc}); delete or replace it") from None
     colour = bands - (1 if bands in (2, 4) else 0)  # LA, RGBA: the alpha band is dropped
-    if colour != cfg.channels and cfg.on_channel_mismatch == "error":
-        raise DataError(f"{where}: has {bands} bands, data.<name>.channels is {cfg.channels}; convert the file, "
+    if colour != channels and on_mismatch == "error":
+        raise DataError(f"{where}: has {bands} bands, data.<name>.channels is {channels}; convert the file, "
                         f"or set on_channel_mismatch: convert to convert such images when they are decoded")
     return bands, fmt
 
@@ -240,7 +240,7 @@ def list_imagefolder(root: Path, cfg: Config) -> tuple[list[tuple[str, int, str,
                 raise DataError(f"{folder}: class folder {name!r} has no images (.jpg, .jpeg, .png, .webp); add "
                                 f"some or remove the folder from every split")
             for f in files:
-                bands, _ = _image_header(f, str(f), cfg)
+                bands, _ = check_image_header(f, str(f), cfg.channels, cfg.on_channel_mismatch)
                 converted += bands != cfg.channels
                 rows.append((split, label, str(f.relative_to(root)), f.stat().st_size, sha256(f)))
     extra = sorted({p.name for top in tops.values() for p in top.iterdir() if p.is_dir()} - set(classes))
@@ -250,40 +250,42 @@ def list_imagefolder(root: Path, cfg: Config) -> tuple[list[tuple[str, int, str,
     return rows, classes, {"converted_on_decode": converted}
 
 
-def _iter_tar(path: Path) -> Iterator[dict]:
+def iter_tar_samples(path: Path) -> Iterator[dict]:
+    """A user's tar as webdataset samples (dicts of field -> bytes, with ``__key__``), read by
+    webdataset's own iterator (any tar format); ends with ``{"__sha256__": digest}`` of the file."""
+    import tarfile
+
     import webdataset as wds
 
-    with open(path, "rb", buffering=0) as f:
-        hashed = _HashingReader(f)
-        stream = io.BufferedReader(hashed, 1 << 20)
-        files = ({**x, "__url__": str(path)} for x in wds.tariterators.tar_file_iterator(stream))
-        yield from wds.tariterators.group_by_keys(files)
-        yield {"__sha256__": hashed.finish()}
+    try:
+        with open(path, "rb", buffering=0) as f:
+            hashed = _HashingReader(f)
+            stream = io.BufferedReader(hashed, 1 << 20)
+            files = ({**x, "__url__": str(path)} for x in wds.tariterators.tar_file_iterator(stream))
+            yield from wds.tariterators.group_by_keys(files)
+            yield {"__sha256__": hashed.finish()}
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read ({type(exc).__name__}: {exc}); re-create or re-download it") from None
 
 
 def iter_webdataset(tar: Path) -> Iterator[tuple[str, str, bytes, int]]:
     """(key, image extension, bytes, class) of every sample of a source tar; DataError names the
     tar and the key of a sample without an image or a class. Ends with ("", "", b"", -1) and the
     tar's sha256 in the extension slot."""
-    import tarfile
-
-    try:
-        for s in _iter_tar(tar):
-            if "__sha256__" in s:
-                yield "", s["__sha256__"], b"", -1
-                return
-            ext = next((k for k in IMAGE_EXTENSIONS if k in s), None)
-            if ext is None or "cls" not in s:
-                have = sorted(k for k in s if not k.startswith("__"))
-                raise DataError(f"{tar}: sample {s.get('__key__')!r} has {have}; each needs an image (jpg, jpeg, "
-                                f"png or webp) and a class (cls)")
-            try:
-                label = int(s["cls"])
-            except ValueError:
-                raise DataError(f"{tar}: sample {s['__key__']!r}: cls {s['cls'][:20]!r} is not an integer") from None
-            yield s["__key__"], ext, s[ext], label
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"{tar}: cannot read ({type(exc).__name__}: {exc}); re-create or re-download it") from None
+    for s in iter_tar_samples(tar):
+        if "__sha256__" in s:
+            yield "", s["__sha256__"], b"", -1
+            return
+        ext = next((k for k in IMAGE_EXTENSIONS if k in s), None)
+        if ext is None or "cls" not in s:
+            have = sorted(k for k in s if not k.startswith("__"))
+            raise DataError(f"{tar}: sample {s.get('__key__')!r} has {have}; each needs an image (jpg, jpeg, "
+                            f"png or webp) and a class (cls)")
+        try:
+            label = int(s["cls"])
+        except ValueError:
+            raise DataError(f"{tar}: sample {s['__key__']!r}: cls {s['cls'][:20]!r} is not an integer") from None
+        yield s["__key__"], ext, s[ext], label
 
 
 def list_webdataset(root: Path, cfg: Config) -> tuple[list[tuple], dict[str, str], dict]:
@@ -299,7 +301,7 @@ def list_webdataset(root: Path, cfg: Config) -> tuple[list[tuple], dict[str, str
                 if not key:
                     digests[tar.name] = ext
                     continue
-                bands, _ = _image_header(raw, f"{tar}: sample {key!r}", cfg)
+                bands, _ = check_image_header(raw, f"{tar}: sample {key!r}", cfg.channels, cfg.on_channel_mismatch)
                 converted += bands != cfg.channels
                 rows.append((split, label, tar.name, key, ext))
     return rows, digests, {"converted_on_decode": converted}

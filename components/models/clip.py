@@ -42,7 +42,7 @@ PRIMARY_METRIC, PRIMARY_MODE = "zero_shot_accuracy", "max"  # test digits, promp
 SELECT_BY = (("zero_shot_accuracy", "max"), ("loss", "min"))
 VAL_METRIC, VAL_MODE = "val_zero_shot_accuracy", "max"
 MAX_LOGIT_SCALE = 100.0
-EVAL_FIELDS = ("input.npy", "tokens.npy", "target.cls", "caption.txt")
+EVAL_FIELDS = ("jpg;jpeg;png;webp;npy", "tokens.npy", "cls", "caption.txt")  # the image, encoded as the data has it
 
 
 @dataclass
@@ -60,7 +60,7 @@ class Config:
     embed_dim: int = field(default=64, metadata=bounds(ge=2))
     dropout: float = field(default=0.0, metadata=bounds(ge=0, lt=1))
     init_temperature: float = field(default=0.07, metadata=bounds(gt=0.01, le=1))
-    augment_shift: int = field(default=1, metadata=bounds(ge=0))  # random translation of train images, pixels
+    augment: bool = True  # train images come augmented from the loader (data.<name>.augment: crops, shifts)
     max_len: int = field(default=0, metadata=bounds(ge=0))  # 0: from the data
     vocab_size: int = field(default=0, metadata=bounds(ge=0))  # 0: from the data's tokenizer
     tokenizer: dict[str, Any] = field(default_factory=dict)  # filled from the data at train time; leave unset
@@ -224,10 +224,14 @@ def _one_caption(tokens: torch.Tensor) -> torch.Tensor:
     return tokens[torch.arange(len(tokens)), pick.to(tokens.device)]
 
 
+def loader_options(cfg: Config, world_size: int) -> dict:
+    """Training batches come augmented from the loader workers (the data section's style)."""
+    return {"augment": cfg.augment}
+
+
 def training_step(model: nn.Module, batch: tuple, cfg: Config, label_smoothing: float = 0.0,
                   progress: float = 0.0) -> dict[str, Any]:
     images, tokens = batch[0], batch[1].long()
-    images = resnet.random_shift(images, cfg.augment_shift)
     image, text, scale = model(images, _one_caption(tokens))
     image, text = gather(image), gather(text)
     loss, logits = contrastive_loss(image, text, scale)

@@ -11,7 +11,7 @@ import webdataset as wds
 
 from components.data import captions
 from components.data.manifest import DataError
-from components.data.shards import ShardDataset, read_stats
+from components.data.shards import ShardDataset, iter_shard, read_stats, tar_members
 from components.data.tokenizer import EOS, Tokenizer
 
 
@@ -41,7 +41,7 @@ def test_captions_name_the_digit_and_use_training_templates_only(caption_shards)
     assert not set(stats["zero_shot_templates"]) & set(stats["train_templates"])
     tok = Tokenizer.load(caption_shards / "tokenizer.json")
     images, tokens, labels, first = next(iter(ShardDataset(caption_shards, "train", batch_size=5000,
-                                                           fields=("input.npy", "tokens.npy", "target.cls",
+                                                           fields=("jpg;png;npy", "tokens.npy", "cls",
                                                                    "caption.txt"))))
     assert tokens.shape[1:] == (3, 16) and len(first) == len(labels) == images.shape[0]
     for i in range(0, len(labels), 97):
@@ -86,10 +86,17 @@ def test_jpg_txt_shards_are_read_resized_and_tokenized(tmp_path):
     stats = captions.preprocess(cfg, tmp_path / "raw", tmp_path / "shards", manifest)
     assert stats["input_shape"] == [3, 8, 8] and stats["num_classes"] == 2
     images, tokens, labels, text = next(iter(ShardDataset(tmp_path / "shards", "val", batch_size=100,
-                                                          fields=("input.npy", "tokens.npy", "target.cls",
+                                                          fields=("jpg;png;npy", "tokens.npy", "cls",
                                                                   "caption.txt"))))
     assert images.shape == (6, 3, 8, 8) and 0 <= float(images.min()) and float(images.max()) <= 1
     assert sorted(text) == sorted(f"a red val picture {i}" for i in range(6)) and tokens.shape == (6, 1, 16)
+    # the JPEGs' bytes pass through to the shards; the loader resizes them
+    source = {m["data"] for tar in (tmp_path / "wds").glob("*.tar") for m in tar_members(open(tar, "rb"))
+              if m["fname"].endswith(".jpg")}
+    stored = [raw for e in stats["splits"]["train"]["shards"]
+              for (raw,) in iter_shard(tmp_path / "shards" / e["file"], e, ("jpg",))]
+    assert len(stored) == 6 and set(stored) <= source
+    assert set(stats["source_sha256"]) == {"train-000000.tar", "val-000000.tar", "test-000000.tar"}
 
 
 def test_missing_or_incomplete_webdataset_is_named(tmp_path):

@@ -21,7 +21,7 @@ CAPTIONS = ["a bold seven", "a thin one", "the digit four, wide", "an upright ze
 def tiny_cfg(**kw) -> clip.Config:
     tok = Tokenizer.fit(CAPTIONS * 2, 60)
     base = dict(width=16, heads=2, embed_dim=8, image_layers=1, text_layers=1, max_len=12, vocab_size=len(tok),
-                tokenizer=tok.to_dict(), augment_shift=0, class_names=["zero", "one"],
+                tokenizer=tok.to_dict(), class_names=["zero", "one"],
                 zero_shot_templates=["an image of a {digit}", "this is a {digit}"])
     return clip.Config(**{**base, **kw})
 
