@@ -201,7 +201,7 @@ def ingest(cfg: Config, out_dir: Path) -> dict:
             np.savez(out_dir / f"{k}.npz", images=pixels[v], labels=labels[v])
         sizes = {k: int(len(v)) for k, v in idx.items()}
         all_labels = labels
-        meta.update(pixel_max=DIGITS_PIXEL_MAX, format="sklearn.datasets.load_digits")
+        meta.update(pixel_max=DIGITS_PIXEL_MAX, format="sklearn.datasets.load_digits", source_size=list(pixels.shape[2:]))
     else:
         rows, digests = list_webdataset(cfg)
         (out_dir / LISTING).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -213,14 +213,6 @@ def ingest(cfg: Config, out_dir: Path) -> dict:
     return write_manifest(out_dir, {
         **meta, "num_samples": int(sum(sizes.values())),
         "num_classes": int(all_labels.max() + 1) if labelled else 0, "split_sizes": sizes})
-
-
-def _image_meta(cfg: Config, manifest: dict) -> dict:
-    a = cfg.augment
-    return {"channels": cfg.channels, "pixel_max": manifest["pixel_max"],
-            "source_size": [cfg.image_size, cfg.image_size] if cfg.source == "digits" else None,
-            "augment": {"style": a.style, "size": cfg.image_size, "pad": a.pad if a.pad >= 0 else cfg.image_size // 8,
-                        "flip": bool(a.flip), "min_scale": a.min_scale, "crop_ratio": a.crop_ratio}}
 
 
 def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, manifest: dict) -> dict:
@@ -249,7 +241,7 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, manifest: dict) -> dic
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save(out_dir / TOKENIZER)
     tokens = {k: [encode(tok, caps, cfg.max_len) for caps in captions[k]] for k in SPLITS}
-    image = _image_meta(cfg, manifest)
+    image = images.image_meta(cfg.augment, cfg.source, manifest, cfg.channels, size=cfg.image_size, flip=False)
     meta = {"dataset": "captions", "source": cfg.source, "format": manifest["format"],
             "path": manifest.get("path", ""), "source_sha256": manifest.get("source_sha256", {}),
             "num_classes": manifest["num_classes"], "image": image,
