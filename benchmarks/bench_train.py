@@ -1,18 +1,33 @@
-"""Benchmark: the same ResNet epochs (a) in a plain PyTorch loop, (b) through the pipeline's
-train path with the default worker setting, (c) as a 2-worker DDP job. Prints wall times,
-ratios to (a), and the time each path spends outside its epochs (start-up, and for
-Ray Train the per-epoch report + checkpoint hand-off).
+"""Benchmark: the same ResNet epochs four ways, to price what the pipeline adds to plain PyTorch.
 
-    python benchmarks/bench_train.py --epochs 200      # ~60 s per path on 2 cores
+    (a) a plain single-process PyTorch loop over in-memory tensors;
+    (b) the pipeline's train path in Ray Train's local mode (the default, ``num_workers: 0``):
+        shards, MLflow logging, epoch checkpoints, progress;
+    (c) the pipeline's train path as a Ray Train DDP job of ``--workers`` workers;
+    (d) plain ``torch.distributed`` DDP over the same number of processes (gloo, one thread
+        each as in (c)), same model, optimizer, schedule, per-rank batch, rank split of the
+        data and per-epoch validation, with no Ray, no shards and no logging.
 
-Needs the digits shards (`dvc repro preprocess-digits`). Run nothing else meanwhile:
-PyTorch threads from two processes sharing 2 cores slow each other down many times over.
+Each path records when every epoch ends. "In-loop" is the time from the end of the first epoch
+to the end of the last (every path's steady state, validation and per-epoch hand-offs
+included); "fixed" is the rest of the wall time: imports, start-up (Ray, the worker group,
+the process group) and the first epoch's warm-up. The ratios (b)/(a) and (c)/(d) compare
+in-loop times.
+
+    python benchmarks/bench_train.py --epochs 100      # about 60 s of in-loop time per path on 2 cores
+
+Needs the digits shards (`dvc repro preprocess-digits`). Run nothing else meanwhile: PyTorch
+threads from two processes sharing 2 cores slow each other down many times over.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import os
+import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,36 +36,62 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
 from components import tracking
-from components.config import to_dict, train_config
+from components.config import to_dict, train_config, train_config_from_dict
+from components.data import transforms
 from components.data.shards import ShardDataset, read_stats
 from components.models import resnet
 from components.training import launch, optim, schedules
 
-REPO = Path(__file__).resolve().parents[1]
+
+def _in_memory(shard_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    (x, y), = ShardDataset(shard_dir, split, batch_size=1_000_000, uint8_images=True)
+    return transforms.scale((x, y), read_stats(shard_dir)["image"]["pixel_max"])
 
 
-def plain_loop(cfg, shard_dir: Path) -> tuple[float, float]:
-    """A hand-written loop over in-memory tensors: no Ray, no shards per epoch, no logging."""
-    t0 = time.perf_counter()
-    train = list(ShardDataset(shard_dir, "train", batch_size=10_000))
-    val = list(ShardDataset(shard_dir, "val", batch_size=10_000))
-    (x, y), (xv, yv) = train[0], val[0]
-    torch.manual_seed(cfg.seed)
-    model = resnet.build(resnet.bind(copy.deepcopy(cfg.model), read_stats(shard_dir), shard_dir))
+class EpochClock:
+    """A loop hook that appends the wall-clock time at the end of every epoch to a file (rank 0)."""
+
+    all_ranks = False
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def on_step(self, rows):
+        pass
+
+    def on_epoch(self, metrics, checkpoint_dir):
+        with open(self.path, "a") as f:
+            f.write(f"{time.time()}\n")
+
+
+def _split(t0: float, t_end: float, clock: Path) -> tuple[float, float, float]:
+    """(wall, in-loop, fixed) from the start, the end and the per-epoch end times."""
+    ends = [float(x) for x in clock.read_text().split()]
+    in_loop = ends[-1] - ends[0]
+    wall = t_end - t0
+    return wall, in_loop, wall - in_loop
+
+
+def plain_epochs(model, cfg, data, val, *, rank: int = 0, world_size: int = 1, clock: Path | None = None,
+                 seed: int = 0) -> float:
+    """``cfg.epochs`` epochs of a hand-written loop on this rank's share; returns the last val accuracy."""
+    (x, y), (xv, yv) = data, val
+    x, y, xv, yv = x[rank::world_size], y[rank::world_size], xv[rank::world_size], yv[rank::world_size]
     opt = optim.build(model, cfg.optimizer, cfg.lr)
     steps_per_epoch = -(-len(y) // cfg.batch_size)
     lr_at = schedules.build(cfg.schedule, cfg.lr, steps_per_epoch * cfg.epochs)
-    step, in_epochs = 0, 0.0
-    for _ in range(cfg.epochs):
-        e0 = time.perf_counter()
+    step, acc = 0, 0.0
+    for epoch in range(cfg.epochs):
         model.train()
-        perm = torch.randperm(len(y))
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed * 1000 + epoch * 10 + rank))
         for i in range(0, len(y), cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
             optim.set_lr(opt, lr_at(step))
-            loss = F.cross_entropy(model(resnet.random_shift(x[idx], 1)), y[idx],
-                                   label_smoothing=cfg.label_smoothing)
+            loss = F.cross_entropy(model(resnet.random_shift(x[idx], 1)), y[idx], label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -59,49 +100,81 @@ def plain_loop(cfg, shard_dir: Path) -> tuple[float, float]:
             step += 1
         model.eval()
         with torch.no_grad():
-            val_acc = (model(xv).argmax(1) == yv).float().mean().item()
-        in_epochs += time.perf_counter() - e0
-    wall = time.perf_counter() - t0
-    print(f"  (a) plain loop: val_accuracy {val_acc:.4f}")
-    return wall, wall - in_epochs
+            counts = torch.tensor([(model(xv).argmax(1) == yv).sum().item(), len(yv)], dtype=torch.float64)
+        if world_size > 1:
+            torch.distributed.all_reduce(counts)
+        acc = (counts[0] / counts[1]).item()
+        if clock is not None and rank == 0:
+            with open(clock, "a") as f:
+                f.write(f"{time.time()}\n")
+    return acc
 
 
-class EpochTimer:
-    all_ranks = False
-
-    def __init__(self):
-        self.total = 0.0
-
-    def on_step(self, rows):
-        pass
-
-    def on_epoch(self, metrics, checkpoint_dir):
-        self.total += metrics["epoch_time_s"]
+def _model(cfg, shard_dir: Path):
+    torch.manual_seed(cfg.seed)
+    return resnet.build(resnet.bind(copy.deepcopy(cfg.model), read_stats(shard_dir), shard_dir))
 
 
-def pipeline_path(cfg, shard_dir: Path, num_workers: int, scratch: Path) -> tuple[float, float]:
-    """launch.fit as the train stage calls it: Ray Train, MLflow logging, epoch checkpoints."""
+def plain_loop(cfg, shard_dir: Path, scratch: Path) -> tuple[float, float, float, float]:
+    """(a): returns (wall, in-loop, fixed, val accuracy)."""
+    t0, clock = time.time(), scratch / f"clock-a-{time.time_ns()}"
+    acc = plain_epochs(_model(cfg, shard_dir), cfg, _in_memory(shard_dir, "train"), _in_memory(shard_dir, "val"),
+                       clock=clock, seed=cfg.seed)
+    return (*_split(t0, time.time(), clock), acc)
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, train: dict, shard_dir: str, clock: str, result: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)  # as the pipeline's DDP workers on a shared machine
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        cfg = train_config_from_dict("resnet", train)
+        model = torch.nn.parallel.DistributedDataParallel(_model(cfg, Path(shard_dir)))
+        acc = plain_epochs(model, cfg, _in_memory(Path(shard_dir), "train"), _in_memory(Path(shard_dir), "val"),
+                           rank=rank, world_size=world_size, clock=Path(clock), seed=cfg.seed)
+        if rank == 0:
+            Path(result).write_text(json.dumps({"val_accuracy": acc}))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def plain_ddp(cfg, shard_dir: Path, scratch: Path, world_size: int) -> tuple[float, float, float, float]:
+    """(d): plain torch.distributed DDP in ``world_size`` processes; returns (wall, in-loop, fixed, val accuracy)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    clock, result = scratch / f"clock-d-{time.time_ns()}", scratch / "result-d.json"
+    t0 = time.time()
+    torch.multiprocessing.spawn(_ddp_worker, args=(world_size, port, to_dict(cfg), str(shard_dir), str(clock),
+                                                   str(result)), nprocs=world_size)
+    return (*_split(t0, time.time(), clock), json.loads(result.read_text())["val_accuracy"])
+
+
+def pipeline_path(cfg, shard_dir: Path, num_workers: int, scratch: Path) -> tuple[float, float, float, float]:
+    """(b) and (c): launch.fit as the train stage calls it: Ray Train, MLflow logging, epoch checkpoints."""
     uri = tracking.configure(scratch)
     client = tracking.MlflowClient()
     run = client.create_run(tracking.experiment_id("bench", scratch), run_name=f"workers-{num_workers}")
-    timer = EpochTimer()
-    t0 = time.perf_counter()
+    tag = f"{num_workers}-{time.time_ns()}"  # a fresh run directory: a second call must not resume the first
+    clock = scratch / f"clock-{tag}"
+    t0 = time.time()
     metrics = launch.fit({"algo": "resnet", "train": {**to_dict(cfg), "num_workers": num_workers},
-                          "data_dir": str(shard_dir), "run_dir": str(scratch / f"run-{num_workers}"),
-                          "hooks": [tracking.MlflowHook(uri, run.info.run_id), launch.RayTrainReport(), timer]},
+                          "data_dir": str(shard_dir), "run_dir": str(scratch / f"run-{tag}"),
+                          "hooks": [tracking.MlflowHook(uri, run.info.run_id), launch.RayTrainReport(),
+                                    EpochClock(clock)]},
                          num_workers=num_workers, use_gpu=False, storage_path=str(scratch / "ray"),
-                         name=f"bench-{num_workers}")
-    wall = time.perf_counter() - t0
+                         name=f"bench-{tag}")
+    t_end = time.time()
     client.set_terminated(run.info.run_id)
-    print(f"  ({'b' if num_workers == 0 else 'c'}) {num_workers} workers: val_accuracy {metrics['val_accuracy']:.4f}")
-    # With DDP the timer runs in a worker process; fall back to the reported per-epoch time x epochs.
-    in_epochs = timer.total or metrics["epoch_time_s"] * cfg.epochs
-    return wall, wall - in_epochs
+    return (*_split(t0, t_end, clock), metrics["val_accuracy"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=2, help="processes of (c) and (d)")
+    parser.add_argument("--paths", default="abcd", help="which paths to run, in order, e.g. cd; "
+                        "a path named more than once reports its median run (abcdabcdabcd)")
     parser.add_argument("--shards", default=str(REPO / "data/shards/digits"))
     args = parser.parse_args()
     import logging
@@ -111,17 +184,30 @@ def main() -> None:
     cfg = train_config(raw, "resnet")
     cfg.epochs = args.epochs
     shard_dir = Path(args.shards)
+    names = {"a": "(a) plain PyTorch loop", "b": "(b) pipeline, local mode",
+             "c": f"(c) pipeline, {args.workers} Ray DDP workers", "d": f"(d) plain DDP, {args.workers} processes"}
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
-        print(f"ResNet-{cfg.model.depth} on digits, {cfg.epochs} epochs, batch {cfg.batch_size}, "
-              f"{torch.get_num_threads()} threads")
-        a, a_fixed = plain_loop(cfg, shard_dir)
-        b, b_fixed = pipeline_path(cfg, shard_dir, 0, scratch)
-        c, c_fixed = pipeline_path(cfg, shard_dir, 2, scratch)
-    print(f"\n{'path':<34}{'wall s':>9}{'ratio to (a)':>14}{'outside epochs s':>18}")
-    print(f"{'(a) plain PyTorch loop':<34}{a:>9.1f}{1.0:>14.3f}{a_fixed:>18.1f}")
-    print(f"{'(b) pipeline, default (local mode)':<34}{b:>9.1f}{b / a:>14.3f}{b_fixed:>18.1f}")
-    print(f"{'(c) pipeline, 2 DDP workers':<34}{c:>9.1f}{c / a:>14.3f}{c_fixed:>18.1f}")
+        print(f"ResNet-{cfg.model.depth} on digits, {cfg.epochs} epochs, batch {cfg.batch_size} per process, "
+              f"{torch.get_num_threads()} threads", flush=True)
+        for p in args.paths:
+            run = {"a": lambda: plain_loop(cfg, shard_dir, scratch),
+                   "b": lambda: pipeline_path(cfg, shard_dir, 0, scratch),
+                   "c": lambda: pipeline_path(cfg, shard_dir, args.workers, scratch),
+                   "d": lambda: plain_ddp(cfg, shard_dir, scratch, args.workers)}[p]
+            results.setdefault(p, []).append(run())
+            print(f"  {names[p]}: val_accuracy {results[p][-1][3]:.4f}, in-loop {results[p][-1][1]:.1f} s", flush=True)
+    # A path named several times (--paths abab) reports its median in-loop run: runs on a shared
+    # machine vary by several per cent from one to the next.
+    results = {p: sorted(runs, key=lambda r: r[1])[len(runs) // 2] for p, runs in results.items()}
+    print(f"\n{'path':<36}{'wall s':>8}{'in-loop s':>11}{'fixed s':>9}{'val acc':>9}")
+    for p, (wall, in_loop, fixed, acc) in results.items():
+        print(f"{names[p]:<36}{wall:>8.1f}{in_loop:>11.1f}{fixed:>9.1f}{acc:>9.4f}")
+    for num, den in (("b", "a"), ("c", "d")):
+        if num in results and den in results:
+            ratio = results[num][1] / results[den][1]
+            print(f"in-loop {names[num][:3]}/{names[den][:3]}: {ratio:.3f}")
 
 
 if __name__ == "__main__":

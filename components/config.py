@@ -168,8 +168,13 @@ class OptimizerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = field(default=1e-8, metadata=bounds(gt=0))
     alpha: float = field(default=0.99, metadata=bounds(gt=0, lt=1))  # RMSProp smoothing
+    # How the update runs: PyTorch's default (one kernel per parameter on CPU, grouped "foreach"
+    # kernels on CUDA), "foreach", or "fused" (one kernel for all parameters; SGD, Adam, AdamW).
+    implementation: Literal["auto", "foreach", "fused"] = "auto"
 
     def validate(self) -> None:
+        if self.implementation == "fused" and self.name == "rmsprop":
+            raise ConfigError("implementation: PyTorch has no fused RMSProp; use auto or foreach")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"betas: must be two numbers in [0, 1), got {self.betas}")
         if self.nesterov and self.name == "sgd" and self.momentum == 0:
@@ -241,6 +246,16 @@ class TrainConfig:
     # val metric costs more than its epoch (sampling for FID) validates less often. Tune trials
     # validate every epoch (early stopping compares each one).
     val_every: int = field(default=1, metadata=bounds(ge=1))
+    # Epochs between checkpoints (the last epoch is always saved): a restart repeats at most this many.
+    checkpoint_every: int = field(default=1, metadata=bounds(ge=1))
+    # MiB of read shards each reading process (trainer or loader worker) keeps in memory for the
+    # next epochs; 0 streams every epoch from disk. Bounded: a larger dataset streams the rest.
+    data_cache_mb: int = field(default=512, metadata=bounds(ge=0))
+    # Speed options for GPUs (off by default; each is measured in benchmarks/bench_gpu.py):
+    channels_last: bool = False  # NHWC memory layout for the conv families (tensor cores prefer it)
+    compile: bool = False  # torch.compile the model's forward (the family's compiled_modules)
+    loader_persistent: bool = False  # loader workers (and their shard cache) live across epochs
+    loader_prefetch: int = field(default=2, metadata=bounds(ge=1))  # batches each loader worker readies ahead
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     model: Any = None  # the family's Config dataclass, parsed by train_config()

@@ -73,16 +73,31 @@ def params_of(config: dict[str, Any]) -> dict[str, str]:
 
 
 def log_batch(client: MlflowClient, run_id: str, *, metrics: list[Metric] = (),
-              params: dict[str, str] | None = None, tags: dict[str, str] | None = None) -> None:
-    """Log in as few calls as MLflow's per-call limits allow (1000 metrics, 100 params)."""
+              params: dict[str, str] | None = None, tags: dict[str, str] | None = None,
+              synchronous: bool = True) -> list:
+    """Log in as few calls as MLflow's per-call limits allow (1000 metrics, 100 params).
+
+    ``synchronous=False`` queues the metrics to MLflow's logging thread and returns the
+    pending operations (``.wait()`` on each); params and tags are always logged at once.
+    """
     metrics = list(metrics)
     params_l = [Param(k, v) for k, v in (params or {}).items()]
     for i in range(0, len(params_l), 100):
         client.log_batch(run_id, params=params_l[i:i + 100])
     if tags:
         client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    pending = []
     for i in range(0, len(metrics), _MAX_BATCH):
-        client.log_batch(run_id, metrics=metrics[i:i + _MAX_BATCH])
+        op = client.log_batch(run_id, metrics=metrics[i:i + _MAX_BATCH], synchronous=synchronous)
+        if op is not None:
+            pending.append(op)
+    return pending
+
+
+def _done(op: Any) -> bool:
+    """Whether a queued MLflow operation has finished without error (a failed one is kept to be raised)."""
+    futures = getattr(op, "_operation_futures", None)
+    return futures is not None and all(f.done() and f.exception() is None for f in futures)
 
 
 def step_metrics(rows: list[dict], prefix: str = "") -> list[Metric]:
@@ -112,12 +127,23 @@ class MlflowHook:
     def __getstate__(self) -> dict:
         return {"uri": self.uri, "run_id": self.run_id, "_client": None}
 
+    # Rows go to MLflow's logging thread: a write to the tracking store (tens of ms to a
+    # SQLite file, more to a server) no longer stalls every epoch. on_end waits for them.
     def on_step(self, rows: list[dict]) -> None:
         if rows:
-            log_batch(self.client, self.run_id, metrics=step_metrics(rows, "step/"))
+            self._queue(log_batch(self.client, self.run_id, metrics=step_metrics(rows, "step/"), synchronous=False))
 
     def on_epoch(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
-        log_batch(self.client, self.run_id, metrics=self._epoch_metrics([metrics]))
+        self._queue(log_batch(self.client, self.run_id, metrics=self._epoch_metrics([metrics]), synchronous=False))
+
+    def on_end(self) -> None:
+        """Wait until every queued row is in the tracking store (the loop calls it last, also on failure)."""
+        pending, self._pending = getattr(self, "_pending", []), []
+        for op in pending:
+            op.wait()
+
+    def _queue(self, ops: list) -> None:
+        self._pending = [op for op in getattr(self, "_pending", []) if not _done(op)] + ops
 
     @staticmethod
     def _epoch_metrics(rows: list[dict]) -> list[Metric]:
@@ -135,6 +161,7 @@ class MlflowHook:
         epoch; the restarted group resumes after that checkpoint, so those rows would be missing.
         Rows MLflow already has are not logged again: each step and epoch appears exactly once.
         """
+        self.on_end()  # what this process queued is in the store before it is compared
         if steps:
             key = next(k for k in steps[-1] if k not in ("step", "epoch"))
             last = self._last_logged(f"step/{key}")

@@ -422,6 +422,12 @@ class ShardDataset(IterableDataset):
         uint8_images: image datasets: batches hold uint8 pixels, 4x fewer bytes from a loader
             worker to the trainer and to a GPU; :func:`transforms.scale` makes them [0, 1] floats.
         shuffle_buffer: samples held to shuffle a worker's stream (with ``shuffle``).
+        cache_bytes: keep read shards' samples in memory, up to this many bytes per reading
+            process (the trainer, or each loader worker), and read them from there in later
+            epochs in the same order: a small dataset reads like in-memory tensors after the
+            first epoch, a large one streams as before with memory bounded by the budget.
+            A cached shard was verified (size, sha256, count) when it was read. With loader
+            workers the cache lives as long as they do (``persistent_workers``).
 
     Graph datasets batch through the same reader: their ``stats.json`` names the task, and
     batches are ``(x, edge_index, index, target)`` (``graphs.batcher``).
@@ -430,14 +436,21 @@ class ShardDataset(IterableDataset):
     def __init__(self, shard_dir: str | Path, split: str, *, rank: int = 0, world_size: int = 1,
                  shuffle: bool = False, seed: int = 0, batch_size: int | None = None,
                  fields: Sequence[str] | None = None, fanout: Sequence[int] | None = None,
-                 augment: bool = False, shuffle_buffer: int = SHUFFLE_BUFFER, uint8_images: bool = False):
+                 augment: bool = False, shuffle_buffer: int = SHUFFLE_BUFFER, uint8_images: bool = False,
+                 cache_bytes: int = 0):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world of size {world_size}")
         self.shard_dir = Path(shard_dir)
         self.split, self.rank, self.world_size = split, rank, world_size
-        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+        self.shuffle, self.seed = shuffle, seed
+        # The epoch lives in shared memory: persistent loader workers keep their copy of this
+        # object across epochs, and read the epoch the trainer set from here.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self.cache_bytes = cache_bytes
+        self._cache: dict[str, list] = {}
+        self._cached_bytes = 0
         self.batch_size = batch_size
         stats = read_stats(self.shard_dir)
         if split not in stats["splits"]:
@@ -457,8 +470,12 @@ class ShardDataset(IterableDataset):
         self.pixel_max = float(stats["image"]["pixel_max"]) if "image" in stats else None
         self.shuffle_buffer = max(1, shuffle_buffer)
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.fill_(epoch)
 
     def shards_for(self, worker: int = 0, num_workers: int = 1, rank: int | None = None) -> list[dict]:
         """The shards that ``(rank, worker)`` reads in the current epoch."""
@@ -493,8 +510,23 @@ class ShardDataset(IterableDataset):
 
     def _stream(self, entries: list[dict]) -> Iterator[tuple[str, str, tuple]]:
         for entry in entries:
-            for key, sample in iter_shard(self.shard_dir / entry["file"], entry, self.fields, keys=True):
-                yield entry["file"], key, sample
+            file = entry["file"]
+            if file in self._cache:
+                for key, sample in self._cache[file]:
+                    yield file, key, sample
+                continue
+            keep = [] if self._cached_bytes < self.cache_bytes else None
+            size = 0
+            for key, sample in iter_shard(self.shard_dir / file, entry, self.fields, keys=True):
+                if keep is not None:
+                    size += _sample_bytes(sample)
+                    keep = keep if self._cached_bytes + size <= self.cache_bytes else None
+                    if keep is not None:
+                        keep.append((key, sample))
+                yield file, key, sample
+            if keep is not None:  # the shard was read to its end and verified: it may be kept
+                self._cache[file] = keep
+                self._cached_bytes += size
 
     def _transformed(self, samples: Iterator[tuple[str, str, tuple]], rng: random.Random) -> Iterator[tuple]:
         for file, key, sample in samples:
@@ -534,6 +566,19 @@ class ShardDataset(IterableDataset):
             yield make(list(itertools.islice(samples, size)))
         for _ in samples:  # runs the last shard's checks (sha256, sample count) after its last sample
             raise DataError("a shard holds more samples than stats.json says; re-run preprocess")
+
+
+def _sample_bytes(sample: tuple) -> int:
+    """About how many bytes a decoded sample holds (for the shard cache's budget)."""
+    total = 64
+    for v in sample:
+        if isinstance(v, torch.Tensor):
+            total += v.numel() * v.element_size()
+        elif isinstance(v, (bytes, str)):
+            total += len(v)
+        else:
+            total += 32
+    return total
 
 
 def collate(samples: list[tuple]) -> tuple:

@@ -239,7 +239,7 @@ def training_step(model: nn.Module, batch: tuple, cfg: Config, label_smoothing: 
         correct = (logits.argmax(1) == torch.arange(len(logits), device=logits.device)).sum()
     # The loss is the global batch's on every rank; the loop weights ranks by count (equal here).
     return {"loss": loss, "count": torch.tensor(len(logits)), "correct": correct,
-            "log": {"logit_scale": float(scale.detach()), "global_batch": float(len(logits))}}
+            "log": {"logit_scale": scale.detach(), "global_batch": float(len(logits))}}
 
 
 @torch.no_grad()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -267,6 +266,11 @@ def _broadcast_buffers(module: nn.Module, world_size: int) -> None:
             torch.distributed.broadcast(b, 0)
 
 
+def compiled_modules(model: GAN) -> list[nn.Module]:
+    """What ``train.gan.compile`` compiles: the step calls the two networks, not the GAN's forward."""
+    return [model.generator, model.discriminator]
+
+
 class Step:
     """One D update per batch and one G update every ``n_critic`` batches, then the EMA.
 
@@ -293,12 +297,12 @@ class Step:
         self.world_size = world_size
         self.rank = torch.distributed.get_rank() if world_size > 1 else 0
 
-    def _update(self, opt: torch.optim.Optimizer, net: nn.Module, loss: torch.Tensor, lr: float) -> float | None:
+    def _update(self, opt: torch.optim.Optimizer, net: nn.Module, loss: torch.Tensor, lr: float) -> torch.Tensor | None:
         optim.set_lr(opt, lr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         _all_reduce_grads(net, self.world_size)
-        norm = float(nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)) if self.grad_clip > 0 else None
+        norm = nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip) if self.grad_clip > 0 else None
         opt.step()
         _broadcast_buffers(net, self.world_size)
         return norm
@@ -321,10 +325,10 @@ class Step:
         if m.loss == "wgan_gp" and m.gp_weight > 0:
             gp = gradient_penalty(lambda x: D(x, y), real, fake, gen)
             loss = loss + m.gp_weight * gp
-            log["gradient_penalty"] = gp.item()
-        log.update(loss=loss.item(), **self._d_outputs(out_real, out_fake))
-        if not torch.isfinite(loss):
-            return {"loss": loss, "count": torch.tensor(len(real)), "log": log}
+            log["gradient_penalty"] = gp.detach()
+        # Log values stay on the device (the loop reads them every log_every steps, and stops
+        # the run there if one is NaN or infinite).
+        log.update(loss=loss.detach(), **self._d_outputs(out_real, out_fake))
         norm = self._update(self.opt_d, D, loss, log["lr_d"])
         if norm is not None:
             log["grad_norm_d"] = norm
@@ -334,21 +338,20 @@ class Step:
             D.requires_grad_(False)  # no parameter gradients for D from G's loss
             with self.autocast():
                 loss_g = g_loss(m.loss, D(G(z, y), y))
-            self.last_g = {"g_loss": loss_g.item()}
-            if math.isfinite(self.last_g["g_loss"]):
-                norm = self._update(self.opt_g, G, loss_g, log["lr"])
-                if norm is not None:
-                    self.last_g["grad_norm_g"] = norm
+            self.last_g = {"g_loss": loss_g.detach()}
+            norm = self._update(self.opt_g, G, loss_g, log["lr"])
+            if norm is not None:
+                self.last_g["grad_norm_g"] = norm
             D.requires_grad_(True)
             ema_update(self.model.ema, G, m.ema_decay, step=step // m.n_critic)
         log.update(self.last_g)
         return {"loss": loss.detach(), "count": torch.tensor(len(real)), "log": log}
 
-    def _d_outputs(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+    def _d_outputs(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
         """D(x) and D(G(z)): probabilities for the logistic losses, raw outputs for the others."""
         if self.m.loss in ("minimax", "non_saturating"):
             real, fake = torch.sigmoid(real), torch.sigmoid(fake)
-        return {"d_real": real.mean().item(), "d_fake": fake.mean().item()}
+        return {"d_real": real.detach().mean(), "d_fake": fake.detach().mean()}
 
     def state_dict(self) -> dict:
         return {"g": self.opt_g.state_dict(), "d": self.opt_d.state_dict()}

@@ -190,7 +190,7 @@ def training_step(model: VAE, batch: tuple[torch.Tensor, torch.Tensor], cfg: Con
     kl_sum = kl.sum(1)
     loss = (-rec + w * kl_sum).mean()
     return {"loss": loss, "count": torch.tensor(len(x)),
-            "log": {"recon": -rec.mean().item(), "kl": kl_sum.mean().item(), "kl_weight": w}}
+            "log": {"recon": -rec.detach().mean(), "kl": kl_sum.detach().mean(), "kl_weight": w}}
 
 
 @torch.no_grad()

@@ -7,8 +7,12 @@ What differs between them is injected through ``config["hooks"]``: objects with
 ``on_step(row)`` (rank 0, every ``log_every`` steps, buffered) and
 ``on_batch(epoch, done, per_epoch, step, total_steps)`` (rank 0, after every step; progress),
 ``on_epoch(metrics, checkpoint_dir)`` (once per epoch: rank 0, or every rank where the hook
-sets ``all_ranks = True``), and optionally
-``on_resume(steps, epochs)`` (rank 0, after resuming, with the rows up to the checkpoint).
+sets ``all_ranks = True``; ``checkpoint_dir`` is None on epochs not checkpointed), and optionally
+``on_resume(steps, epochs)`` (rank 0, after resuming, with the rows up to the checkpoint) and
+``on_end()`` (last, also when the run fails: finish queued work).
+
+The hot path reads nothing from the device but every ``log_every`` steps (``StepMeter``), so
+a GPU never waits for the host between steps.
 
 ``config`` keys:
     algo: the algorithm's name (in messages and keys of params.yaml).
@@ -53,16 +57,13 @@ from components.data.shards import ShardDataset, localize, read_stats
 from components.models import get_family
 from components.training import checkpoint as ckpt
 from components.training import storage
+from components.training.meter import StepMeter, TrainingDiverged
 from components.training.steps import SupervisedStep
 
 HISTORY = "steps.jsonl"  # a row every log_every steps
 EPOCHS = "epochs.jsonl"  # a row per epoch
 RESUMES = "resumes.jsonl"  # a row per restart from a checkpoint
 KEEP_CHECKPOINTS = 2
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the run stops and nothing from it is registered."""
 
 
 class Hook(Protocol):
@@ -96,16 +97,55 @@ class _Context:
         return values
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AMX tiles or AVX-512 BF16): without
+    them oneDNN emulates bf16 and it runs slower than fp32."""
+    cpu = torch.cpu
+    return any(getattr(cpu, f, lambda: False)() for f in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+
+
+def precision_of(precision: str, device: torch.device, family: Any = None) -> str:
+    """``bf16`` or ``fp32`` for ``train.<algo>.precision`` on ``device``.
+
+    ``auto`` is bf16 on a GPU; on a CPU it is bf16 only where the CPU has native bf16 matmuls
+    and the family sets ``CPU_BF16 = True`` (a speed-up measured with unchanged quality:
+    ``benchmarks/bench_precision.py``), else fp32.
+    """
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16"
+    return "bf16" if device.type == "cpu" and getattr(family, "CPU_BF16", False) and cpu_has_native_bf16() else "fp32"
+
+
 def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on GPU by default; fp32 on CPU unless asked (bf16 needs no loss scaling)."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if not use_bf16:
+    """bf16 autocast (torch AMP; bf16 needs no loss scaling) or nothing; ``precision`` is resolved."""
+    if precision != "bf16":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def _to(batch: Iterable[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, ...]:
     return tuple(t.to(device, non_blocking=True) for t in batch)
+
+
+def _channels_last(batch: tuple) -> tuple:
+    """Image batches (floating N, C, H, W) in the NHWC layout that channels_last weights run fastest on."""
+    return tuple(t.contiguous(memory_format=torch.channels_last)
+                 if isinstance(t, torch.Tensor) and t.dim() == 4 and t.is_floating_point() else t for t in batch)
+
+
+def speed_up(core: nn.Module, family: Any, cfg: Any) -> None:
+    """The GPU speed options of ``cfg`` applied to the model in place (the state dict keeps its keys).
+
+    ``compile`` compiles the modules the family names in ``compiled_modules(model)`` (those
+    its step calls: a GAN's generator and discriminator), else the model's own forward.
+    """
+    if cfg.channels_last:
+        core.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        for module in family.compiled_modules(core) if hasattr(family, "compiled_modules") else [core]:
+            module.compile()
 
 
 @torch.no_grad()
@@ -119,8 +159,9 @@ def evaluate_split(model: nn.Module, family: Any, dataset: ShardDataset, ctx: _C
         with _autocast(precision, ctx.device):
             out = family.eval_step(model, _to(batch, ctx.device))
         for k, v in out.items():
-            totals[k] = totals.get(k, 0) + v.detach().double().cpu()
+            totals[k] = totals.get(k, 0) + torch.as_tensor(v).detach().to(ctx.device, torch.float64)
     keys = sorted(totals)
+    # Summed on the device and reduced there (NCCL reduces CUDA tensors only); one read at the end.
     reduced = ctx.all_reduce(torch.stack([totals[k] for k in keys])) if keys else torch.zeros(0)
     sums = dict(zip(keys, reduced.tolist()))
     count = sums.pop("count", 0) or 1
@@ -159,21 +200,26 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     cfg.model = family.bind(cfg.model, read_stats(data_dir), data_dir)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     core = family.build(cfg.model).to(ctx.device)
+    speed_up(core, family, cfg)
 
     # A family may shape how its batches are built (a GNN's neighbour sampling on several workers).
     loader_options = family.loader_options(cfg.model, ctx.world_size) if hasattr(family, "loader_options") else {}
     # Image batches cross from the loader workers (and to a GPU) as uint8 and are scaled on arrival.
+    # Read shards stay in memory up to data_cache_mb where the reading process outlives the epoch.
+    cache = cfg.data_cache_mb << 20 if cfg.loader_workers == 0 or cfg.loader_persistent else 0
     train_ds = ShardDataset(data_dir, "train", rank=ctx.rank, world_size=ctx.world_size, shuffle=True,
-                            seed=cfg.seed, batch_size=cfg.batch_size, uint8_images=True, **loader_options)
+                            seed=cfg.seed, batch_size=cfg.batch_size, uint8_images=True, cache_bytes=cache,
+                            **loader_options)
     val_ds = ShardDataset(data_dir, "val", rank=ctx.rank, world_size=ctx.world_size,
-                          batch_size=max(256, cfg.batch_size))
+                          batch_size=max(256, cfg.batch_size), cache_bytes=cfg.data_cache_mb << 20)
     steps_per_epoch = []
     for e in range(cfg.epochs):
         train_ds.set_epoch(e)
         steps_per_epoch.append(train_ds.num_batches())
     total_steps = sum(steps_per_epoch)
+    precision = precision_of(cfg.precision, ctx.device, family)
     stepper = getattr(family, "Step", SupervisedStep)(core, cfg, family, total_steps,
-                                                      lambda: _autocast(cfg.precision, ctx.device))
+                                                      lambda: _autocast(precision, ctx.device))
 
     # Resume from the newer of Ray Train's last registered checkpoint (after a worker-group
     # restart; Ray registers a report a moment after it is made) and our own latest in run_dir.
@@ -222,68 +268,74 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         if hasattr(family, "validate"):
             core.eval()
             return family.validate(core, cfg.model, data_dir)
-        return evaluate_split(core, family, val_ds, ctx, cfg.precision)
+        return evaluate_split(core, family, val_ds, ctx, precision)
 
+    workers = {"persistent_workers": cfg.loader_persistent, "prefetch_factor": cfg.loader_prefetch}
     loader = torch.utils.data.DataLoader(train_ds, batch_size=None, num_workers=cfg.loader_workers,
-                                         pin_memory=ctx.device.type == "cuda")
+                                         pin_memory=ctx.device.type == "cuda",
+                                         **(workers if cfg.loader_workers else {}))
     max_epochs = min(cfg.epochs, config.get("max_epochs") or cfg.epochs)
     batch_hooks = [h for h in hooks if hasattr(h, "on_batch")] if ctx.rank == 0 else []
     metrics: dict[str, float] = {"epoch": start_epoch - 1, "resumed": float(resumed_from is not None)}
-    for epoch in range(start_epoch, max_epochs):
-        core.train()
-        train_ds.set_epoch(epoch)
-        # Augmentation and dropout draw from a stream fixed by (seed, epoch, rank): each rank its own,
-        # and an epoch replays exactly after a restart from the previous epoch's checkpoint.
-        torch.manual_seed(zlib.crc32(f"{cfg.seed}/{epoch}/{ctx.rank}".encode()))
-        t0, seen, sums, rows = time.perf_counter(), 0, {"loss": 0.0, "correct": 0.0, "count": 0.0}, []
-        first_step = step
-        for batch in loader:
-            batch = _to(batch, ctx.device)
-            if train_ds.pixel_max:
-                batch = transforms.scale(batch, train_ds.pixel_max)
-            out = stepper(batch, step)
-            log = out["log"]
-            bad = {k: v for k, v in log.items() if not math.isfinite(v)}
+    try:
+        for epoch in range(start_epoch, max_epochs):
+            core.train()
+            train_ds.set_epoch(epoch)
+            # Augmentation and dropout draw from a stream fixed by (seed, epoch, rank): each rank its own,
+            # and an epoch replays exactly after a restart from the previous epoch's checkpoint.
+            torch.manual_seed(zlib.crc32(f"{cfg.seed}/{epoch}/{ctx.rank}".encode()))
+            t0, seen, rows = time.perf_counter(), 0, []
+            # Sums stay on the device; the host reads them at logged steps and at the epoch's end only.
+            meter = StepMeter(ctx.device, algo, f"lower train.{algo}.lr (now {cfg.lr}) or set train.{algo}.grad_clip")
+            first_step = step
+            for batch in loader:
+                batch = _to(batch, ctx.device)
+                if train_ds.pixel_max:
+                    batch = transforms.scale(batch, train_ds.pixel_max)
+                if cfg.channels_last:
+                    batch = _channels_last(batch)
+                out = stepper(batch, step)
+                meter.add(out, step)
+                step += 1
+                seen += len(batch[-1])  # the targets: one per sample (images, sentence pairs, seed nodes, graphs)
+                if step % cfg.log_every == 0 or step == 1:
+                    row = meter.row(step, epoch, out["log"])
+                    if ctx.rank == 0:
+                        rows.append(row)
+                for hook in batch_hooks:
+                    hook.on_batch(epoch, step - first_step, steps_per_epoch[epoch], step, total_steps)
+            elapsed = time.perf_counter() - t0
+            log = out["log"] if first_step < step else {}
+            train_totals = ctx.all_reduce(meter.totals(step, epoch, log)).tolist()
+            val = validate() if epoch % cfg.val_every == 0 or epoch == max_epochs - 1 else {}
+            count = max(train_totals[2], 1)
+            metrics = {
+                "epoch": epoch, "step": step, "lr": float(log.get("lr", 0.0)),
+                "train_loss": train_totals[0] / count,
+                **({"train_accuracy": train_totals[1] / count} if meter.has_correct else {}),
+                **{f"val_{k}": v for k, v in val.items()},
+                "samples_per_s": seen * ctx.world_size / max(elapsed, 1e-9), "epoch_time_s": elapsed,
+            }
+            bad = {k: v for k, v in val.items() if not math.isfinite(v)}
             if bad:
-                raise TrainingDiverged(
-                    f"{algo}: {', '.join(f'{k} became {v}' for k, v in bad.items())} at step {step} "
-                    f"(epoch {epoch}, lr {log.get('lr', float('nan')):.4g}); lower train.{algo}.lr "
-                    f"(now {cfg.lr}) or set train.{algo}.grad_clip; nothing was registered")
-            step += 1
-            for hook in batch_hooks:
-                hook.on_batch(epoch, step - first_step, steps_per_epoch[epoch], step, total_steps)
-            n = int(out["count"])  # what the loss averages over: samples, or tokens
-            seen += len(batch[-1])  # the targets: one per sample (images, sentence pairs, seed nodes, graphs)
-            sums["loss"] += log["loss"] * n
-            sums["correct"] += float(out.get("correct", 0))
-            sums["count"] += n
-            if ctx.rank == 0 and (step % cfg.log_every == 0 or step == 1):
-                rows.append({"step": step, "epoch": epoch, **log})
-        elapsed = time.perf_counter() - t0
-        train_totals = ctx.all_reduce(torch.tensor([sums["loss"], sums["correct"], sums["count"]], dtype=torch.float64))
-        val = validate() if epoch % cfg.val_every == 0 or epoch == max_epochs - 1 else {}
-        count = max(train_totals[2].item(), 1)
-        metrics = {
-            "epoch": epoch, "step": step, "lr": log.get("lr", 0.0),
-            "train_loss": train_totals[0].item() / count,
-            **({"train_accuracy": train_totals[1].item() / count} if "correct" in out else {}),
-            **{f"val_{k}": v for k, v in val.items()},
-            "samples_per_s": seen * ctx.world_size / max(elapsed, 1e-9), "epoch_time_s": elapsed,
-        }
-        bad = {k: v for k, v in val.items() if not math.isfinite(v)}
-        if bad:
-            raise TrainingDiverged(f"{algo}: validation {', '.join(f'{k} is {v}' for k, v in bad.items())} after "
-                                   f"epoch {epoch}; lower train.{algo}.lr (now {cfg.lr}); nothing was registered")
-        checkpoint_dir = None
-        if ctx.rank == 0:
-            storage.append_text(storage.join(run_dir, HISTORY), "".join(json.dumps(r) + "\n" for r in rows))
-            storage.append_text(storage.join(run_dir, EPOCHS), json.dumps(metrics) + "\n")
-            checkpoint_dir = ckpt.save(ckpt.epoch_dir(ckpt_root, epoch), model=core, optimizer=stepper.state_dict(),
-                                       epoch=epoch, step=step, config=to_dict(cfg), metrics=metrics)
-            ckpt.prune(ckpt_root, KEEP_CHECKPOINTS)
-        for hook in hooks:  # rank 0 only, unless the hook must hear from every rank (Ray Train's report)
+                raise TrainingDiverged(f"{algo}: validation {', '.join(f'{k} is {v}' for k, v in bad.items())} after "
+                                       f"epoch {epoch}; lower train.{algo}.lr (now {cfg.lr}); nothing was registered")
+            checkpoint_dir = None
             if ctx.rank == 0:
-                hook.on_step(rows)
-            if ctx.rank == 0 or getattr(hook, "all_ranks", False):
-                hook.on_epoch(metrics, checkpoint_dir)
+                storage.append_text(storage.join(run_dir, HISTORY), "".join(json.dumps(r) + "\n" for r in rows))
+                storage.append_text(storage.join(run_dir, EPOCHS), json.dumps(metrics) + "\n")
+            # Every checkpoint_every-th epoch and the last are saved (a restart repeats the epochs since).
+            if ctx.rank == 0 and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch == max_epochs - 1):
+                checkpoint_dir = ckpt.save(ckpt.epoch_dir(ckpt_root, epoch), model=core, optimizer=stepper.state_dict(),
+                                           epoch=epoch, step=step, config=to_dict(cfg), metrics=metrics)
+                ckpt.prune(ckpt_root, KEEP_CHECKPOINTS)
+            for hook in hooks:  # rank 0 only, unless the hook must hear from every rank (Ray Train's report)
+                if ctx.rank == 0:
+                    hook.on_step(rows)
+                if ctx.rank == 0 or getattr(hook, "all_ranks", False):
+                    hook.on_epoch(metrics, checkpoint_dir)
+    finally:  # hooks that queue work (MLflow's logging thread) finish it, also when the run fails
+        for hook in hooks:
+            if hasattr(hook, "on_end") and (ctx.rank == 0 or getattr(hook, "all_ranks", False)):
+                hook.on_end()
     return metrics

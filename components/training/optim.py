@@ -1,4 +1,4 @@
-"""Optimizers: SGD (momentum, Nesterov), Adam, AdamW, RMSProp.
+"""Optimizers: SGD (momentum, Nesterov), Adam, AdamW, RMSProp; PyTorch's default, foreach or fused kernels.
 
 Weight decay goes only to weights that multiply inputs (conv, linear, embedding);
 biases and normalisation parameters (BatchNorm/LayerNorm/GroupNorm gains and shifts)
@@ -36,15 +36,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def build(model: nn.Module, cfg: OptimizerConfig, lr: float) -> torch.optim.Optimizer:
     """The optimizer named in ``cfg``; its lr is overwritten every step by the schedule."""
     groups = param_groups(model, cfg.weight_decay)
+    impl = {"auto": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[cfg.implementation]
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **impl)
     if cfg.name == "adam":
         # Adam's weight_decay is L2 added to the gradient (coupled); AdamW decouples it.
-        return torch.optim.Adam(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps)
+        return torch.optim.Adam(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, **impl)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, **impl)
     if cfg.name == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=lr, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum)
+        return torch.optim.RMSprop(groups, lr=lr, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum, **impl)
     raise ValueError(f"unknown optimizer {cfg.name!r}")
 
 

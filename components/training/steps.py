@@ -20,8 +20,9 @@ class SupervisedStep:
 
     The contract a family's own ``Step`` follows:
     ``Step(model, cfg: TrainConfig, family, total_steps, autocast)``, ``distribute(world_size)``
-    (after resume), ``__call__(batch, step) -> {"loss", "count", ["correct"], "log": {name: float}}``
-    (forward passes inside ``autocast()``, backward outside), ``state_dict()`` /
+    (after resume), ``__call__(batch, step) -> {"loss", "count", ["correct"], "log": {name: float or 0-d tensor}}``
+    (forward passes inside ``autocast()``, backward outside; nothing read from the device:
+    no ``.item()``, ``float()`` or ``if`` on a tensor), ``state_dict()`` /
     ``load_state_dict()`` (everything a resume needs but the weights).
 
     ``family.training_step(model, batch, cfg, label_smoothing=, progress=)`` returns ``loss``,
@@ -49,16 +50,16 @@ class SupervisedStep:
             out = self.family.training_step(self.model, batch, self.cfg.model, label_smoothing=self.cfg.label_smoothing,
                                             progress=step / self.total_steps)
         loss = out["loss"]
-        log = {"lr": lr, "loss": loss.item(), **out.get("log", {})}  # a family may add scalars (a KL term...)
-        if not torch.isfinite(loss):  # stop before a NaN reaches the weights
-            return {**out, "log": log}
+        # Log values stay tensors: the loop reads them every log_every steps, not every step
+        # (a read waits for the GPU). A non-finite loss is found there; the run stops then.
+        log = {"lr": lr, "loss": loss.detach(), **out.get("log", {})}  # a family may add scalars (a KL term...)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip > 0:
-            log["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
+            log["grad_norm"] = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         if "correct" in out:
-            log["accuracy"] = float(out["correct"]) / max(int(out["count"]), 1)
+            log["accuracy"] = out["correct"].double() / torch.as_tensor(out["count"]).clamp(min=1)
         return {**out, "log": log}
 
     def state_dict(self) -> dict:

@@ -51,6 +51,7 @@ def test_a_resumed_run_logs_each_step_and_epoch_exactly_once(store):
     hook.on_resume(steps[:20], epochs[:2])  # the run directory, truncated at the checkpoint of epoch 1
     hook.on_step(steps[20:])
     hook.on_epoch(epochs[2], None)
+    hook.on_end()  # rows are queued to MLflow's logging thread; the loop calls on_end last
     for key, want in (("step/loss", list(range(1, 31))), ("step/lr", list(range(1, 31))), ("train_loss", [0, 1, 2])):
         assert sorted(m.step for m in client.get_metric_history(run_id, key)) == want, key
     hook.on_resume(steps, epochs)  # nothing missing: nothing logged again
