@@ -13,6 +13,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -65,11 +66,17 @@ def cluster():
 
 def test_resnet_train_runs_as_a_ray_job_across_two_worker_nodes(cluster, project):
     c, dashboard = cluster
-    job = subprocess.run(
-        ["ray", "job", "submit", "--address", dashboard, "--submission-id", "train-resnet", "--",
-         "bash", "-c", f"cd {shlex.quote(str(project))} && {shlex.quote(sys.executable)} -m pipelines.train --algo resnet"],
-        capture_output=True, text=True, timeout=900,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}})
+    for attempt in range(10):
+        # The head's job agent registers a few seconds after the dashboard answers; until then a
+        # submission is refused with "No available agent" (seen on a busy 2-core machine).
+        job = subprocess.run(
+            ["ray", "job", "submit", "--address", dashboard, "--submission-id", f"train-resnet-{attempt}", "--",
+             "bash", "-c", f"cd {shlex.quote(str(project))} && {shlex.quote(sys.executable)} -m pipelines.train --algo resnet"],
+            capture_output=True, text=True, timeout=900,
+            env={**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}})
+        if "No available agent" not in job.stderr:
+            break
+        time.sleep(3)
     assert job.returncode == 0 and "succeeded" in job.stdout, job.stdout[-4000:] + job.stderr[-4000:]
     assert "2 worker(s) (DDP)" in job.stdout
 
