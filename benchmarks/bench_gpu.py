@@ -258,7 +258,7 @@ def main() -> None:
     for tag in ["eager"] + (["compiled"] if not args.no_compile else []):
         plain = by[("ResNet-50", f"plain, shard reader ({workers} workers), {tag}")]
         pipe = by[("ResNet-50", f"pipeline loop, same reader, {tag}")]
-        print(f"ResNet-50 {tag}: plain / pipeline time per image {plain / pipe:.3f} (floor: <= 1.05)")
+        print(f"ResNet-50 {tag}: pipeline / plain time per image {plain / pipe:.3f} (floor: <= 1.05)")
 
 
 if __name__ == "__main__":
