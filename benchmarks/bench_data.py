@@ -28,7 +28,6 @@ import io
 import json
 import os
 import pickle
-import random
 import subprocess
 import sys
 import tempfile
@@ -41,9 +40,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from components.config import parse  # noqa: E402
-from components.data import images  # noqa: E402
-from components.data.shards import ShardDataset, load_npy, read_stats  # noqa: E402
+from components.config import parse
+from components.data import images
+from components.data.shards import ShardDataset, load_npy, read_stats
 
 
 def image_like(n: int, size: int, seed: int) -> np.ndarray:

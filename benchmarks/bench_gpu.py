@@ -36,6 +36,11 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_precision import (  # the family step timed on a resident batch (same folder)
+    sync,
+    time_steps,
+)
+
 from components.config import (
     OptimizerConfig,
     ScheduleConfig,
@@ -47,12 +52,11 @@ from components.config import (
     to_dict,
     train_config,
 )
-from components.data import images, transforms
-from components.data.shards import ShardDataset, read_stats
-from components.models import get_family, resnet
+from components.data import images
+from components.data.shards import ShardDataset
+from components.models import resnet
 from components.training import optim
-from components.training.loop import _autocast, speed_up, train_loop_per_worker
-from components.training.steps import SupervisedStep
+from components.training.loop import _autocast, train_loop_per_worker
 
 
 class LastEpoch:
@@ -64,11 +68,6 @@ class LastEpoch:
 
     def on_epoch(self, metrics, checkpoint_dir) -> None:
         self.metrics = dict(metrics)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _write_jpegs(args: tuple[Path, range, int, int]) -> None:
@@ -107,8 +106,10 @@ def jpeg_shards(root: Path, n: int, size: int, crop: int, classes: int) -> Path:
     return root / "shards"
 
 
-def resnet50_config(smoke: bool, classes: int, crop: int) -> TrainConfig:
-    cfg = TrainConfig(lr=0.1, epochs=2, batch_size=8 if smoke else 256, precision="bf16" if not smoke else "fp32",
+def resnet50_config(smoke: bool, classes: int, crop: int, device: torch.device) -> TrainConfig:
+    cuda = device.type == "cuda"
+    cfg = TrainConfig(lr=0.1, epochs=2, batch_size=8 if smoke else 256, precision="bf16" if cuda else "fp32",
+                      use_gpu=cuda,
                       channels_last=True, label_smoothing=0.1, log_every=50,
                       optimizer=OptimizerConfig(name="sgd", weight_decay=5e-5, implementation="fused"),
                       schedule=ScheduleConfig(name="cosine", warmup=0.05))
@@ -132,7 +133,7 @@ def plain_resnet(cfg: TrainConfig, device: torch.device, steps: int, compile: bo
     seen, t0 = 0, 0.0
     for i in range(steps + 5):
         if i == 5:  # warm-up done (cuDNN autotuning, compilation)
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
         if batches is None:
             x, y = synthetic
@@ -146,7 +147,7 @@ def plain_resnet(cfg: TrainConfig, device: torch.device, steps: int, compile: bo
         loss.backward()
         opt.step()
         seen += len(y) if i >= 5 else 0
-    _sync(device)
+    sync(device)
     return seen / (time.perf_counter() - t0)
 
 
@@ -160,29 +161,11 @@ def pipeline_rate(algo: str, cfg: TrainConfig, family: str, shards: Path, run_di
 
 def plain_family(raw: dict, algo: str, shards: Path, device: torch.device, steps: int,
                  compile: bool) -> tuple[float, float]:
-    """(samples/s, tokens per sample) of a plain loop of the family's own step on resident batches."""
-    cfg = train_config(raw, algo)
-    family = get_family(family_name(raw, algo))
-    cfg.model = family.bind(cfg.model, read_stats(shards), shards)
-    ds = ShardDataset(shards, "train", batch_size=cfg.batch_size, uint8_images=True)
-    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=None)))
-    batch = tuple(t.to(device) for t in batch)
-    if ds.pixel_max:
-        batch = transforms.scale(batch, ds.pixel_max)
-    tokens = float(sum((t != 0).sum() for t in batch[:2])) / len(batch[-1]) if algo == "transformer" else math.nan
-    torch.manual_seed(0)
-    model = family.build(cfg.model).to(device)
-    speed_up(model, family, TrainConfig(compile=compile))
+    """(samples/s, tokens per sample) of a plain loop of the family's own step on a resident batch."""
     precision = "bf16" if device.type == "cuda" else "fp32"
-    step = getattr(family, "Step", SupervisedStep)(model, cfg, family, steps + 5, lambda: _autocast(precision, device))
-    t0 = 0.0
-    for i in range(steps + 5):
-        if i == 5:
-            _sync(device)
-            t0 = time.perf_counter()
-        step(batch, i)
-    _sync(device)
-    return steps * len(batch[-1]) / (time.perf_counter() - t0), tokens
+    ms, _, batch = time_steps(raw, algo, precision, steps, device, shards=shards, compile=compile, warmup=5)
+    tokens = float(sum((t != 0).sum() for t in batch[:2])) / len(batch[-1]) if algo == "transformer" else math.nan
+    return len(batch[-1]) / (ms / 1000), tokens
 
 
 def main() -> None:
@@ -214,9 +197,7 @@ def main() -> None:
         t0 = time.perf_counter()
         shards = jpeg_shards(root / "jpeg", n_images, size, crop, classes)
         print(f"ResNet-50 data: {n_images} JPEGs sharded in {time.perf_counter() - t0:.0f} s", flush=True)
-        cfg = resnet50_config(smoke, classes, crop)
-        cfg.precision = "bf16" if device.type == "cuda" else "fp32"
-        cfg.use_gpu = device.type == "cuda"
+        cfg = resnet50_config(smoke, classes, crop, device)
         cfg.loader_workers, cfg.loader_persistent, cfg.loader_prefetch = workers, True, 4
         cfg.data_cache_mb = 0  # an ImageNet-size set does not fit: stream as it would
         ds = ShardDataset(shards, "train", shuffle=True, batch_size=cfg.batch_size, augment=True, uint8_images=True)

@@ -27,17 +27,19 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from components.config import family_name, train_config
+from components.config import TrainConfig, family_name, train_config
 from components.data import transforms
 from components.data.shards import ShardDataset, read_stats
 from components.models import get_family
-from components.training.loop import _autocast, cpu_has_native_bf16
+from components.training.loop import _autocast, cpu_has_native_bf16, speed_up
 from components.training.steps import SupervisedStep
 
 
-def _batch(raw: dict, algo: str, device: torch.device):
+def family_batch(raw: dict, algo: str, device: torch.device, shards: Path | None = None):
+    """(train config bound to the data, family, one training batch on ``device``) of ``algo``;
+    ``shards`` defaults to the repository's ``data/shards/<dataset>``."""
     cfg = train_config(raw, algo)
-    shards = REPO / "data/shards" / raw["algorithms"][algo]["dataset"]
+    shards = shards or REPO / "data/shards" / raw["algorithms"][algo]["dataset"]
     family = get_family(family_name(raw, algo))
     cfg.model = family.bind(cfg.model, read_stats(shards), shards)
     options = family.loader_options(cfg.model, 1) if hasattr(family, "loader_options") else {}
@@ -48,20 +50,24 @@ def _batch(raw: dict, algo: str, device: torch.device):
     return cfg, family, batch
 
 
-def time_steps(raw: dict, algo: str, precision: str, steps: int, device: torch.device) -> tuple[float, float]:
-    """(ms per step after two warm-up steps, loss of the last step) with the loop's Step."""
-    cfg, family, batch = _batch(raw, algo, device)
+def time_steps(raw: dict, algo: str, precision: str, steps: int, device: torch.device, *,
+               shards: Path | None = None, compile: bool = False, warmup: int = 2) -> tuple[float, float, tuple]:
+    """(ms per step after ``warmup`` steps, loss of the last step, the batch) of the loop's own
+    Step on one batch resident on ``device`` (``compile``: as ``train.<algo>.compile``)."""
+    cfg, family, batch = family_batch(raw, algo, device, shards)
     torch.manual_seed(0)
     model = family.build(cfg.model).to(device)
-    step = getattr(family, "Step", SupervisedStep)(model, cfg, family, steps + 2, lambda: _autocast(precision, device))
-    out = None
-    for i in range(steps + 2):
-        if i == 2:
-            _sync(device)
+    speed_up(model, family, TrainConfig(compile=compile))
+    step = getattr(family, "Step", SupervisedStep)(model, cfg, family, steps + warmup,
+                                                   lambda: _autocast(precision, device))
+    out, t0 = None, 0.0
+    for i in range(steps + warmup):
+        if i == warmup:
+            sync(device)
             t0 = time.perf_counter()
         out = step(batch, i)
-    _sync(device)
-    return (time.perf_counter() - t0) / steps * 1000, float(out["loss"].detach())
+    sync(device)
+    return (time.perf_counter() - t0) / steps * 1000, float(out["loss"].detach()), batch
 
 
 def time_accelerate(raw: dict, algo: str, steps: int, device: torch.device) -> tuple[float, float]:
@@ -70,7 +76,7 @@ def time_accelerate(raw: dict, algo: str, steps: int, device: torch.device) -> t
 
     from components.training import optim, schedules
 
-    cfg, family, batch = _batch(raw, algo, device)
+    cfg, family, batch = family_batch(raw, algo, device)
     torch.manual_seed(0)
     accelerator = Accelerator(mixed_precision="bf16", cpu=device.type == "cpu")
     model = family.build(cfg.model)
@@ -79,7 +85,7 @@ def time_accelerate(raw: dict, algo: str, steps: int, device: torch.device) -> t
     lr_at = schedules.build(cfg.schedule, cfg.lr, steps + 2)
     for i in range(steps + 2):
         if i == 2:
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
         optim.set_lr(opt, lr_at(i))
         with accelerator.autocast():
@@ -89,11 +95,11 @@ def time_accelerate(raw: dict, algo: str, steps: int, device: torch.device) -> t
         if cfg.grad_clip > 0:
             accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - t0) / steps * 1000, float(out["loss"].detach())
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -112,8 +118,8 @@ def main() -> None:
     print(f"{'algorithm':<13}{'fp32 ms':>9}{'bf16 ms':>9}{'speed-up':>10}{'accelerate ms':>15}"
           f"{'loss fp32':>11}{'loss bf16':>11}")
     for algo in args.algos:
-        fp32, loss32 = time_steps(raw, algo, "fp32", args.steps, device)
-        bf16, loss16 = time_steps(raw, algo, "bf16", args.steps, device)
+        fp32, loss32, _ = time_steps(raw, algo, "fp32", args.steps, device)
+        bf16, loss16, _ = time_steps(raw, algo, "bf16", args.steps, device)
         acc = ""
         if algo == "resnet":
             try:
