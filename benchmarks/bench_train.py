@@ -160,7 +160,8 @@ def pipeline_path(cfg, shard_dir: Path, num_workers: int, scratch: Path) -> tupl
     t0 = time.time()
     metrics = launch.fit({"algo": "resnet", "train": {**to_dict(cfg), "num_workers": num_workers},
                           "data_dir": str(shard_dir), "run_dir": str(scratch / f"run-{tag}"),
-                          "hooks": [tracking.MlflowHook(uri, run.info.run_id), launch.RayTrainReport(),
+                          "hooks": [tracking.MlflowHook(uri, run.info.run_id),
+                                    launch.RayTrainReport(cfg.checkpoint_every, cfg.epochs),
                                     EpochClock(clock)]},
                          num_workers=num_workers, use_gpu=False, storage_path=str(scratch / "ray"),
                          name=f"bench-{tag}")

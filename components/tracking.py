@@ -94,12 +94,6 @@ def log_batch(client: MlflowClient, run_id: str, *, metrics: list[Metric] = (),
     return pending
 
 
-def _done(op: Any) -> bool:
-    """Whether a queued MLflow operation has finished without error (a failed one is kept to be raised)."""
-    futures = getattr(op, "_operation_futures", None)
-    return futures is not None and all(f.done() and f.exception() is None for f in futures)
-
-
 def step_metrics(rows: list[dict], prefix: str = "") -> list[Metric]:
     now = int(time.time() * 1000)
     return [Metric(f"{prefix}{k}", float(v), now, int(r["step"]))
@@ -113,6 +107,7 @@ class MlflowHook:
     """
 
     all_ranks = False
+    MAX_IN_FLIGHT = 64
 
     def __init__(self, uri: str, run_id: str):
         self.uri, self.run_id = uri, run_id
@@ -143,7 +138,11 @@ class MlflowHook:
             op.wait()
 
     def _queue(self, ops: list) -> None:
-        self._pending = [op for op in getattr(self, "_pending", []) if not _done(op)] + ops
+        # At most MAX_IN_FLIGHT batches wait in MLflow's queue: past that, wait for the oldest
+        # (a slow tracking server slows the run down instead of filling memory).
+        self._pending = getattr(self, "_pending", []) + ops
+        while len(self._pending) > self.MAX_IN_FLIGHT:
+            self._pending.pop(0).wait()
 
     @staticmethod
     def _epoch_metrics(rows: list[dict]) -> list[Metric]:

@@ -57,7 +57,8 @@ def main() -> None:
     print(f"train {algo}: {cfg.epochs} epochs, {max(cfg.num_workers, 1)} worker(s) "
           f"({'local mode' if cfg.num_workers == 0 else 'DDP'}), run dir {run_dir}", flush=True)
     config = {"algo": algo, "family": fname, "train": to_dict(cfg), "data_dir": worker_shards, "run_dir": run_dir,
-              "hooks": [tracking.MlflowHook(uri, run.info.run_id), launch.RayTrainReport(), Progress(cfg.epochs, family.VAL_METRIC)]}
+              "hooks": [tracking.MlflowHook(uri, run.info.run_id),
+                        launch.RayTrainReport(cfg.checkpoint_every, cfg.epochs), Progress(cfg.epochs, family.VAL_METRIC)]}
     t0 = time.perf_counter()
     try:
         launch.fit(config, num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, storage_path=f"{storage}/ray",

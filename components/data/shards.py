@@ -409,7 +409,8 @@ class ShardDataset(IterableDataset):
     Args:
         shard_dir: directory with the shards and ``stats.json``.
         split: ``train``, ``val`` or ``test``.
-        rank, world_size: this Ray Train worker's place in the group (shards are dealt by rank).
+        rank, world_size: this Ray Train worker's place in the group (a shuffled split's shards are
+            dealt by rank, an unshuffled one's samples by range: :meth:`shards_for`).
         shuffle: reshuffle shard order and samples every epoch (call :meth:`set_epoch`).
         seed: base seed of all shuffles.
         batch_size: yield collated batches (see :func:`collate`), equally many on every rank;
@@ -449,7 +450,7 @@ class ShardDataset(IterableDataset):
         # object across epochs, and read the epoch the trainer set from here.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.cache_bytes = cache_bytes
-        self._cache: dict[str, list] = {}
+        self._cache: dict[tuple[str, int, int], list] = {}  # (file, first, stop) -> (key, sample)
         self._cached_bytes = 0
         self.batch_size = batch_size
         stats = read_stats(self.shard_dir)
@@ -457,7 +458,7 @@ class ShardDataset(IterableDataset):
             raise DataError(f"{self.shard_dir / STATS}: has no split {split!r}; re-run preprocess")
         self.shards: list[dict] = stats["splits"][split]["shards"]
         self.fields = tuple(fields or stats.get("fields") or ("input.npy", "target.cls"))
-        if len(self.shards) < world_size:
+        if shuffle and len(self.shards) < world_size:
             raise DataError(f"{self.shard_dir / STATS}: split {split!r} has {len(self.shards)} shards, fewer than "
                             f"{world_size} workers; lower samples_per_shard in params.yaml data section")
         from components.data import (
@@ -478,16 +479,35 @@ class ShardDataset(IterableDataset):
         self._epoch.fill_(epoch)
 
     def shards_for(self, worker: int = 0, num_workers: int = 1, rank: int | None = None) -> list[dict]:
-        """The shards that ``(rank, worker)`` reads in the current epoch."""
+        """The shards that ``(rank, worker)`` reads in the current epoch, each with the range
+        ``[first, stop)`` of its samples that are this rank's.
+
+        A shuffled split deals whole shards to the ranks, in an order drawn per epoch (each
+        shard read by one rank). An unshuffled split (val, test) is dealt by sample: rank r
+        takes samples ``[r * N // W, (r + 1) * N // W)`` of the split in shard order, so every
+        rank evaluates within one sample of the same count whatever the shard count (with
+        whole shards, 3 shards over 2 ranks left one rank twice the work); a shard on a
+        boundary between two ranks is read by both, each keeping its part.
+        """
+        rank = self.rank if rank is None else rank
         order = list(self.shards)
         if self.shuffle:
             random.Random(f"{self.seed}/{self.epoch}").shuffle(order)
-        rank = self.rank if rank is None else rank
-        return order[rank::self.world_size][worker::num_workers]
+            mine = [{**e, "first": 0, "stop": e["samples"]} for e in order[rank::self.world_size]]
+        else:
+            total = sum(e["samples"] for e in order)
+            lo, hi = rank * total // self.world_size, (rank + 1) * total // self.world_size
+            mine, start = [], 0
+            for e in order:
+                first, stop = max(lo - start, 0), min(hi - start, e["samples"])
+                if first < stop:
+                    mine.append({**e, "first": first, "stop": stop})
+                start += e["samples"]
+        return mine[worker::num_workers]
 
     def num_samples(self, rank: int | None = None) -> int:
         """Samples a rank (default: this one) sees in the current epoch, over all its loader workers."""
-        return sum(s["samples"] for s in self.shards_for(rank=rank))
+        return sum(s["stop"] - s["first"] for s in self.shards_for(rank=rank))
 
     def num_batches(self) -> int:
         """Batches every rank yields in the current epoch."""
@@ -498,7 +518,7 @@ class ShardDataset(IterableDataset):
     def _batches_for_worker(self, worker: int, num_workers: int) -> int:
         """This worker's share of the rank's batches, proportional to its samples."""
         total = self.num_batches()
-        counts = [sum(s["samples"] for s in self.shards_for(w, num_workers)) for w in range(num_workers)]
+        counts = [sum(s["stop"] - s["first"] for s in self.shards_for(w, num_workers)) for w in range(num_workers)]
         n = sum(counts)
         if n < total:
             raise DataError(f"split {self.split!r}: rank {self.rank} has {n} samples, too few for {total} batches; "
@@ -510,14 +530,18 @@ class ShardDataset(IterableDataset):
 
     def _stream(self, entries: list[dict]) -> Iterator[tuple[str, str, tuple]]:
         for entry in entries:
-            file = entry["file"]
-            if file in self._cache:
-                for key, sample in self._cache[file]:
+            file, first, stop = entry["file"], entry["first"], entry["stop"]
+            cached = self._cache.get((file, first, stop))
+            if cached is not None:
+                for key, sample in cached:
                     yield file, key, sample
                 continue
             keep = [] if self._cached_bytes < self.cache_bytes else None
             size = 0
-            for key, sample in iter_shard(self.shard_dir / file, entry, self.fields, keys=True):
+            # The whole shard is read (its sha256 and count are checked at the end); the rank's range is kept.
+            for i, (key, sample) in enumerate(iter_shard(self.shard_dir / file, entry, self.fields, keys=True)):
+                if not first <= i < stop:
+                    continue
                 if keep is not None:
                     size += _sample_bytes(sample)
                     keep = keep if self._cached_bytes + size <= self.cache_bytes else None
@@ -525,7 +549,7 @@ class ShardDataset(IterableDataset):
                         keep.append((key, sample))
                 yield file, key, sample
             if keep is not None:  # the shard was read to its end and verified: it may be kept
-                self._cache[file] = keep
+                self._cache[(file, first, stop)] = keep
                 self._cached_bytes += size
 
     def _transformed(self, samples: Iterator[tuple[str, str, tuple]], rng: random.Random) -> Iterator[tuple]:
@@ -536,6 +560,17 @@ class ShardDataset(IterableDataset):
                 raise DataError(f"{self.shard_dir / file}: sample {key!r}: {exc}; fix or drop the source image and "
                                 f"re-run `dvc repro` (stage preprocess)") from None
 
+    def _image_batch(self, batch: list[tuple[str, str, tuple]], rng: random.Random) -> tuple:
+        images = []
+        for file, key, sample in batch:
+            try:
+                images.append(self.transform.decode(sample[0], rng))
+            except DataError as exc:
+                raise DataError(f"{self.shard_dir / file}: sample {key!r}: {exc}; fix or drop the source image and "
+                                f"re-run `dvc repro` (stage preprocess)") from None
+        pixels = self.transform.output(self.transform.augment(torch.stack(images), rng))
+        return (pixels, *collate([sample[1:] for _, _, sample in batch]))
+
     def __iter__(self) -> Iterator[tuple]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
@@ -545,20 +580,20 @@ class ShardDataset(IterableDataset):
         if self.shuffle:
             stream = wds.filters.shuffle(self.shuffle_buffer, self.shuffle_buffer,
                                          rng=random.Random(stream_seed))(stream)
-        if self.transform is not None:
-            # Augmentation draws from its own stream, fixed by (seed, epoch, rank, worker): an epoch replays exactly.
-            samples = self._transformed(stream, random.Random(f"{stream_seed}/augment"))
-        else:
-            samples = (sample for _, _, sample in stream)
+        # Augmentation draws from its own stream, fixed by (seed, epoch, rank, worker): an epoch replays exactly.
+        rng = random.Random(f"{stream_seed}/augment")
         if self.batch_size is None:
-            return samples
-        n = sum(e["samples"] for e in entries)
-        edges = np.linspace(0, n, self._batches_for_worker(worker, num_workers) + 1).round().astype(int)
+            return self._transformed(stream, rng) if self.transform is not None else (s for _, _, s in stream)
+        n = sum(e["stop"] - e["first"] for e in entries)
+        sizes = np.diff(np.linspace(0, n, self._batches_for_worker(worker, num_workers) + 1).round()).astype(int)
+        if self.transform is not None:  # decoded one by one, augmented a batch at a time (the same pixels)
+            return self._batches(stream, sizes.tolist(), lambda batch: self._image_batch(batch, rng))
+        samples = (sample for _, _, sample in stream)
         if self._collate is None:
-            return self._batches(samples, np.diff(edges).tolist(), collate)
+            return self._batches(samples, sizes.tolist(), collate)
         # Graph batching may sample (neighbours): seeded like the shuffle, so an epoch replays exactly.
         generator = torch.Generator().manual_seed(zlib.crc32(stream_seed.encode()))
-        return self._batches(samples, np.diff(edges).tolist(), lambda batch: self._collate(batch, generator))
+        return self._batches(samples, sizes.tolist(), lambda batch: self._collate(batch, generator))
 
     @staticmethod
     def _batches(samples: Iterator[tuple], sizes: list[int], make: Any) -> Iterator[Any]:

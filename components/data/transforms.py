@@ -1,4 +1,4 @@
-"""Decoding and augmentation of one image, run per sample in the DataLoader workers.
+"""Decoding and augmentation of images, run in the reading process (the trainer or a loader worker).
 
 A shard's image is encoded (JPEG/PNG/WebP bytes, or a raw uint8 ``npy`` array (C, H, W)); the
 transform turns it into a float32 tensor (C, S, S) in [0, 1] (pixel value / ``pixel_max``).
@@ -18,8 +18,11 @@ Two augmentation styles, chosen by ``data.<name>.augment.style``:
 
 JPEGs are decoded at the smallest of libjpeg's 1/1, 1/2, 1/4, 1/8 scales that still covers
 the crop at S x S (PIL's ``draft``), which is most of the speed of an ImageNet-style loader.
+Images are decoded one at a time (:meth:`ImageTransform.decode`) and the ``cifar`` style's
+shifts and flips are applied to a whole batch in one gather (:meth:`ImageTransform.augment`).
 Randomness comes from the ``random.Random`` the reader passes, seeded by (seed, epoch, rank,
-loader worker): the same epoch gives the same crops, after a restart too.
+loader worker), drawn image by image: the same epoch gives the same crops, after a restart too,
+and batching changes no pixel.
 """
 
 from __future__ import annotations
@@ -51,21 +54,35 @@ class ImageTransform:
         self.uint8 = uint8  # hand over uint8 pixels (4x fewer bytes between processes); scale later
 
     def __call__(self, sample: tuple, rng: random.Random) -> tuple:
+        """One sample: its image decoded and augmented (the reader's batch path does the same per batch)."""
         raw, *rest = sample
-        try:
-            pixels = self.pixels(raw, rng)
-        except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for bad image bytes
-            raise DataError(f"cannot decode an image ({type(exc).__name__}: {exc})") from None
-        return (pixels if self.uint8 else pixels.float().div_(self.pixel_max), *rest)
+        return (self.output(self.augment(self.decode(raw, rng)[None], rng))[0], *rest)
+
+    def pixels(self, raw: Any, rng: random.Random) -> torch.Tensor:
+        """One image as uint8 (C, S, S), decoded and augmented."""
+        return self.augment(self.decode(raw, rng)[None], rng)[0]
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels as handed over: uint8 (``uint8=True``), else floats in [0, 1]."""
+        return x if self.uint8 else x.float().div_(self.pixel_max)
 
     # ---------------------------------------------------------------- uint8 (C, S, S)
 
-    def pixels(self, raw: Any, rng: random.Random) -> torch.Tensor:
+    def decode(self, raw: Any, rng: random.Random) -> torch.Tensor:
+        """One image as uint8 (C, S, S): resized to S when its size differs; the ``imagenet``
+        style's random crop and flip are drawn here (they shape the decode), the ``cifar``
+        style's shift and flip later, per batch (:meth:`augment`). Bad bytes raise DataError."""
+        try:
+            return self._decode(raw, rng)
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for bad image bytes
+            raise DataError(f"cannot decode an image ({type(exc).__name__}: {exc})") from None
+
+    def _decode(self, raw: Any, rng: random.Random) -> torch.Tensor:
         if isinstance(raw, torch.Tensor):  # a raw uint8 array: digits, CIFAR, MNIST
             x = raw if raw.dim() == 3 else raw[None]
             if x.shape[-1] != self.size or x.shape[-2] != self.size:
                 x = _resize_tensor(x, self.size)
-            return self._array_augment(x, rng)
+            return x
         from PIL import Image
 
         img = Image.open(io.BytesIO(raw))
@@ -81,28 +98,37 @@ class ImageTransform:
         img = img.convert(self.mode).resize((self.size, self.size), Image.BILINEAR, box=box, reducing_gap=None)
         x = torch.from_numpy(np.asarray(img).copy())
         x = x[None] if x.dim() == 2 else x.permute(2, 0, 1)
-        if self.style in ("cifar", "imagenet"):
-            return self._array_augment(x, rng) if self.style == "cifar" else self._maybe_flip(x, rng)
+        if self.style == "imagenet" and self.flip and rng.random() < 0.5:
+            x = x.flip(-1)
         return x
 
-    def _array_augment(self, x: torch.Tensor, rng: random.Random) -> torch.Tensor:
-        if self.style != "cifar":
-            return x
-        if self.pad:
-            # The crop of the zero-padded image at offset (dy, dx) is the image shifted by
-            # (p - dy, p - dx) with zeros where it moved away: one copy, in numpy (a third
-            # faster than torch's small-tensor ops at 32 x 32).
-            p, (_, h, w) = self.pad, x.shape
-            dy, dx = rng.randint(0, 2 * p) - p, rng.randint(0, 2 * p) - p
-            a = x.numpy()
-            out = np.zeros_like(a)
-            out[:, max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)] = \
-                a[:, max(0, dy):h - max(0, -dy), max(0, dx):w - max(0, -dx)]
-            x = torch.from_numpy(out)
-        return self._maybe_flip(x, rng)
+    def augment(self, x: torch.Tensor, rng: random.Random) -> torch.Tensor:
+        """The ``cifar`` style's augmentation of a uint8 batch (N, C, S, S); other styles return it.
 
-    def _maybe_flip(self, x: torch.Tensor, rng: random.Random) -> torch.Tensor:
-        return x.flip(-1) if self.flip and rng.random() < 0.5 else x
+        Image i is cropped from its zero-padded copy at a random offset, then flipped with
+        probability 1/2: the draws are made image by image (shift, then flip), so a batch
+        gets exactly the pixels its images would get one at a time. The crop at offset
+        (dy, dx) is a gather of rows ``p + dy + arange(S)`` and columns ``p + dx + arange(S)``
+        of the padded batch (reversed columns for a flipped image): one indexing op per batch
+        instead of a copy per image, which made per-image augmentation the reader's largest
+        cost on small images.
+        """
+        if self.style != "cifar" or not (self.pad or self.flip):
+            return x
+        n, _, h, w = x.shape
+        p = self.pad
+        shifts, flips = [], []
+        for _ in range(n):
+            shifts.append((rng.randint(0, 2 * p), rng.randint(0, 2 * p)) if p else (0, 0))
+            flips.append(self.flip and rng.random() < 0.5)
+        offsets = torch.tensor(shifts, dtype=torch.long)
+        rows = offsets[:, :1] + torch.arange(h)  # (N, S)
+        cols = offsets[:, 1:] + torch.arange(w)
+        flipped = torch.tensor(flips, dtype=torch.bool)
+        cols = torch.where(flipped[:, None], cols.flip(-1), cols)
+        padded = torch.nn.functional.pad(x, (p, p, p, p)) if p else x
+        return padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None],
+                      rows[:, None, :, None], cols[:, None, None, :]]
 
 
 def random_resized_crop(w: int, h: int, min_scale: float, rng: random.Random,

@@ -248,7 +248,8 @@ def eval_step(model: nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
     image, text, scale = model(batch[0], tokens[:, 0] if tokens.dim() == 3 else tokens)
     loss, logits = contrastive_loss(image, text, scale)
     n = len(logits)
-    return {"loss": loss * n, "correct": (logits.argmax(1) == torch.arange(n)).sum(), "count": torch.tensor(n)}
+    correct = (logits.argmax(1) == torch.arange(n, device=logits.device)).sum()
+    return {"loss": loss * n, "correct": correct, "count": torch.tensor(n)}
 
 
 # ---------------------------------------------------------------------------- evaluation

@@ -236,7 +236,8 @@ def g_loss(kind: str, fake: torch.Tensor) -> torch.Tensor:
 def gradient_penalty(critic: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor,
                      generator: torch.Generator | None = None) -> torch.Tensor:
     """E[(‖∇x̂ D(x̂)‖₂ − 1)²] at x̂ = εx + (1 − ε)x̃, ε ~ U[0, 1] per sample (Gulrajani et al. 2017)."""
-    eps = torch.rand(len(real), *([1] * (real.ndim - 1)), generator=generator).to(real)
+    eps = torch.rand(len(real), *([1] * (real.ndim - 1)), generator=generator,
+                     device=generator.device if generator is not None else real.device).to(real)
     x = (eps * real + (1 - eps) * fake).requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
@@ -312,9 +313,13 @@ class Step:
         real, labels = batch
         real = real * 2 - 1
         y = labels if m.conditional else None
-        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.rank, step]).generate_state(1)[0]))
         device = real.device
-        z = torch.randn(len(real), m.latent_dim, generator=gen).to(device)
+        # Noise is drawn where it is used: a host-drawn tensor copied to a GPU would make the host
+        # wait for the GPU every step (a pageable copy synchronises its stream). On a CPU the
+        # draws are what they were; a GPU's generator draws other numbers from the same seed.
+        gen = torch.Generator(device).manual_seed(
+            int(np.random.SeedSequence([self.seed, self.rank, step]).generate_state(1)[0]))
+        z = torch.randn(len(real), m.latent_dim, generator=gen, device=device)
 
         with self.autocast():
             with torch.no_grad():
@@ -334,7 +339,7 @@ class Step:
             log["grad_norm_d"] = norm
 
         if (step + 1) % m.n_critic == 0:
-            z = torch.randn(len(real), m.latent_dim, generator=gen).to(device)
+            z = torch.randn(len(real), m.latent_dim, generator=gen, device=device)
             D.requires_grad_(False)  # no parameter gradients for D from G's loss
             with self.autocast():
                 loss_g = g_loss(m.loss, D(G(z, y), y))

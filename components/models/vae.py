@@ -85,7 +85,9 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    eps = torch.randn(mu.shape, generator=generator).to(mu)
+    # Drawn on mu's device unless a generator says where (a host draw copied to a GPU would wait for it).
+    eps = torch.randn(mu.shape, generator=generator, device=generator.device if generator is not None else mu.device)
+    eps = eps.to(mu)
     return mu + (0.5 * logvar).exp() * eps
 
 

@@ -29,6 +29,11 @@ def epoch_dir(root: str, epoch: int) -> str:
     return storage.join(str(root), f"epoch-{epoch:04d}")
 
 
+def due(epoch: int, every: int, epochs: int | None) -> bool:
+    """Whether epoch ``epoch`` (0-based) of ``epochs`` is checkpointed: every ``every``-th, and the last."""
+    return (epoch + 1) % every == 0 or (epochs is not None and epoch == epochs - 1)
+
+
 _staged: list[str] = []  # local copies of checkpoints published to a remote root (for Ray's report)
 
 

@@ -14,20 +14,41 @@ import time
 from pathlib import Path
 from typing import Any
 
+from components.training import checkpoint as ckpt
 from components.training.loop import train_loop_per_worker
 
 
 class RayTrainReport:
-    """Reports each epoch to Ray Train; rank 0 attaches its checkpoint (Ray keeps it for restarts)."""
+    """Reports the checkpointed epochs to Ray Train: every ``checkpoint_every``-th of ``epochs``
+    and the last (``checkpoint.due``, the loop's rule); rank 0 attaches its checkpoint, which
+    Ray keeps to restart a failed worker group from.
+
+    Epochs between checkpoints are not reported: a report is a barrier of all ranks through an
+    actor (about 10 ms an epoch on 2 CPU workers) and registers nothing Ray could restart from;
+    every epoch's metrics are in MLflow (``tracking.MlflowHook``) and the run's ``epochs.jsonl``.
+    Every rank calls it (``all_ranks``), with the same epochs, as Ray Train requires.
+    """
 
     all_ranks = True
+
+    def __init__(self, checkpoint_every: int = 1, epochs: int | None = None):
+        if checkpoint_every > 1 and epochs is None:
+            raise ValueError("RayTrainReport needs epochs when checkpoint_every > 1 (the last epoch is reported)")
+        self.checkpoint_every, self.epochs = checkpoint_every, epochs
 
     def on_step(self, rows: list[dict]) -> None:
         pass
 
     def on_epoch(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        if not ckpt.due(int(metrics["epoch"]), self.checkpoint_every, self.epochs):
+            return
+        import logging
+
         import ray.train
 
+        # Ray Train logs every report of every rank at INFO ("Reporting training result ..."),
+        # two lines an epoch on the driver's console; the epoch's metrics are in MLflow.
+        logging.getLogger("ray.train.v2._internal.execution.context").setLevel(logging.WARNING)
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -98,6 +119,9 @@ def init_ray(num_cpus: int = 0) -> None:
         else:
             # "local": a new Ray of our own, never one found on this machine (`ray start`, another
             # process's cluster): only RAY_ADDRESS points a stage at a cluster.
+            # A local Ray runs on no machine that is drained or preempted: Ray Train's preemption
+            # watcher (an actor polling the GCS for draining nodes) only takes CPU from the workers.
+            os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), log_to_driver=True,
                      configure_logging=False)
     except ConnectionError as exc:

@@ -206,12 +206,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     loader_options = family.loader_options(cfg.model, ctx.world_size) if hasattr(family, "loader_options") else {}
     # Image batches cross from the loader workers (and to a GPU) as uint8 and are scaled on arrival.
     # Read shards stay in memory up to data_cache_mb where the reading process outlives the epoch.
-    cache = cfg.data_cache_mb << 20 if cfg.loader_workers == 0 or cfg.loader_persistent else 0
+    cache = cfg.data_cache_mb << 20
     train_ds = ShardDataset(data_dir, "train", rank=ctx.rank, world_size=ctx.world_size, shuffle=True,
-                            seed=cfg.seed, batch_size=cfg.batch_size, uint8_images=True, cache_bytes=cache,
-                            **loader_options)
+                            seed=cfg.seed, batch_size=cfg.batch_size, uint8_images=True, **loader_options,
+                            cache_bytes=cache if cfg.loader_workers == 0 or cfg.loader_persistent else 0)
+    # Validation is read in this process, dealt to the ranks by sample (equal work on every rank).
     val_ds = ShardDataset(data_dir, "val", rank=ctx.rank, world_size=ctx.world_size,
-                          batch_size=max(256, cfg.batch_size), cache_bytes=cfg.data_cache_mb << 20)
+                          batch_size=max(256, cfg.batch_size), cache_bytes=cache)
     steps_per_epoch = []
     for e in range(cfg.epochs):
         train_ds.set_epoch(e)
@@ -265,6 +266,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     stepper.distribute(ctx.world_size)
 
     def validate() -> dict[str, float]:
+        # DDP hands rank 0's buffers (BatchNorm's running statistics) to the others at each
+        # forward; after the epoch's last step every rank holds its own. Validation uses rank
+        # 0's, the ones its checkpoint saves, so the val metric is that of the saved model.
+        if ctx.world_size > 1:
+            for buffer in core.buffers():
+                torch.distributed.broadcast(buffer, 0)
         if hasattr(family, "validate"):
             core.eval()
             return family.validate(core, cfg.model, data_dir)
@@ -295,7 +302,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
                 if cfg.channels_last:
                     batch = _channels_last(batch)
                 out = stepper(batch, step)
-                meter.add(out, step)
+                meter.add(out)
                 step += 1
                 seen += len(batch[-1])  # the targets: one per sample (images, sentence pairs, seed nodes, graphs)
                 if step % cfg.log_every == 0 or step == 1:
@@ -325,7 +332,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
                 storage.append_text(storage.join(run_dir, HISTORY), "".join(json.dumps(r) + "\n" for r in rows))
                 storage.append_text(storage.join(run_dir, EPOCHS), json.dumps(metrics) + "\n")
             # Every checkpoint_every-th epoch and the last are saved (a restart repeats the epochs since).
-            if ctx.rank == 0 and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch == max_epochs - 1):
+            if ctx.rank == 0 and ckpt.due(epoch, cfg.checkpoint_every, max_epochs):
                 checkpoint_dir = ckpt.save(ckpt.epoch_dir(ckpt_root, epoch), model=core, optimizer=stepper.state_dict(),
                                            epoch=epoch, step=step, config=to_dict(cfg), metrics=metrics)
                 ckpt.prune(ckpt_root, KEEP_CHECKPOINTS)

@@ -34,7 +34,7 @@ class StepMeter:
         self.checked = 0  # every step up to this one is known finite
         self.has_correct = False
 
-    def add(self, out: dict[str, Any], step: int) -> None:
+    def add(self, out: dict[str, Any]) -> None:
         """Add one step's ``loss`` (a mean over ``count``), ``count`` and ``correct``: no host sync."""
         loss, count = out["loss"].detach(), out["count"]
         correct = out.get("correct")

@@ -5,7 +5,7 @@ root may be ``/mnt/shared/runs``, ``file:///...``, ``s3://bucket/prefix`` or ``g
 (with s3fs/gcsfs installed). Ray Train persists its own results to the same root through
 pyarrow. Paths are strings joined with ``/`` so a URL stays a URL.
 
-Writes publish whole objects only: a file goes to a temporary name and is renamed (local),
+Writes publish whole objects only (tables of JSON lines are appended a whole write at a time): a file goes to a temporary name and is renamed (local),
 or is one PUT (object stores, where a PUT is atomic); a local folder is built aside and
 renamed (``written_whole``); a checkpoint directory on an object store counts as written
 only once its last file, ``config.json``, is there. Temporaries carry ``.tmp-`` in their
@@ -81,10 +81,23 @@ def write_text(url: str, text: str) -> None:
 
 
 def append_text(url: str, text: str) -> None:
-    """Append to a small table; object stores have no append, so it is read and rewritten."""
+    """Append whole lines to a table: on a local disk one ``write`` to a file opened for
+    appending (concurrent appenders never interleave inside it, and its cost does not grow
+    with the table); object stores have no append, so there it is read and rewritten."""
     if not text:
         return
-    write_text(url, (read_text(url) or "") + text)
+    fs, path = resolve(url)
+    if not isinstance(fs, LocalFileSystem):
+        write_text(url, (read_text(url) or "") + text)
+        return
+    os.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        data = text.encode()
+        while data:  # a regular file takes it in one write; loop in case it does not
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
 
 
 def remove(url: str) -> None:

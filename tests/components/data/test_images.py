@@ -250,6 +250,26 @@ def test_cifar_style_crop_is_a_shift_and_flip_mirrors():
     assert outs == {tuple(x.flatten().tolist()), tuple(x.flip(-1).flatten().tolist())}
 
 
+def test_cifar_style_batch_augmentation_is_each_images_padded_crop_drawn_in_order():
+    image = {"channels": 3, "pixel_max": 255, "augment": {"style": "cifar", "size": 6, "pad": 2, "flip": True}}
+    t = transforms.ImageTransform(image, train=True)
+    x = torch.randint(1, 256, (40, 3, 6, 6), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+    out = t.augment(x, random.Random(7))
+    # The reference: the draws made image by image (row offset, column offset, flip), each image
+    # zero-padded by 2 and cropped back to 6 x 6 at that offset, then mirrored.
+    rng, padded = random.Random(7), torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(len(x)):
+        r, c = rng.randint(0, 4), rng.randint(0, 4)
+        want = padded[i, :, r:r + 6, c:c + 6]
+        assert torch.equal(out[i], want.flip(-1) if rng.random() < 0.5 else want)
+    assert out.dtype == torch.uint8 and len({tuple(o.flatten().tolist()) for o in out}) == len(x)
+    # One image at a time (batch_size None in the reader) draws the same numbers and gets the same pixels.
+    rng = random.Random(7)
+    assert torch.equal(torch.stack([t.pixels(img, rng) for img in x]), out)
+    # Evaluation leaves a batch as it is.
+    assert torch.equal(transforms.ImageTransform(image, train=False).augment(x, random.Random(7)), x)
+
+
 # ---------------------------------------------------------------------------- streaming
 
 def id_shards(directory: Path, n: int, per_shard: int) -> Path:

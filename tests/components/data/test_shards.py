@@ -39,7 +39,26 @@ def test_every_sample_exactly_once_per_epoch_with_equal_batches(tmp_path, world_
 def test_fewer_shards_than_workers_is_a_clear_error(tmp_path):
     shards = numbered_shards(tmp_path, 20, 16)  # 2 shards
     with pytest.raises(DataError, match="fewer than 3 workers; lower samples_per_shard"):
-        ShardDataset(shards, "train", rank=0, world_size=3)
+        ShardDataset(shards, "train", rank=0, world_size=3, shuffle=True)
+
+
+@pytest.mark.parametrize("world_size, loader_workers", [(2, 0), (3, 0), (4, 2)])
+def test_unshuffled_split_is_dealt_by_sample_in_order_and_cached(tmp_path, world_size, loader_workers):
+    shards = numbered_shards(tmp_path, 45, 16)  # 3 shards of 15: whole shards would give one of 2 ranks twice the work
+    per_rank = []
+    for rank in range(world_size):
+        ds = ShardDataset(shards, "train", rank=rank, world_size=world_size, batch_size=8, cache_bytes=1 << 20)
+        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=loader_workers)
+        epochs = [[i for x, _ in loader for i in x[:, 0, 0, 0].long().tolist()] for _ in range(2)]
+        assert epochs[0] == epochs[1]  # the second epoch (from the cache without workers) reads the same
+        per_rank.append(epochs[0])
+        if not loader_workers:
+            assert ds._cached_bytes > 0 and all(len(v) == stop - first for (_, first, stop), v in ds._cache.items())
+    sizes = [len(ids) for ids in per_rank]
+    assert max(sizes) - min(sizes) <= 1  # balanced to one sample
+    if not loader_workers:
+        assert [i for ids in per_rank for i in ids] == list(range(45))  # contiguous ranges, in shard order
+    assert sorted(i for ids in per_rank for i in ids) == list(range(45))
 
 
 def test_truncated_shard_is_named(tmp_path):

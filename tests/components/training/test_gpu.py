@@ -26,7 +26,7 @@ def test_one_epoch_on_the_gpu_in_bf16(algo, repo_params, tmp_path):
     assert len(rec.epochs) == 1 and all(v == v for v in rec.epochs[0][0].values())  # finished, nothing NaN
 
 
-@pytest.mark.parametrize("algo", ["resnet", "transformer", "vae", "diffusion", "clip"])
+@pytest.mark.parametrize("algo", ["resnet", "transformer", "gan", "vae", "diffusion", "clip"])
 def test_a_training_step_never_waits_for_the_gpu(algo, repo_params, tmp_path):
     """The step and the meter queue work only: CUDA's sync debug mode raises on any host sync
     (``.item()``, ``float()``, a blocking copy) between the reads the meter makes every log_every steps."""
@@ -54,7 +54,7 @@ def test_a_training_step_never_waits_for_the_gpu(algo, repo_params, tmp_path):
     torch.cuda.set_sync_debug_mode("error")
     try:
         for i in range(1, 5):
-            meter.add(step(batch, i), i)
+            meter.add(step(batch, i))
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert meter.totals(5, 0, {})[2].item() > 0

@@ -13,6 +13,7 @@ from components.config import (
     ScheduleConfig,
     TrainConfig,
     to_dict,
+    train_config_from_dict,
 )
 from components.data.shards import ShardDataset
 from components.models import resnet
@@ -83,6 +84,41 @@ def test_checkpoint_every_saves_every_kth_and_the_last_epoch(digits_shards, tmp_
     saved = [m["epoch"] for m, d in rec.epochs if d is not None]
     assert saved == [1, 3, 4]
     assert ckpt.epoch_of(ckpt.latest(tmp_path / "checkpoints")) == 4
+
+
+def test_ray_ddp_reports_the_checkpointed_epochs_and_validates_every_sample_once(digits_shards, tmp_path):
+    """Two Ray Train workers, 3 epochs, a checkpoint every 2: Ray hears of epochs 1 and 2 only (a
+    report is a barrier of every rank), each with rank 0's checkpoint; the validation dealt to the
+    ranks by sample gives exactly what one process computes on the final weights."""
+    import json
+
+    import ray.train
+
+    from components.training import launch
+    from components.training.loop import _Context, evaluate_split
+
+    log = tmp_path / "reports.jsonl"
+
+    class Reports(ray.train.UserCallback):  # runs in Ray Train's controller process
+        def after_report(self, run_context, metrics, checkpoint):
+            with open(log, "a") as f:
+                f.write(json.dumps({"epochs": [m["epoch"] for m in metrics], "checkpoint": checkpoint is not None}) + "\n")
+
+    train = tiny(epochs=3, checkpoint_every=2)
+    metrics = launch.fit({"algo": "resnet", "train": train, "data_dir": str(digits_shards), "run_dir": str(tmp_path / "run"),
+                          "hooks": [launch.RayTrainReport(2, 3)]},
+                         num_workers=2, use_gpu=False, storage_path=str(tmp_path / "ray"), name="reports",
+                         ray_num_cpus=2, callbacks=[Reports()])
+    reports = [json.loads(x) for x in log.read_text().splitlines()]
+    assert reports == [{"epochs": [1, 1], "checkpoint": True}, {"epochs": [2, 2], "checkpoint": True}]
+
+    state, meta = ckpt.load(ckpt.latest(tmp_path / "run" / "checkpoints"))
+    model = resnet.build(train_config_from_dict("resnet", meta["config"]).model)
+    model.load_state_dict(state["model"])
+    val = ShardDataset(digits_shards, "val", batch_size=256)
+    single = evaluate_split(model, resnet, val, _Context(False, False), "fp32")
+    assert metrics["val_accuracy"] == pytest.approx(single["accuracy"], abs=1e-12)
+    assert metrics["val_loss"] == pytest.approx(single["loss"], rel=1e-5)
 
 
 def test_persistent_workers_see_each_epoch_and_every_sample_once(digits_shards):
