@@ -9,6 +9,7 @@ checkpoints and Ray results under a ``file://`` storage root, and logs to MLflow
 from __future__ import annotations
 
 import json
+import itertools
 import os
 import shlex
 import subprocess
@@ -66,15 +67,16 @@ def cluster():
 
 def test_resnet_train_runs_as_a_ray_job_across_two_worker_nodes(cluster, project):
     c, dashboard = cluster
-    for attempt in range(10):
-        # The head's job agent registers a few seconds after the dashboard answers; until then a
-        # submission is refused with "No available agent" (seen on a busy 2-core machine).
+    deadline = time.monotonic() + 180
+    for attempt in itertools.count():
+        # The head's job agent registers some time after the dashboard answers; until then a
+        # submission is refused with "No available agent" (over 30 s on a busy 2-core CI machine).
         job = subprocess.run(
             ["ray", "job", "submit", "--address", dashboard, "--submission-id", f"train-resnet-{attempt}", "--",
              "bash", "-c", f"cd {shlex.quote(str(project))} && {shlex.quote(sys.executable)} -m pipelines.train --algo resnet"],
             capture_output=True, text=True, timeout=900,
             env={**{k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}})
-        if "No available agent" not in job.stderr:
+        if "No available agent" not in job.stderr or time.monotonic() > deadline:
             break
         time.sleep(3)
     assert job.returncode == 0 and "succeeded" in job.stdout, job.stdout[-4000:] + job.stderr[-4000:]
