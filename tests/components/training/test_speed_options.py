@@ -105,10 +105,15 @@ def test_ray_ddp_reports_the_checkpointed_epochs_and_validates_every_sample_once
                 f.write(json.dumps({"epochs": [m["epoch"] for m in metrics], "checkpoint": checkpoint is not None}) + "\n")
 
     train = tiny(epochs=3, checkpoint_every=2)
-    metrics = launch.fit({"algo": "resnet", "train": train, "data_dir": str(digits_shards), "run_dir": str(tmp_path / "run"),
-                          "hooks": [launch.RayTrainReport(2, 3)]},
-                         num_workers=2, use_gpu=False, storage_path=str(tmp_path / "ray"), name="reports",
-                         ray_num_cpus=2, callbacks=[Reports()])
+    try:
+        metrics = launch.fit({"algo": "resnet", "train": train, "data_dir": str(digits_shards),
+                              "run_dir": str(tmp_path / "run"), "hooks": [launch.RayTrainReport(2, 3)]},
+                             num_workers=2, use_gpu=False, storage_path=str(tmp_path / "ray"), name="reports",
+                             ray_num_cpus=2, callbacks=[Reports()])
+    finally:
+        # A local Ray left running holds its dashboard agent's port: a Ray cluster a later test
+        # starts in this process would then have no job agent ("No available agent").
+        ray.shutdown()
     reports = [json.loads(x) for x in log.read_text().splitlines()]
     assert reports == [{"epochs": [1, 1], "checkpoint": True}, {"epochs": [2, 2], "checkpoint": True}]
 
