@@ -507,7 +507,7 @@ class ShardDataset(IterableDataset):
 
     def num_samples(self, rank: int | None = None) -> int:
         """Samples a rank (default: this one) sees in the current epoch, over all its loader workers."""
-        return sum(s["stop"] - s["first"] for s in self.shards_for(rank=rank))
+        return _count(self.shards_for(rank=rank))
 
     def num_batches(self) -> int:
         """Batches every rank yields in the current epoch."""
@@ -518,7 +518,7 @@ class ShardDataset(IterableDataset):
     def _batches_for_worker(self, worker: int, num_workers: int) -> int:
         """This worker's share of the rank's batches, proportional to its samples."""
         total = self.num_batches()
-        counts = [sum(s["stop"] - s["first"] for s in self.shards_for(w, num_workers)) for w in range(num_workers)]
+        counts = [_count(self.shards_for(w, num_workers)) for w in range(num_workers)]
         n = sum(counts)
         if n < total:
             raise DataError(f"split {self.split!r}: rank {self.rank} has {n} samples, too few for {total} batches; "
@@ -552,13 +552,17 @@ class ShardDataset(IterableDataset):
                 self._cache[(file, first, stop)] = keep
                 self._cached_bytes += size
 
+    def _bad_image(self, file: str, key: str, exc: DataError) -> DataError:
+        return DataError(f"{self.shard_dir / file}: sample {key!r}: {exc}; fix or drop the source image and "
+                         f"re-run `dvc repro` (stage preprocess)")
+
     def _transformed(self, samples: Iterator[tuple[str, str, tuple]], rng: random.Random) -> Iterator[tuple]:
         for file, key, sample in samples:
             try:
-                yield self.transform(sample, rng)
+                out = self.transform(sample, rng)
             except DataError as exc:
-                raise DataError(f"{self.shard_dir / file}: sample {key!r}: {exc}; fix or drop the source image and "
-                                f"re-run `dvc repro` (stage preprocess)") from None
+                raise self._bad_image(file, key, exc) from None
+            yield out
 
     def _image_batch(self, batch: list[tuple[str, str, tuple]], rng: random.Random) -> tuple:
         images = []
@@ -566,8 +570,7 @@ class ShardDataset(IterableDataset):
             try:
                 images.append(self.transform.decode(sample[0], rng))
             except DataError as exc:
-                raise DataError(f"{self.shard_dir / file}: sample {key!r}: {exc}; fix or drop the source image and "
-                                f"re-run `dvc repro` (stage preprocess)") from None
+                raise self._bad_image(file, key, exc) from None
         pixels = self.transform.output(self.transform.augment(torch.stack(images), rng))
         return (pixels, *collate([sample[1:] for _, _, sample in batch]))
 
@@ -584,7 +587,7 @@ class ShardDataset(IterableDataset):
         rng = random.Random(f"{stream_seed}/augment")
         if self.batch_size is None:
             return self._transformed(stream, rng) if self.transform is not None else (s for _, _, s in stream)
-        n = sum(e["stop"] - e["first"] for e in entries)
+        n = _count(entries)
         sizes = np.diff(np.linspace(0, n, self._batches_for_worker(worker, num_workers) + 1).round()).astype(int)
         if self.transform is not None:  # decoded one by one, augmented a batch at a time (the same pixels)
             return self._batches(stream, sizes.tolist(), lambda batch: self._image_batch(batch, rng))
@@ -601,6 +604,11 @@ class ShardDataset(IterableDataset):
             yield make(list(itertools.islice(samples, size)))
         for _ in samples:  # runs the last shard's checks (sha256, sample count) after its last sample
             raise DataError("a shard holds more samples than stats.json says; re-run preprocess")
+
+
+def _count(entries: list[dict]) -> int:
+    """Samples in entries of ``ShardDataset.shards_for`` (each its ``[first, stop)`` of a shard)."""
+    return sum(e["stop"] - e["first"] for e in entries)
 
 
 def _sample_bytes(sample: tuple) -> int:

@@ -56,7 +56,7 @@ class ImageTransform:
     def __call__(self, sample: tuple, rng: random.Random) -> tuple:
         """One sample: its image decoded and augmented (the reader's batch path does the same per batch)."""
         raw, *rest = sample
-        return (self.output(self.augment(self.decode(raw, rng)[None], rng))[0], *rest)
+        return (self.output(self.pixels(raw, rng)), *rest)
 
     def pixels(self, raw: Any, rng: random.Random) -> torch.Tensor:
         """One image as uint8 (C, S, S), decoded and augmented."""

@@ -5,10 +5,11 @@ root may be ``/mnt/shared/runs``, ``file:///...``, ``s3://bucket/prefix`` or ``g
 (with s3fs/gcsfs installed). Ray Train persists its own results to the same root through
 pyarrow. Paths are strings joined with ``/`` so a URL stays a URL.
 
-Writes publish whole objects only (tables of JSON lines are appended a whole write at a time): a file goes to a temporary name and is renamed (local),
+Writes publish whole objects only: a file goes to a temporary name and is renamed (local),
 or is one PUT (object stores, where a PUT is atomic); a local folder is built aside and
 renamed (``written_whole``); a checkpoint directory on an object store counts as written
-only once its last file, ``config.json``, is there. Temporaries carry ``.tmp-`` in their
+only once its last file, ``config.json``, is there. Tables of JSON lines are appended a whole
+write at a time (``append_text``). Temporaries carry ``.tmp-`` in their
 name, so whoever clears a folder can tell a killed writer's debris from output.
 """
 
