@@ -229,10 +229,13 @@ class TrainConfig:
     """``train.<algo>``: one training run; the same shape feeds every tune trial.
 
     ``num_workers`` is the number of Ray Train workers: 0 runs the loop in-process
-    (Ray Train's local mode), N >= 1 starts a DDP worker group of N.
+    (Ray Train's local mode), N >= 1 starts a DDP worker group of N. ``tuned`` trains with
+    the schedule, peak LR and warm-up that the tune stage's sweep chose
+    (``models/<algo>/tune/best.yaml``) instead of the ones written here.
     """
     lr: float = field(default=0.1, metadata=bounds(gt=0, le=10))
     epochs: int = field(default=30, metadata=bounds(ge=1))
+    tuned: bool = True
     batch_size: int = field(default=64, metadata=bounds(ge=1))
     seed: int = 0
     num_workers: int = field(default=0, metadata=bounds(ge=0))
@@ -244,7 +247,7 @@ class TrainConfig:
     log_every: int = field(default=10, metadata=bounds(ge=1))  # steps between logged rows
     # Validate after epoch 0, every val_every-th epoch after it and the last one: a family whose
     # val metric costs more than its epoch (sampling for FID) validates less often. Tune trials
-    # validate every epoch (early stopping compares each one).
+    # validate the same way and always at the sweep's rungs (where they are compared).
     val_every: int = field(default=1, metadata=bounds(ge=1))
     # Epochs between checkpoints (the last epoch is always saved): a restart repeats at most this many.
     checkpoint_every: int = field(default=1, metadata=bounds(ge=1))
@@ -264,9 +267,9 @@ class TrainConfig:
 @dataclass
 class SearchSpace:
     """``tune.<algo>.space``: what a sweep varies on top of ``train.<algo>``."""
-    schedule: list[str] = field(default_factory=lambda: ["cosine", "step", "onecycle"])
-    lr: list[float] = field(default_factory=lambda: [0.02, 0.4])  # log-uniform [low, high]
-    warmup: list[float] = field(default_factory=lambda: [0.0, 0.1])  # choice
+    schedule: list[str] = field(default_factory=lambda: ["cosine", "step", "onecycle"])  # each one is tried
+    lr: list[float] = field(default_factory=lambda: [0.02, 0.4])  # peak LR, log-uniform in [low, high]
+    warmup: list[float] = field(default_factory=lambda: [0.0, 0.1])  # warm-up fraction, one of these
 
     def validate(self) -> None:
         bad = [s for s in self.schedule if s not in SCHEDULES]
@@ -276,16 +279,28 @@ class SearchSpace:
             raise ConfigError(f"lr: must be [low, high] with 0 < low <= high, got {self.lr}")
         if not self.warmup or any(not 0 <= w < 1 for w in self.warmup):
             raise ConfigError(f"warmup: must be a non-empty list of fractions in [0, 1), got {self.warmup}")
+        if "inverse_sqrt" in self.schedule and not any(w > 0 for w in self.warmup):
+            raise ConfigError(f"warmup: inverse_sqrt needs a warm-up > 0 among the choices, got {self.warmup}; "
+                              f"add one (e.g. 0.1) or drop inverse_sqrt from schedule")
 
 
 @dataclass
 class TuneConfig:
-    """``tune.<algo>``: an ASHA sweep of learning-rate schedules, selected on val."""
-    samples_per_schedule: int = field(default=2, metadata=bounds(ge=1))
-    epochs: int = field(default=12, metadata=bounds(ge=1))  # max_t for ASHA
-    grace_period: int = field(default=3, metadata=bounds(ge=1))
-    reduction_factor: int = field(default=2, metadata=bounds(ge=2))
-    max_concurrent: int = field(default=0, metadata=bounds(ge=0))  # 0 = one per core
+    """``tune.<algo>``: a sweep of learning-rate schedules by synchronous successive halving
+    (``components/training/sweep.py``), selected on val; its winner is what train trains.
+
+    ``len(space.schedule) * samples_per_schedule`` drawn trials plus ``train.<algo>``'s own
+    config train ``grace_period`` epochs; the best ``1/reduction_factor`` go on to
+    ``grace_period * reduction_factor`` epochs, and so on up to ``epochs``, the budget every
+    trial's schedule spans. ``train_fraction`` < 1 trains the trials on the first part of the
+    train split's shards (a cheaper epoch where one epoch of the whole split is costly).
+    """
+    samples_per_schedule: int = field(default=3, metadata=bounds(ge=1))
+    epochs: int = field(default=12, metadata=bounds(ge=1))
+    grace_period: int = field(default=2, metadata=bounds(ge=1))
+    reduction_factor: int = field(default=3, metadata=bounds(ge=2))
+    train_fraction: float = field(default=1.0, metadata=bounds(gt=0, le=1))
+    max_concurrent: int = field(default=0, metadata=bounds(ge=0))  # 0 = one per core; never changes the winner
     workers_per_trial: int = field(default=0, metadata=bounds(ge=0))  # >0: a TorchTrainer per trial
     seed: int = 0
     space: SearchSpace = field(default_factory=SearchSpace)

@@ -1,4 +1,4 @@
-"""MLflow: the store, runs, nested tune-trial runs, model logging, the registry and its aliases.
+"""MLflow: the store, runs, the loop's hook (train runs and tune trials), the registry and its aliases.
 
 The default store is embedded in the repository: ``sqlite:///<repo>/mlflow.db`` with
 artifacts under ``<repo>/mlartifacts`` (both git-ignored), which is what a plain
@@ -168,57 +168,6 @@ class MlflowHook:
         if epochs:
             last = self._last_logged("train_loss")
             log_batch(self.client, self.run_id, metrics=self._epoch_metrics([e for e in epochs if e["epoch"] > last]))
-
-
-def tune_callback(uri: str, experiment: str, parent_run_id: str, runs_root: str):
-    """A Ray Tune callback (runs in the driver) making one nested MLflow run per trial.
-
-    Epoch metrics are logged as they arrive; each trial's per-step learning rate and loss
-    are read from its run directory ``runs_root/<trial_id>`` when it ends (early-stopped,
-    finished or failed).
-    """
-    from ray.tune import Callback
-
-    class NestedTrialRuns(Callback):
-        def __init__(self) -> None:
-            self.client = MlflowClient(uri)
-            self.runs: dict[str, str] = {}
-
-        def on_trial_start(self, iteration, trials, trial, **info):
-            run = self.client.create_run(experiment, run_name=trial.trial_id, tags={
-                "mlflow.parentRunId": parent_run_id, "stage": "tune", "trial_id": trial.trial_id})
-            self.runs[trial.trial_id] = run.info.run_id
-            log_batch(self.client, run.info.run_id, params={
-                k: str(v) for k, v in trial.config.items() if k in ("schedule", "lr", "warmup")})
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            run_id = self.runs.get(trial.trial_id)
-            if run_id is None:
-                return
-            now = int(time.time() * 1000)
-            log_batch(self.client, run_id, metrics=[
-                Metric(k, float(result[k]), now, int(result["epoch"]))
-                for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr") if k in result])
-
-        def _finish(self, trial, status: str) -> None:
-            run_id = self.runs.pop(trial.trial_id, None)
-            if run_id is None:
-                return
-            from components.training import storage
-            from components.training.loop import HISTORY, read_rows
-
-            rows = read_rows(storage.join(runs_root, trial.trial_id, HISTORY))
-            if rows:
-                log_batch(self.client, run_id, metrics=step_metrics(rows, "step/"))
-            self.client.set_terminated(run_id, status)
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self._finish(trial, "FINISHED")
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self._finish(trial, "FAILED")
-
-    return NestedTrialRuns()
 
 
 # ------------------------------------------------------------------------------ registry

@@ -1,16 +1,20 @@
-"""Stage evaluate: test-split metrics of the train and tune candidates; picks one on val.
+"""Stage evaluate: val and test metrics of the trained model, and what the sweep bought.
 
-Reads ``models/<algo>/{train,tune}/`` and the dataset's val and test shards. Writes
-``metrics/eval/<algo>.json`` (test metrics per candidate, their val metrics, the selected
-candidate, the family's primary metric and direction), ``plots/eval/<algo>/`` (the
-family's images) and ``reports/<algo>/evaluate.md`` (tables: per-class accuracy, sample
-translations...). Selection uses val only, by the family's ``SELECT_BY``; test is
-reported, never used to choose.
+Reads ``models/<algo>/train/`` (trained with the sweep's winner unless
+``train.<algo>.tuned: false``), ``models/<algo>/tune/sweep.json`` and the dataset's val and
+test shards. Writes ``metrics/eval/<algo>.json`` (test and val metrics, validity, the
+family's primary metric and direction, the sweep's winner against params.yaml's own config
+at the same budget), ``plots/eval/<algo>/`` (the family's images) and
+``reports/<algo>/evaluate.md`` (tables: per-class accuracy, sample translations...). The
+tune trials' own weights are not candidates: the sweep chooses hyperparameters on val, and
+train trains them at full budget. A model with a non-finite metric is not valid, and
+register refuses it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 
@@ -22,7 +26,7 @@ from components.training.storage import written_whole
 from pipelines import lineage
 from pipelines.layout import load, run_stage, stage_args
 
-CANDIDATES = ("train", "tune")
+CANDIDATES = ("train",)  # what register may register: the final model
 
 
 def scalars(result: dict) -> dict[str, float]:
@@ -40,6 +44,9 @@ def main() -> None:
         plot_dir = outputs.enter_context(written_whole(layout.plots("eval", algo)))
         report_dir = outputs.enter_context(written_whole(layout.report(algo).parent))
         summary = evaluate(algo, fname, family, layout, shard_dir, plot_dir, report_dir / layout.report(algo).name)
+        summary["sweep"] = sweep_summary(layout, algo)
+        with open(report_dir / layout.report(algo).name, "a") as report:
+            report.write("\n" + sweep_section(summary["sweep"], algo))
         tracking.configure(layout.root)
         client = tracking.MlflowClient()
         run = client.create_run(tracking.experiment_id(algo, layout.root), run_name="evaluate",
@@ -57,6 +64,44 @@ def main() -> None:
     print(f"evaluate {algo}: selected {selected}; report {layout.report(algo).relative_to(layout.root)}")
     if selected is None:
         raise SystemExit(f"error: no valid {algo} candidate (non-finite metrics); nothing can be registered")
+
+
+def sweep_summary(layout, algo: str) -> dict:
+    """The sweep's winner against params.yaml's own config (``sweep.json``), and whether the
+    trained model used the winner (its exported config says)."""
+    sweep = json.loads(layout.sweep(algo).read_text()) if layout.sweep(algo).exists() else {}
+    meta = json.loads((layout.model(algo, "train") / "config.json").read_text())
+    if not sweep:
+        return {"tuned": False}
+    win, train = sweep["winner"], meta["train"]
+    used = (train["lr"] == win["lr"] and train["schedule"]["name"] == win["schedule"]["name"]
+            and train["schedule"]["warmup"] == win["schedule"]["warmup"])
+    return {"tuned": used, "metric": sweep["metric"], "trials": sweep["trials"], "winner": win,
+            "baseline": sweep["baseline"], "same_budget": sweep["same_budget"], "epochs_spent": sweep["epochs_spent"],
+            "tune_run_id": meta.get("tune_run_id", "")}
+
+
+def sweep_section(s: dict, algo: str) -> str:
+    """The report's account of the sweep: what was trained, and what it bought on val."""
+    if "winner" not in s:
+        return "## Hyperparameters\nNo sweep ran: trained with params.yaml's own schedule.\n"
+    w, b, same, m = s["winner"], s["baseline"], s["same_budget"], s["metric"]
+    trained = (f"the sweep's winner {w['trial']}: {w['schedule']['name']} schedule, peak lr {w['lr']:.4g}, "
+               f"warm-up {w['schedule']['warmup']}" if s["tuned"] else
+               f"params.yaml's own schedule (train.{algo}.tuned: false; the sweep's winner was {w['trial']})")
+    return "\n".join([
+        "## Hyperparameters: what the sweep bought",
+        f"Trained with {trained}.",
+        "",
+        f"| on val, {same['epochs']} epochs of the sweep | {m} |", "|---|---|",
+        f"| params.yaml's own ({b['schedule']['name']}, lr {b['lr']:.4g}, warm-up {b['schedule']['warmup']}) "
+        f"| {same['baseline']:.4f} |",
+        f"| the winner ({w['schedule']['name']}, lr {w['lr']:.4g}, warm-up {w['schedule']['warmup']}) "
+        f"| {same['winner']:.4f} |",
+        "",
+        f"{s['trials']} trials by successive halving, {s['epochs_spent']} epochs in all; the winner reached "
+        f"{w[m]:.4f} at {w['epochs']} epochs. Both rows are at the last rung params.yaml's own config reached.",
+        ""])
 
 
 def evaluate(algo: str, fname: str, family, layout, shard_dir, plot_dir, report_path) -> dict:

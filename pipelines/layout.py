@@ -27,6 +27,15 @@ class Layout:
     def model(self, algo: str, candidate: str) -> Path:
         return self.root / "models" / algo / candidate
 
+    def tuned(self, algo: str) -> Path:
+        """The sweep's winner: what ``train.<algo>.tuned`` trains with (only the hyperparameters,
+        so an unchanged winner leaves the file, and the train stage, as they were)."""
+        return self.model(algo, "tune") / "best.yaml"
+
+    def sweep(self, algo: str) -> Path:
+        """What the sweep found (every trial, the winner against params.yaml's own config)."""
+        return self.model(algo, "tune") / "sweep.json"
+
     def metrics(self, stage: str, algo: str) -> Path:
         return self.root / "metrics" / stage / f"{algo}.json"
 

@@ -1,6 +1,8 @@
 """Stage register: log the selected candidate as a new version of the registered model ``<algo>``.
 
-Reads ``metrics/eval/<algo>.json``, ``models/<algo>/<selected>/`` and ``register``.
+Reads ``metrics/eval/<algo>.json``, ``models/<algo>/train/`` and ``register``. The model
+card says which hyperparameters trained it (the sweep's winner, naming the tune run) and
+what they bought over params.yaml's own on val.
 The new version gets ``champion`` only when it beats the current champion on the
 family's primary test metric; otherwise it gets ``challenger``. Writes
 ``metrics/register/<algo>.json`` (version, alias, URI).
@@ -54,9 +56,25 @@ def data_rows(stats: dict) -> list[str]:
     return rows
 
 
+def sweep_rows(sweep: dict, algo: str) -> list[str]:
+    """Where the schedule, peak LR and warm-up came from: the sweep's winner (and what it bought
+    over params.yaml's own config, on val at the same budget) or params.yaml itself."""
+    if "winner" not in sweep:
+        return ["| Hyperparameters | params.yaml's own (no sweep result) |"]
+    w, same, m = sweep["winner"], sweep["same_budget"], sweep["metric"]
+    if not sweep["tuned"]:
+        return [f"| Hyperparameters | params.yaml's own (train.{algo}.tuned: false); the sweep's winner was {w['trial']} |"]
+    run = f", tune run `{sweep['tune_run_id']}`" if sweep.get("tune_run_id") else ""
+    return [f"| Hyperparameters | the sweep's winner {w['trial']} of {sweep['trials']} trials{run}: "
+            f"{w['schedule']['name']}, peak lr {w['lr']:.4g}, warm-up {w['schedule']['warmup']} |",
+            f"| What the sweep bought | {m} on val after {same['epochs']} epochs: {same['winner']:.4f} against "
+            f"{same['baseline']:.4f} for params.yaml's own {sweep['baseline']['schedule']['name']}, "
+            f"lr {sweep['baseline']['lr']:.4g} |"]
+
+
 def model_card(family, algo: str, version_meta: dict, test: dict, primary: str, mode: str, *,
                data_version: str, dvc_md5: str, commit: str, images: list[str], selected_by: list[str],
-               data: dict | None = None) -> str:
+               data: dict | None = None, sweep: dict | None = None) -> str:
     """The registered version's description (MLflow renders it as markdown on the version page)."""
     train = version_meta["train"]
     keys = {k: train[k] for k in ("lr", "epochs", "batch_size", "num_workers") if k in train}
@@ -78,6 +96,7 @@ def model_card(family, algo: str, version_meta: dict, test: dict, primary: str, 
         f"| Git commit | {commit} |",
         f"| Key params | {', '.join(f'{k} {v}' for k, v in keys.items())}; optimizer {train['optimizer']['name']}, "
         f"schedule {train['schedule']['name']} (warm-up {train['schedule'].get('warmup', 0)}) |",
+        *sweep_rows(sweep or {}, algo),
         f"| Model | `{json.dumps(model)}` |",
         f"| Primary metric | {primary} ({'higher' if mode == 'max' else 'lower'} is better) |",
         "",
@@ -131,6 +150,8 @@ def main() -> None:
             "dvc_data_md5": lineage.dvc_md5(layout.root, f"data/shards/{dataset}"),
             "params_hash": lineage.run_key(meta["train"]), "candidate": selected,
             "source_run_id": meta.get("mlflow_run_id", ""),
+            "tuned": str(bool(summary.get("sweep", {}).get("tuned"))).lower(),
+            "tune_run_id": meta.get("tune_run_id", ""), "tune_trial": meta.get("tune_trial", ""),
             **tracking.metric_tags(test)}
     import mlflow
 
@@ -150,7 +171,7 @@ def main() -> None:
         info.model_uri, algo, tags=tags, description=model_card(
             family, algo, meta, test, metric, mode, data_version=meta["data_version"], dvc_md5=tags["dvc_data_md5"],
             commit=commit, images=[p.name for p in images], selected_by=summary.get("selected_by", []),
-            data=data_stats),
+            data=data_stats, sweep=summary.get("sweep")),
         metric=metric, value=value, mode=mode, min_improvement=rcfg.min_improvement)
     result = {"version": int(version.version), "alias": alias, f"test_{metric}": value,
               "previous_champion": int(previous.version) if previous else 0}

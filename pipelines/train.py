@@ -1,6 +1,8 @@
 """Stage train: one Ray Train run of ``train.<algo>`` on the dataset's shards, tracked in MLflow.
 
-Reads ``train.<algo>``, ``runtime`` and ``data/shards/<dataset>``. Writes
+Reads ``train.<algo>``, ``runtime``, ``data/shards/<dataset>`` and, with ``train.<algo>.tuned``
+(the default), the tune stage's winner ``models/<algo>/tune/best.yaml``: its schedule, peak LR
+and warm-up replace the ones in params.yaml, at ``train.<algo>.epochs``. Writes
 ``models/<algo>/train/`` (safetensors weights + config), ``metrics/train/<algo>.json``
 and ``plots/train/<algo>/`` (per-step and per-epoch tables, curves.png).
 
@@ -11,10 +13,15 @@ the stage runs again, and a code change trains afresh.
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Any
+
+import yaml
 
 from components import tracking
-from components.config import family_name, runtime_config, to_dict, train_config
+from components.config import ConfigError, TrainConfig, family_name, runtime_config, to_dict, train_config, \
+    train_config_from_dict
 from components.evaluation import plots
 from components.models import get_family
 from components.training import checkpoint as ckpt
@@ -26,13 +33,31 @@ from pipelines import dag, lineage
 from pipelines.layout import load, quiet_third_parties, run_stage, stage_args
 
 
+def with_winner(cfg: TrainConfig, fname: str, algo: str, layout) -> tuple[TrainConfig, dict[str, Any]]:
+    """``cfg`` with the sweep's winning schedule, peak LR and warm-up (``train.<algo>.tuned``), and
+    lineage tags naming the tune run that chose them; ``cfg`` itself when not tuned."""
+    if not cfg.tuned:
+        return cfg, {"tuned": "false"}
+    path = layout.tuned(algo)
+    if not path.exists():
+        raise ConfigError(f"{path.relative_to(layout.root)} is missing: run `dvc repro tune-{algo}` (or the whole "
+                          f"pipeline) first, or set train.{algo}.tuned: false to train params.yaml's own schedule")
+    best = yaml.safe_load(path.read_text())
+    data = to_dict(cfg)
+    tuned = train_config_from_dict(fname, {**data, "lr": best["lr"], "schedule": {**data["schedule"], **best["schedule"]}})
+    # Which run chose them (not a stage dependency: a re-run sweep with the same winner leaves train alone).
+    sweep = json.loads(layout.metrics("tune", algo).read_text()) if layout.metrics("tune", algo).exists() else {}
+    return tuned, {"tuned": "true", "tune_run_id": str(sweep.get("mlflow_run_id", "")),
+                   "tune_trial": str(sweep.get("best_trial", ""))}
+
+
 def main() -> None:
     args = stage_args(__doc__)
     quiet_third_parties()
     raw, layout = load(args)
     algo = args.algo
-    cfg = train_config(raw, algo)
     fname = family_name(raw, algo)
+    cfg, lineage_tags = with_winner(train_config(raw, algo), fname, algo, layout)
     family = get_family(fname)
     dataset = raw["algorithms"][algo]["dataset"]
     shard_dir = layout.shards(dataset)
@@ -52,10 +77,12 @@ def main() -> None:
         "stage": "train", "algo": algo, "git_commit": lineage.git_commit(layout.root),
         "data_version": data_version,
         "dvc_data_md5": lineage.dvc_md5(layout.root, f"data/shards/{dataset}"),
-        "num_workers": str(cfg.num_workers)})
+        "num_workers": str(cfg.num_workers), **lineage_tags})
     tracking.log_batch(client, run.info.run_id, params=tracking.params_of(to_dict(cfg)))
+    chosen = (f"the sweep's {cfg.schedule.name} schedule, lr {cfg.lr:.4g}, warm-up {cfg.schedule.warmup} "
+              f"(tune run {lineage_tags['tune_run_id'][:8]})" if cfg.tuned else "params.yaml's own schedule")
     print(f"train {algo}: {cfg.epochs} epochs, {max(cfg.num_workers, 1)} worker(s) "
-          f"({'local mode' if cfg.num_workers == 0 else 'DDP'}), run dir {run_dir}", flush=True)
+          f"({'local mode' if cfg.num_workers == 0 else 'DDP'}) with {chosen}; run dir {run_dir}", flush=True)
     config = {"algo": algo, "family": fname, "train": to_dict(cfg), "data_dir": worker_shards, "run_dir": run_dir,
               "hooks": [tracking.MlflowHook(uri, run.info.run_id),
                         launch.RayTrainReport(cfg.checkpoint_every, cfg.epochs), Progress(cfg.epochs, family.VAL_METRIC)]}
@@ -73,7 +100,8 @@ def main() -> None:
 
     out = layout.model(algo, "train")
     last = ckpt.export_latest(f"{run_dir}/checkpoints", out, {
-        "algo": algo, "family": fname, "candidate": "train", "data_version": data_version, "mlflow_run_id": run.info.run_id})
+        "algo": algo, "family": fname, "candidate": "train", "data_version": data_version, "mlflow_run_id": run.info.run_id,
+        **{k: v for k, v in lineage_tags.items() if k != "tuned"}})
 
     steps = read_rows(f"{run_dir}/{HISTORY}")
     epochs = read_rows(f"{run_dir}/{EPOCHS}")

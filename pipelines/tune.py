@@ -1,96 +1,63 @@
-"""Stage tune: an ASHA sweep of learning-rate schedules x peak LR x warm-up, selected on val.
+"""Stage tune: a sweep of learning-rate schedules x peak LR x warm-up; its winner is what train trains.
 
-Reads ``tune.<algo>``, ``train.<algo>`` (the base every trial starts from), ``runtime``
-and the shards. Writes ``models/<algo>/tune/`` (the best trial's weights),
-``metrics/tune/<algo>.json`` and ``plots/tune/<algo>/`` (trials.csv, sweep.png). MLflow:
-one parent run with one nested run per trial.
+Reads ``tune.<algo>``, the ``train.<algo>`` keys a trial uses (all but ``epochs``,
+``checkpoint_every``, ``num_workers`` and ``tuned``), ``runtime`` and the shards. Writes
+``models/<algo>/tune/best.yaml`` (the winner's schedule, peak LR and warm-up: nothing else,
+so an unchanged winner leaves train as it was), ``models/<algo>/tune/sweep.json`` (every
+trial, and the winner against params.yaml's own config at the same budget),
+``metrics/tune/<algo>.json`` and ``plots/tune/<algo>/`` (trials.csv, lr.csv, sweep.png).
+MLflow: one parent run, one nested run per trial with its config, every metric of every
+epoch, its LR per step and its status.
 
-Each trial runs the same ``train_loop_per_worker`` as train. On one machine a trial is a
-plain Tune function running the loop in-process (``workers_per_trial: 0``; 5-8x cheaper
-on 2 cores than a worker group per trial); with ``workers_per_trial: N`` each trial
-launches a TorchTrainer of N DDP workers that reports to Tune through TuneReportCallback.
+The sweep is synchronous successive halving (``components/training/sweep.py``): the same
+params and data pick the same winner at any ``max_concurrent``. Each rung is one Ray Tune
+run (``launch.sweep_rung``); on one machine a trial is a plain Tune function running the
+loop in-process (``workers_per_trial: 0``), with ``workers_per_trial: N`` a TorchTrainer of
+N DDP workers. Trials resume from their run directories, keyed by config, data and code, so
+an interrupted sweep goes on where it stopped.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
+import yaml
+
 from components import tracking
-from components.config import (
-    family_name,
-    runtime_config,
-    to_dict,
-    train_config,
-    tune_config,
-)
+from components.config import family_name, runtime_config, to_dict, train_config, tune_config
 from components.evaluation import plots
 from components.models import get_family
-from components.training import checkpoint as ckpt
 from components.training import launch
-from components.training import storage as run_storage
-from components.training.loop import HISTORY, read_rows, train_loop_per_worker
-from pipelines import lineage
+from components.training import sweep as sha
+from components.training.loop import HISTORY, read_rows
+from components.training.storage import written_whole
+from pipelines import dag, lineage
 from pipelines.layout import load, quiet_third_parties, run_stage, stage_args
 
 
-def trial_config(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """The base ``train`` section with one trial's schedule, peak LR and warm-up."""
-    warmup = params["warmup"]
-    if params["schedule"] == "inverse_sqrt":
-        warmup = max(warmup, 0.05)  # the schedule is undefined without a warm-up
-    return {**base, "lr": params["lr"], "schedule": {**base["schedule"], "name": params["schedule"], "warmup": warmup}}
 
+def summary_of(result: sha.Sweep, tcfg: Any) -> dict[str, Any]:
+    """``sweep.json``: what the sweep found, with nothing that differs between two runs of it."""
+    metric, win, base = result.metric, result.winner, result.baseline()
+    gain = result.gain()
 
-def run_trial(params: dict[str, Any], *, algo: str, family: str, base: dict[str, Any], data_dir: str, runs_root: str,
-              workers_per_trial: int, storage: str) -> None:
-    """One Tune trial (runs in a Ray worker process)."""
-    from ray import tune
+    def last(o: sha.Outcome) -> float:
+        return o.at[o.epochs][metric] if o.at else float("nan")
 
-    trial_id = tune.get_context().get_trial_id()
-    config = {"algo": algo, "family": family, "train": trial_config(base, params), "data_dir": data_dir,
-              "run_dir": f"{runs_root}/{trial_id}"}
-    if workers_per_trial == 0:
-        train_loop_per_worker({**config, "hooks": [launch.TuneReport()], "single_thread": True})
-    else:
-        from ray.tune.integration.ray_train import TuneReportCallback
-
-        launch.fit({**config, "hooks": [launch.RayTrainReport()]}, num_workers=workers_per_trial,
-                   use_gpu=base["use_gpu"], storage_path=f"{storage}/ray", name=f"{algo}-trial-{trial_id}",
-                   callbacks=[TuneReportCallback()])
-
-
-def trial_progress(algo: str, n_trials: int, max_t: int, metric: str):
-    """A Ray Tune callback (driver side): one line per finished trial with counts and an ETA."""
-    from ray.tune import Callback
-
-    class TrialProgress(Callback):
-        def __init__(self) -> None:
-            self.t0, self.done, self.running = time.perf_counter(), 0, 0
-
-        def on_trial_start(self, iteration, trials, trial, **info):
-            self.running += 1
-
-        def _end(self, trial, how: str) -> None:
-            self.done, self.running = self.done + 1, max(self.running - 1, 0)
-            r = trial.last_result or {}
-            epochs = int(r.get("training_iteration", 0))
-            how = how or ("early-stopped" if epochs < max_t else "completed")
-            value = f"{metric} {r[metric]:.4f}" if metric in r else "no result"
-            elapsed = time.perf_counter() - self.t0
-            eta = elapsed / self.done * (n_trials - self.done)
-            print(f"tune {algo}: trial {self.done}/{n_trials} {how} ({trial.config['schedule']}, "
-                  f"lr {trial.config['lr']:.3g}: {value} after {epochs} epochs); {self.running} running, "
-                  f"{n_trials - self.done - self.running} pending; elapsed {elapsed:.0f}s, eta {eta:.0f}s", flush=True)
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self._end(trial, "")
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self._end(trial, "failed")
-
-    return TrialProgress()
+    return {
+        "metric": metric, "mode": result.mode,
+        "winner": {"trial": win.trial.name, **win.trial.overrides(), "epochs": win.epochs, metric: last(win)},
+        "baseline": {"trial": base.trial.name, **base.trial.overrides(), "epochs": base.epochs, "status": base.status,
+                     metric: last(base)},
+        # Both at the last rung the baseline reached: what the sweep bought over params.yaml's own config.
+        "same_budget": gain,
+        "trials": len(result.outcomes), "rungs": [list(s) for s in result.steps],
+        "epochs_spent": result.epochs_spent, "epochs_if_all_ran_to_the_end": len(result.outcomes) * tcfg.epochs,
+        "outcomes": [{"trial": o.trial.name, "schedule": o.trial.schedule, "lr": o.trial.lr, "warmup": o.trial.warmup,
+                      "status": o.status, "epochs": o.epochs, metric: last(o), "error": o.error}
+                     for o in result.outcomes],
+    }
 
 
 def main() -> None:
@@ -98,25 +65,23 @@ def main() -> None:
     quiet_third_parties()
     raw, layout = load(args)
     algo = args.algo
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import BasicVariantGenerator
-
     cfg, tcfg = train_config(raw, algo), tune_config(raw, algo)
     fname = family_name(raw, algo)
     family = get_family(fname)
-    metric, mode = family.VAL_METRIC, family.VAL_MODE  # what ASHA compares after every epoch
-    sign = 1.0 if mode == "max" else -1.0
-    base = {**to_dict(cfg), "epochs": tcfg.epochs, "val_every": 1}  # ASHA compares every epoch
+    metric, mode = family.VAL_METRIC, family.VAL_MODE  # what the rungs compare
+    # Every trial's schedule spans the sweep's budget; keys it does not read (dag.TRAIN_ONLY) are
+    # fixed, so that the run key, like the stage, ignores them.
+    base = {**to_dict(cfg), "epochs": tcfg.epochs, "checkpoint_every": tcfg.epochs, "num_workers": 0, "tuned": False}
+    trials = sha.draw(tcfg.space, base, tcfg.samples_per_schedule, tcfg.seed)
     dataset = raw["algorithms"][algo]["dataset"]
     shard_dir = layout.shards(dataset)
     data_version = lineage.data_version(shard_dir)
     runtime = runtime_config(raw)
     storage = layout.storage_root(runtime.storage_root)
     worker_shards = layout.worker_shards(dataset, data_version, runtime.storage_root)
-    key = lineage.run_key(algo, base, to_dict(tcfg), data_version)
-    runs_root = f"{storage}/runs/{algo}/tune-{key}"
-    run_storage.remove(runs_root)  # a sweep is re-run whole, not resumed
+    code = lineage.code_version(layout.root, dag.code_deps("tune", raw, algo, layout.root))
+    key = lineage.run_key(algo, base, to_dict(tcfg), data_version, code)
+    runs_root = f"{storage}/runs/{algo}/tune-{key}"  # same key: an interrupted sweep resumes its trials
 
     uri = tracking.configure(layout.root)
     client = tracking.MlflowClient()
@@ -124,92 +89,101 @@ def main() -> None:
     parent = client.create_run(exp, run_name=f"tune-{key}", tags={
         "stage": "tune", "algo": algo, "git_commit": lineage.git_commit(layout.root),
         "data_version": data_version, "dvc_data_md5": lineage.dvc_md5(layout.root, f"data/shards/{dataset}")})
-    tracking.log_batch(client, parent.info.run_id, params=tracking.params_of(
-        {"base": base, "sweep": to_dict(tcfg)}))
+    tracking.log_batch(client, parent.info.run_id, params=tracking.params_of({"base": base, "sweep": to_dict(tcfg)}))
+    run_ids = {}
+    for t in trials:
+        run = client.create_run(exp, run_name=f"{t.name} {t.schedule} lr {t.lr:.3g}", tags={
+            "mlflow.parentRunId": parent.info.run_id, "stage": "tune", "algo": algo, "trial": t.name,
+            "status": "running", **({"baseline": "params.yaml's own config"} if t.name == "t00" else {})})
+        tracking.log_batch(client, run.info.run_id, params=tracking.params_of(t.apply(base)))
+        run_ids[t.name] = run.info.run_id
 
+    steps = sha.plan(len(trials), tcfg.grace_period, tcfg.reduction_factor, tcfg.epochs)
+    print(f"tune {algo}: {len(trials)} trials (params.yaml's own + {tcfg.samples_per_schedule} x "
+          f"{tcfg.space.schedule}), rungs (epochs, trials) {steps}: {sha.epochs_spent(steps)} epochs against "
+          f"{len(trials) * tcfg.epochs} for all to the end", flush=True)
     launch.init_ray(runtime.ray_num_cpus)
-    import ray
 
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    per_trial = max(1, tcfg.workers_per_trial)
-    concurrent = tcfg.max_concurrent or max(1, cpus // per_trial)
-    n_trials = len(tcfg.space.schedule) * tcfg.samples_per_schedule
-    print(f"tune {algo}: {n_trials} trials ({tcfg.space.schedule} x {tcfg.samples_per_schedule}), "
-          f"{tcfg.epochs} epochs max, ASHA grace {tcfg.grace_period}, {concurrent} at a time", flush=True)
+    def run_rung(live: list[sha.Trial], epochs: int) -> dict:
+        return launch.sweep_rung(
+            [{**vars(t), "run_id": run_ids[t.name]} for t in live], epochs, algo=algo, family=fname, base=base,
+            data_dir=worker_shards, runs_root=runs_root, storage_path=f"{storage}/ray",
+            name=f"{algo}-tune-{key}-to-{epochs}", max_concurrent=tcfg.max_concurrent,
+            workers_per_trial=tcfg.workers_per_trial, uri=uri, train_fraction=tcfg.train_fraction, metric=metric)
 
-    trainable = tune.with_parameters(
-        run_trial, algo=algo, family=fname, base=base, data_dir=worker_shards, runs_root=runs_root,
-        workers_per_trial=tcfg.workers_per_trial, storage=storage)
-    # A trial that launches a TorchTrainer holds almost nothing itself; its workers take the CPUs.
-    resources = {"CPU": 1} if tcfg.workers_per_trial == 0 else {"CPU": 0.01}
-    tuner = tune.Tuner(
-        tune.with_resources(trainable, resources),
-        param_space={"schedule": tune.grid_search(tcfg.space.schedule),
-                     "lr": tune.loguniform(*tcfg.space.lr),
-                     "warmup": tune.choice(tcfg.space.warmup)},
-        tune_config=tune.TuneConfig(
-            metric=metric, mode=mode, num_samples=tcfg.samples_per_schedule,
-            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=tcfg.epochs,
-                                    grace_period=tcfg.grace_period, reduction_factor=tcfg.reduction_factor),
-            search_alg=BasicVariantGenerator(random_state=tcfg.seed),
-            max_concurrent_trials=concurrent, reuse_actors=True),
-        run_config=tune.RunConfig(
-            name=f"{algo}-tune-{key}", storage_path=f"{storage}/ray", verbose=0,  # our lines, not Tune's tables
-            callbacks=[tracking.tune_callback(uri, exp, parent.info.run_id, runs_root),
-                       trial_progress(algo, n_trials, tcfg.epochs, metric)],
-            failure_config=tune.FailureConfig(max_failures=0)),
-    )
+    def decided(epochs: int, kept: list[sha.Outcome], stopped: list[sha.Outcome]) -> None:
+        for o in stopped:  # its run is over: the next rungs go on without it
+            client.set_tag(run_ids[o.trial.name], "status", sha.STOPPED)
+            client.set_terminated(run_ids[o.trial.name], "KILLED")
+        names = ", ".join(f"{o.trial.name} {o.at[epochs][metric]:.4f}" for o in kept)
+        print(f"tune {algo}: at {epochs} epochs " + (f"{len(kept)} go on ({names}), {len(stopped)} stopped"
+                                                    if stopped else f"the winner is {kept[0].trial.name} ({names})"),
+              flush=True)
+
     t0 = time.perf_counter()
     try:
-        results = tuner.fit()
+        result = sha.successive_halving(
+            trials, run_rung, grace_period=tcfg.grace_period, reduction_factor=tcfg.reduction_factor,
+            epochs=tcfg.epochs, metric=metric, mode=mode, on_rung=decided)
+    except RuntimeError as exc:
+        client.set_terminated(parent.info.run_id, "FAILED")
+        raise SystemExit(f"error: tune.{algo}: {exc}; nothing was chosen") from None
     except BaseException:
         client.set_terminated(parent.info.run_id, "FAILED")
         raise
     wall = time.perf_counter() - t0
+    for o in result.outcomes:
+        if o.status != sha.STOPPED:
+            client.set_tag(run_ids[o.trial.name], "status", o.status)
+            client.set_terminated(run_ids[o.trial.name], "FAILED" if o.status == sha.FAILED else "FINISHED")
 
-    trials = []
-    for r in results:
-        m = r.metrics or {}
-        trial_id = m.get("trial_id") or Path(r.path).name
-        trials.append({"trial_id": trial_id, **r.config, "epochs_run": int(m.get("training_iteration", 0)),
-                       "val_loss": m.get("val_loss", float("nan")),
-                       "status": "error" if r.error else ("early-stopped" if m.get("training_iteration", 0) < tcfg.epochs else "completed"),
-                       "error": str(r.error).splitlines()[0][:200] if r.error else "",
-                       metric: m.get(metric, float("nan"))})  # last column: what dvc plots draws
-    ok = [t for t in trials if not t["error"] and t[metric] == t[metric]]
-    if not ok:
-        client.set_terminated(parent.info.run_id, "FAILED")
-        raise SystemExit(f"error: all {len(trials)} trials of tune.{algo} failed; first error: {trials[0]['error']}")
-    best = max(ok, key=lambda t: (sign * t[metric], -t["val_loss"]))
+    win, summary = result.winner, summary_of(result, tcfg)
+    layout.tuned(algo).parent.mkdir(parents=True, exist_ok=True)
+    layout.tuned(algo).write_text(
+        f"# train.{algo} overrides chosen by the tune stage's sweep (train.{algo}.tuned: true trains with them)\n"
+        + yaml.safe_dump(win.trial.overrides(), sort_keys=True))
+    lineage.write_json(layout.sweep(algo), summary)
 
-    ckpt.export_latest(f"{runs_root}/{best['trial_id']}/checkpoints", layout.model(algo, "tune"), {
-        "algo": algo, "family": fname, "candidate": "tune", "data_version": data_version, "mlflow_run_id": parent.info.run_id,
-        "trial_id": best["trial_id"]})
+    rows = []
+    for o in result.outcomes:
+        last = o.at.get(o.epochs, {})
+        rows.append({"trial": o.trial.name, "schedule": o.trial.schedule, "lr": o.trial.lr, "warmup": o.trial.warmup,
+                     "status": o.status, "epochs": o.epochs, "val_loss": last.get("val_loss", float("nan")),
+                     metric: last.get(metric, float("nan"))})  # last column: what dvc plots draws
+    with written_whole(layout.plots("tune", algo)) as plot_dir:
+        lineage.write_csv(plot_dir / "trials.csv", rows)
+        curves = {o.trial.name: read_rows(f"{runs_root}/{o.trial.name}/{HISTORY}") for o in result.outcomes}
+        lineage.write_csv(plot_dir / "lr.csv", [{"trial": f"{o.trial.name}-{o.trial.schedule}", "step": r["step"],
+                                                 "lr": r["lr"]} for o in result.outcomes for r in curves[o.trial.name]])
+        figure = [{"trial": o.trial.name, "schedule": o.trial.schedule, "lr": o.trial.lr, "steps": curves[o.trial.name],
+                   "at": {e: m.get(metric, float("nan")) for e, m in o.at.items()},
+                   "winner": o is win, "baseline": o.trial.name == "t00"} for o in result.outcomes]
+        plots.save(plots.sweep(figure, metric, f"{algo}: {len(trials)} trials, winner {win.trial.name} "
+                                              f"({win.trial.schedule}, lr {win.trial.lr:.3g})"), plot_dir / "sweep.png")
+        for name in ("sweep.png", "trials.csv"):
+            client.log_artifact(parent.info.run_id, str(plot_dir / name))
+    client.log_artifact(parent.info.run_id, str(layout.sweep(algo)))
 
-    for t in trials:
-        t["steps"] = read_rows(f"{runs_root}/{t['trial_id']}/{HISTORY}")
-    with run_storage.written_whole(layout.plots("tune", algo)) as plot_dir:
-        lineage.write_csv(plot_dir / "trials.csv", [{k: v for k, v in t.items() if k not in ("error", "steps")}
-                                                    for t in trials])
-        lineage.write_csv(plot_dir / "lr.csv", [{"trial": f"{t['schedule']}-{t['trial_id'][-5:]}", "step": r["step"],
-                                                 "lr": r["lr"]} for t in trials for r in t["steps"]])
-        plots.save(plots.sweep(trials, metric, f"{algo}: tune"), plot_dir / "sweep.png")
-        client.log_artifact(parent.info.run_id, str(plot_dir / "sweep.png"))
-        client.log_artifact(parent.info.run_id, str(plot_dir / "trials.csv"))
-
-    summary = {"best_trial": best["trial_id"], "best_schedule": best["schedule"], "best_lr": best["lr"],
-               "best_warmup": best["warmup"], f"best_{metric}": best[metric],
-               "best_val_loss": best["val_loss"], "trials": len(trials),
-               "early_stopped": sum(t["status"] == "early-stopped" for t in trials),
-               "failed": sum(t["status"] == "error" for t in trials), "wall_time_s": wall}
-    lineage.write_json(layout.metrics("tune", algo), summary)
+    gain = summary["same_budget"]
+    metrics = {"best_trial": win.trial.name, "best_schedule": win.trial.schedule, "best_lr": win.trial.lr,
+               "best_warmup": win.trial.warmup, f"best_{metric}": win.at[win.epochs][metric],
+               "baseline_epochs": gain["epochs"], f"baseline_{metric}": gain["baseline"],
+               f"winner_{metric}_at_baseline_epochs": gain["winner"], "trials": len(trials),
+               "early_stopped": sum(o.status == sha.STOPPED for o in result.outcomes),
+               "failed": sum(o.status == sha.FAILED for o in result.outcomes),
+               "epochs_spent": result.epochs_spent, "wall_time_s": wall, "mlflow_run_id": parent.info.run_id}
+    lineage.write_json(layout.metrics("tune", algo), metrics)
     tracking.log_batch(client, parent.info.run_id, metrics=[
-        tracking.Metric(k, float(v), int(time.time() * 1000), 0) for k, v in summary.items()
-        if isinstance(v, (int, float))], tags={"best_trial": best["trial_id"], "best_schedule": best["schedule"]})
+        tracking.Metric(k, float(v), int(time.time() * 1000), 0) for k, v in metrics.items()
+        if isinstance(v, (int, float))], tags={
+            "best_trial": win.trial.name, "best_schedule": win.trial.schedule, "best_lr": repr(win.trial.lr),
+            "best_warmup": repr(win.trial.warmup), "best_run_id": run_ids[win.trial.name]})
     client.set_terminated(parent.info.run_id, "FINISHED")
-    print(f"tune {algo}: best {best['schedule']} lr={best['lr']:.3g} warmup={best['warmup']} "
-          f"{metric} {best[metric]:.4f}; {summary['early_stopped']} early-stopped, "
-          f"{summary['failed']} failed, {wall:.1f}s")
+    print(f"tune {algo}: winner {win.trial.name} {win.trial.schedule} lr {win.trial.lr:.4g} warm-up "
+          f"{win.trial.warmup}: {metric} {win.at[win.epochs][metric]:.4f} at {win.epochs} epochs; params.yaml's own "
+          f"{gain['baseline']:.4f} vs the winner's {gain['winner']:.4f} at {gain['epochs']} epochs; "
+          f"{metrics['early_stopped']} early-stopped, {metrics['failed']} failed; {result.epochs_spent} epochs in "
+          f"{wall:.1f}s -> {layout.tuned(algo).relative_to(layout.root)}")
 
 
 if __name__ == "__main__":

@@ -429,6 +429,8 @@ class ShardDataset(IterableDataset):
             first epoch, a large one streams as before with memory bounded by the budget.
             A cached shard was verified (size, sha256, count) when it was read. With loader
             workers the cache lives as long as they do (``persistent_workers``).
+        max_shards: read only the split's first this many shards (a tune trial's cheaper epoch;
+            shards are drawn at random at preprocess, so the first ones are a random part).
 
     Graph datasets batch through the same reader: their ``stats.json`` names the task, and
     batches are ``(x, edge_index, index, target)`` (``graphs.batcher``).
@@ -438,7 +440,7 @@ class ShardDataset(IterableDataset):
                  shuffle: bool = False, seed: int = 0, batch_size: int | None = None,
                  fields: Sequence[str] | None = None, fanout: Sequence[int] | None = None,
                  augment: bool = False, shuffle_buffer: int = SHUFFLE_BUFFER, uint8_images: bool = False,
-                 cache_bytes: int = 0):
+                 cache_bytes: int = 0, max_shards: int | None = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if not 0 <= rank < world_size:
@@ -456,7 +458,7 @@ class ShardDataset(IterableDataset):
         stats = read_stats(self.shard_dir)
         if split not in stats["splits"]:
             raise DataError(f"{self.shard_dir / STATS}: has no split {split!r}; re-run preprocess")
-        self.shards: list[dict] = stats["splits"][split]["shards"]
+        self.shards: list[dict] = stats["splits"][split]["shards"][:max_shards]
         self.fields = tuple(fields or stats.get("fields") or ("input.npy", "target.cls"))
         if shuffle and len(self.shards) < world_size:
             raise DataError(f"{self.shard_dir / STATS}: split {split!r} has {len(self.shards)} shards, fewer than "

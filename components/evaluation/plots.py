@@ -57,22 +57,35 @@ def training_curves(steps: Sequence[dict], epochs: Sequence[dict], title: str,
 
 
 def sweep(trials: Sequence[dict], metric: str, title: str) -> Figure:
-    """Final ``metric`` of each trial by schedule (left) and every trial's LR per step (right)."""
+    """A successive-halving sweep: each trial's ``metric`` at the rungs it reached, by epochs
+    (left; the winner bold, the baseline dashed), and every trial's LR per step (right).
+
+    ``trials``: dicts with ``trial``, ``schedule``, ``lr``, ``at`` ({epochs: metric}), optional
+    ``steps`` (rows with ``step`` and ``lr``) and ``winner`` / ``baseline`` flags.
+    """
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 3.8))
     schedules = sorted({t["schedule"] for t in trials})
-    for i, name in enumerate(schedules):
-        ys = [t[metric] for t in trials if t["schedule"] == name]
-        ax0.scatter(np.full(len(ys), i) + np.linspace(-0.1, 0.1, len(ys)), ys, s=30)
-    ax0.set_xticks(range(len(schedules)), schedules)
+    colour = {name: plt.cm.tab10(i % 10) for i, name in enumerate(schedules)}
+    for t in trials:
+        pts = sorted((int(e), v) for e, v in t["at"].items() if v == v)
+        if not pts:
+            continue
+        style = {"lw": 2.2, "zorder": 3} if t.get("winner") else {"lw": 0.9, "alpha": 0.7}
+        ax0.plot(*zip(*pts), "--" if t.get("baseline") else "-", marker="o", ms=3, color=colour[t["schedule"]],
+                 **style)
+    for name in schedules:
+        ax0.plot([], [], color=colour[name], label=name)
+    ax0.set_xscale("log", base=2)
+    ax0.set_xlabel("epochs (rungs)")
     ax0.set_ylabel(metric)
-    ax0.set_title("final metric by schedule")
+    ax0.set_title("trials at each rung (bold: winner, dashed: params.yaml's own)")
+    ax0.legend(fontsize=7)
     for t in trials:
         if t.get("steps"):
-            ax1.plot([r["step"] for r in t["steps"]], [r["lr"] for r in t["steps"]], lw=0.8,
-                     label=f"{t['schedule']} lr={t['lr']:.3g}")
+            ax1.plot([r["step"] for r in t["steps"]], [r["lr"] for r in t["steps"]], lw=2 if t.get("winner") else 0.8,
+                     color=colour[t["schedule"]], alpha=1 if t.get("winner") else 0.6)
     ax1.set_title("learning rate per step, every trial")
     ax1.set_xlabel("step")
-    ax1.legend(fontsize=6)
     for ax in (ax0, ax1):
         ax.grid(alpha=0.3)
     fig.suptitle(title)

@@ -24,7 +24,10 @@ a GPU never waits for the host between steps.
         from its latest checkpoint, and one restarted by Ray Train from Ray's.
     distributed: True inside a Ray Train worker group or local mode (uses ray.train's context).
     hooks: list of hook objects.
-    max_epochs: optional cap below ``train.epochs`` (the schedule still spans ``train.epochs``).
+    max_epochs: optional cap below ``train.epochs`` (the schedule still spans ``train.epochs``);
+        a run stopped there and started again with a higher cap continues bit for bit.
+    train_fraction: read only this fraction of the train split's shards (at least one per
+        rank; default 1): a tune trial's cheaper epoch.
     single_thread: run torch on one thread (a tune trial sharing the machine's cores with others).
 
 An epoch's metrics carry ``val_*`` on the epochs it validates: epoch 0, every ``val_every``-th
@@ -207,9 +210,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     # Image batches cross from the loader workers (and to a GPU) as uint8 and are scaled on arrival.
     # Read shards stay in memory up to data_cache_mb where the reading process outlives the epoch.
     cache = cfg.data_cache_mb << 20
+    fraction = float(config.get("train_fraction") or 1.0)
+    max_shards = None
+    if fraction < 1.0:
+        n_shards = len(read_stats(data_dir)["splits"]["train"]["shards"])
+        max_shards = max(ctx.world_size, math.ceil(fraction * n_shards))
     train_ds = ShardDataset(data_dir, "train", rank=ctx.rank, world_size=ctx.world_size, shuffle=True,
                             seed=cfg.seed, batch_size=cfg.batch_size, uint8_images=True, **loader_options,
-                            cache_bytes=cache if cfg.loader_workers == 0 or cfg.loader_persistent else 0)
+                            cache_bytes=cache if cfg.loader_workers == 0 or cfg.loader_persistent else 0,
+                            max_shards=max_shards)
     # Validation is read in this process, dealt to the ranks by sample (equal work on every rank).
     val_ds = ShardDataset(data_dir, "val", rank=ctx.rank, world_size=ctx.world_size,
                           batch_size=max(256, cfg.batch_size), cache_bytes=cache)

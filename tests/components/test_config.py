@@ -44,6 +44,9 @@ def _with(repo_params, path: str, value):
     ("train.resnet.use_gpu", "yes", "train.resnet.use_gpu: must be true or false"),
     ("tune.resnet.space.schedule", ["cosine", "warp"], "tune.resnet.space.schedule: unknown schedule ['warp']"),
     ("tune.resnet.grace_period", 99, "tune.resnet.grace_period: must be <= epochs"),
+    ("tune.transformer.space.warmup", [0.0], "tune.transformer.space.warmup: inverse_sqrt needs a warm-up > 0"),
+    ("tune.transformer.train_fraction", 0.0, "tune.transformer.train_fraction: must be in (0, 1]"),
+    ("train.resnet.tuned", "maybe", "train.resnet.tuned: must be true or false"),
     ("data.digits.val_fraction", 0.7, "data.digits.val_fraction: must be in (0, 0.5)"),
 ])
 def test_bad_values_fail_with_the_full_key_path(repo_params, path, value, message):

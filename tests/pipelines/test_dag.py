@@ -52,7 +52,7 @@ def _fake_outputs(root: Path, stages: dict) -> None:
         for key in ("outs", "metrics", "plots"):
             for entry in stage.get(key, []):
                 path = root / (entry if isinstance(entry, str) else next(iter(entry)))
-                if path.suffix in (".json", ".csv", ".png"):
+                if path.suffix in (".json", ".csv", ".png", ".yaml"):
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_text("{}" if path.suffix == ".json" else "x")
                 else:
@@ -97,3 +97,41 @@ def test_dvc_status_reports_exactly_the_stages_whose_code_changed(tmp_path, repo
     translation = edit("components/data/translation.py")
     assert {"ingest-translation", "preprocess-translation", "train-transformer"} <= translation
     assert "train-resnet" not in translation
+
+
+def test_train_epochs_rerun_train_only_and_tune_params_the_sweep_only(tmp_path, repo_params):
+    """tune -> train: the sweep depends on the train keys its trials read, never on train's epochs;
+    train depends on the winner's file, and only with train.<algo>.tuned."""
+    root = copy_project(tmp_path / "repo", repo_params, with_dvc=True)
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    assert "models/resnet/tune/best.yaml" in stages["train-resnet"]["deps"]
+    assert "train.resnet.epochs" not in stages["tune-resnet"]["params"] and "train.resnet.lr" in stages["tune-resnet"]["params"]
+    _fake_outputs(root, stages)
+    for cmd in (["dvc", "init", "-q", "--no-scm"], ["dvc", "config", "core.analytics", "false"],
+                ["dvc", "commit", "-q", "-f"]):
+        subprocess.run(cmd, cwd=root, check=True, capture_output=True)
+    params = (root / "params.yaml").read_text()
+
+    def with_params(**changes) -> set[str]:
+        raw = yaml.safe_load(params)
+        for path, value in changes.items():
+            *parents, last = path.split("__")
+            node = raw
+            for p in parents:
+                node = node[p]
+            node[last] = value
+        (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        try:
+            return _changed(root)
+        finally:
+            (root / "params.yaml").write_text(params)
+
+    assert with_params(train__resnet__epochs=41) == {"train-resnet"}
+    assert with_params(train__resnet__num_workers=2) == {"train-resnet"}
+    assert with_params(tune__resnet__seed=1) == {"tune-resnet"}  # train follows only if best.yaml changes
+    assert with_params(train__resnet__lr=0.2) == {"train-resnet", "tune-resnet"}  # params.yaml's own trial
+    untuned = yaml.safe_load(params)
+    untuned["train"]["resnet"]["tuned"] = False
+    from pipelines import dag
+
+    assert "models/resnet/tune/best.yaml" not in dag.stages(untuned, root)["train-resnet"]["deps"]

@@ -126,7 +126,7 @@ def test_repro_runs_all_six_stages_and_writes_metrics(project):
         assert f"Running stage '{stage}'" in first.stdout
     assert "2 worker(s) (DDP)" in first.stdout
     ev = json.loads((root / "metrics/eval/resnet.json").read_text())
-    assert ev["primary_metric"] == "accuracy" and ev["selected"] in ("train", "tune")
+    assert ev["primary_metric"] == "accuracy" and ev["selected"] == "train"
     assert 0.3 < ev[ev["selected"]]["accuracy"] <= 1.0  # far above chance even after 3 tiny epochs
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], root, env).stdout)
     assert "metrics/eval/resnet.json" in json.dumps(shown)
@@ -142,7 +142,7 @@ def test_repro_runs_the_transformer_through_the_same_stages(project):
                   "evaluate-transformer", "register-transformer"):
         assert f"Running stage '{stage}'" in first.stdout
     ev = json.loads((root / "metrics/eval/transformer.json").read_text())
-    assert ev["primary_metric"] == "exact_match" and ev["selected"] in ("train", "tune")
+    assert ev["primary_metric"] == "exact_match" and ev["selected"] == "train"
     chosen = ev[ev["selected"]]
     for key in ("exact_match", "bleu", "chrf", "greedy_exact_match", "greedy_bleu", "greedy_chrf"):
         assert 0.0 <= chosen[key] <= 100.0
@@ -183,7 +183,7 @@ def test_repro_runs_the_gan_and_scores_it_with_floor_and_ceiling(project):
     stats = json.loads((root / "data/shards/digits/stats.json").read_text())
     assert stats["evaluator"]["accuracy"]["test"] > 0.9 and (root / "data/shards/digits/evaluator/model.safetensors").exists()
     ev = json.loads((root / "metrics/eval/gan.json").read_text())
-    assert ev["primary_metric"] == "fid" and ev["mode"] == "min" and ev["selected"] in ("train", "tune")
+    assert ev["primary_metric"] == "fid" and ev["mode"] == "min" and ev["selected"] == "train"
     chosen = ev[ev["selected"]]
     assert chosen["fid_floor"] < chosen["fid"] < chosen["fid_ceiling"]  # 8 tiny epochs: better than noise
     assert chosen["classes_covered"] >= 2 and 0 <= chosen["class_accuracy"] <= 1
@@ -193,7 +193,7 @@ def test_repro_runs_the_gan_and_scores_it_with_floor_and_ceiling(project):
     for curve in ("d_real", "d_fake", "g_loss", "lr_d", "val_fid"):
         assert (root / f"plots/train/gan/{curve}.csv").exists(), curve
     trials = (root / "plots/tune/gan/trials.csv").read_text().splitlines()
-    assert trials[0].endswith("val_fid") and len(trials) == 3
+    assert trials[0].endswith("val_fid") and len(trials) == 4  # header, params.yaml's own, 2 drawn
 
 
 def test_gan_champion_generates_seeded_images_in_a_fresh_process(project):
@@ -252,13 +252,11 @@ def test_repro_runs_diffusion_with_its_sampler_sweep(project):
     for stage in ("train-diffusion", "tune-diffusion", "evaluate-diffusion", "register-diffusion"):
         assert f"Running stage '{stage}'" in first.stdout
     ev = json.loads((root / "metrics/eval/diffusion.json").read_text())
-    assert ev["primary_metric"] == "fid" and ev["selected"] in ("train", "tune")
+    assert ev["primary_metric"] == "fid" and ev["selected"] == "train"
     chosen = ev[ev["selected"]]
     for key in ("ddim10_fid", "ddim50_fid", "ddim250_fid", "ddpm_fid", "class_accuracy", "fid_floor", "fid_ceiling"):
         assert key in chosen, key
     assert chosen["fid"] < chosen["fid_ceiling"]
-    other = ev["tune" if ev["selected"] == "train" else "train"]
-    assert "ddpm_fid" not in other  # the costly sweep runs for the selected candidate only
     selected = ev["selected"]
     for image in ("samples", "trajectory", "quality_by_steps"):
         assert (root / f"plots/eval/diffusion/{image}_{selected}.png").stat().st_size > 3000, image
@@ -289,7 +287,7 @@ def test_repro_runs_the_gnn_as_a_ddp_job_on_sampled_neighbourhoods(project):
     node = json.loads((root / "metrics/eval/gnn.json").read_text())
     chosen = node[node["selected"]]
     assert chosen["accuracy"] > 0.7 and 0 < chosen["macro_f1"] <= 1  # 4 communities: chance is 0.25
-    for png in ("plots/eval/gnn/embeddings_train.png", "plots/eval/gnn/confusion_tune.png"):
+    for png in ("plots/eval/gnn/embeddings_train.png", "plots/eval/gnn/confusion_train.png"):
         assert (root / png).stat().st_size > 5000
     assert "homophily" in (root / "reports/gnn/evaluate.md").read_text()
     assert (root / "data/shards/community/graph.npz").exists()
@@ -323,7 +321,7 @@ def test_repro_runs_clip_as_a_ddp_job_and_classifies_zero_shot(project):
         assert f"Running stage '{stage}'" in first.stdout
     assert "train clip: 6 epochs, 2 worker(s) (DDP)" in first.stdout
     ev = json.loads((root / "metrics/eval/clip.json").read_text())
-    assert ev["primary_metric"] == "zero_shot_accuracy" and ev["selected"] in ("train", "tune")
+    assert ev["primary_metric"] == "zero_shot_accuracy" and ev["selected"] == "train"
     chosen = ev[ev["selected"]]
     assert chosen["zero_shot_accuracy"] > 0.2  # 10 classes, unseen prompts: chance is 0.1 after 6 tiny epochs
     for key in ("image_to_text_r1", "text_to_image_r10", "linear_probe_accuracy"):
@@ -381,8 +379,11 @@ def test_mlflow_has_train_run_tune_parent_with_nested_trials_and_champion(projec
     (parent,) = [r for r in runs if r.data.tags.get("stage") == "tune"
                  and "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
-    assert all("step/lr" in c.data.metrics for c in children)
+    # params.yaml's own config and one draw per schedule; at 1 epoch one goes on, two stop.
+    assert len(children) == 3 and all("step/lr" in c.data.metrics and "val_accuracy" in c.data.metrics
+                                      for c in children)
+    assert sorted(c.data.tags["status"] for c in children) == ["completed", "early-stopped", "early-stopped"]
+    assert sorted(c.info.status for c in children) == ["FINISHED", "KILLED", "KILLED"]
 
     version = client.get_model_version_by_alias("resnet", "champion")
     assert {"git_commit", "data_version", "dvc_data_md5", "test_accuracy"} <= set(version.tags)
@@ -409,8 +410,13 @@ def test_model_cards_show_floors_and_ceilings_where_the_family_has_them(project)
         card = client.get_model_version_by_alias(algo, "champion").description
         assert card.splitlines()[0].startswith(f"{algo}: test "), (algo, card.splitlines()[0])
         for section in ("**Algorithm**", "| Data version |", "| Git commit |", "| Key params |", "## Test metrics",
-                        "## Load", "## Aliases", "## Images"):
+                        "## Load", "## Aliases", "## Images", "| What the sweep bought |"):
             assert section in card, (algo, section)
+        # Trained with its sweep's winner, and the card and tags say which.
+        version = client.get_model_version_by_alias(algo, "champion")
+        best = yaml.safe_load((root / f"models/{algo}/tune/best.yaml").read_text())
+        assert version.tags["tuned"] == "true" and f"peak lr {best['lr']:.4g}" in card, algo
+        assert f"schedule {best['schedule']['name']}" in card, algo
     resnet = client.get_model_version_by_alias("resnet", "champion").description
     acc_row = next(line for line in resnet.splitlines() if line.startswith("| **accuracy** |"))
     assert acc_row.endswith("|  |  |")  # a classifier has no floor or ceiling
@@ -458,6 +464,22 @@ def test_exp_run_with_new_lr_reruns_only_train_and_after(project):
         assert new <= old
 
 
+def test_more_epochs_retrain_the_winner_without_a_new_sweep_and_a_new_concurrency_changes_nothing(project):
+    root, env, _ = project
+    best = (root / "models/resnet/tune/best.yaml").read_text()
+    out = run(["dvc", "exp", "run", "-S", "train.resnet.epochs=4"], root, env).stdout
+    assert "Running stage 'train-resnet'" in out and "Running stage 'tune-resnet'" not in out
+    assert "4 epochs" in out and "with the sweep's" in out
+    # A sweep re-run with other concurrency decides the same: same winner, so train and after are skipped.
+    out = run(["dvc", "exp", "run", "-S", "tune.resnet.max_concurrent=1"], root, env).stdout
+    assert "Running stage 'tune-resnet'" in out
+    for stage in ("train-resnet", "evaluate-resnet", "register-resnet"):
+        assert f"Running stage '{stage}'" not in out, stage
+    assert (root / "models/resnet/tune/best.yaml").read_text() == best
+    report = (root / "reports/resnet/evaluate.md").read_text()
+    assert "## Hyperparameters: what the sweep bought" in report and "params.yaml's own" in report
+
+
 def test_dvc_plots_show_renders_every_familys_curves_schedules_sweep_and_images(project):
     root, env, _ = project
     out = run(["dvc", "plots", "show", "--json"], root, env)
@@ -469,7 +491,7 @@ def test_dvc_plots_show_renders_every_familys_curves_schedules_sweep_and_images(
             assert any(k.endswith(key) for k in plots), (algo, key)
         lr_key = next(k for k in plots if k.endswith(f"plots/tune/{algo}/lr.csv"))
         trials = {row["trial"] for row in plots[lr_key][0]["content"]["data"]["values"]}
-        assert len(trials) == 2, (algo, trials)  # one line per tune trial, coloured by trial
+        assert len(trials) == 3, (algo, trials)  # one line per tune trial (params.yaml's own + 2), by trial
         assert any(f"plots/eval/{algo}/" in k and k.endswith(".png") for k in plots), algo
 
 

@@ -1,0 +1,94 @@
+"""The tune stage with real Ray Tune and MLflow: the same winner at any concurrency, every trial's
+metrics and status in its own nested run, and a winner that train trains."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, copy_project
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+
+def sweep_params(max_concurrent: int) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["algorithms"] = {"resnet": {"family": "resnet", "dataset": "digits"}}
+    params["data"] = {"digits": {**params["data"]["digits"], "samples_per_shard": 128}}
+    params["data"]["digits"]["evaluator"]["epochs"] = 1
+    params["train"] = {"resnet": {**params["train"]["resnet"], "epochs": 2, "batch_size": 128, "log_every": 2}}
+    params["train"]["resnet"]["model"]["depth"] = 8
+    params["tune"] = {"resnet": {**params["tune"]["resnet"], "samples_per_schedule": 2, "epochs": 3, "grace_period": 1,
+                                 "max_concurrent": max_concurrent}}
+    params["tune"]["resnet"]["space"].update(schedule=["cosine", "onecycle"], lr=[0.01, 1.0])
+    return params
+
+
+def run(cmd: list[str], cwd, env) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=850, check=False)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def test_the_sweep_picks_the_same_winner_at_any_concurrency_and_logs_every_trial(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
+    env.update(RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
+    found = {}
+    for concurrent in (1, 2):
+        root = tmp_path / f"c{concurrent}"
+        root.mkdir()
+        copy_project(root, sweep_params(concurrent))
+        run([sys.executable, "-m", "pipelines.ingest", "--dataset", "digits"], root, env)
+        run([sys.executable, "-m", "pipelines.preprocess", "--dataset", "digits"], root, env)
+        out = run([sys.executable, "-m", "pipelines.tune", "--algo", "resnet"], root, env).stdout
+        assert "5 trials" in out and "winner" in out
+        found[concurrent] = (root, (root / "models/resnet/tune/best.yaml").read_text(),
+                             json.loads((root / "models/resnet/tune/sweep.json").read_text()))
+    (root1, best1, sweep1), (root2, best2, sweep2) = found[1], found[2]
+    # Every decision, every trial's metric at every rung, and the winner: identical.
+    assert best1 == best2 and sweep1 == sweep2
+    assert sweep1["rungs"] == [[1, 5], [3, 1]] and sweep1["epochs_spent"] == 7
+    assert [o["status"] for o in sweep1["outcomes"]].count("completed") == 1
+    best = yaml.safe_load(best1)
+    assert set(best) == {"lr", "schedule"} and set(best["schedule"]) == {"name", "warmup"}
+    assert best["lr"] == sweep1["winner"]["lr"]
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root2 / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("resnet").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("stage") == "tune" and "mlflow.parentRunId" not in r.data.tags]
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(trials) == 5 and parent.data.tags["best_trial"] == sweep2["winner"]["trial"]
+    for r in trials:
+        name, status = r.data.tags["trial"], r.data.tags["status"]
+        outcome = next(o for o in sweep2["outcomes"] if o["trial"] == name)
+        assert status == outcome["status"]
+        assert r.info.status == ("FINISHED" if status == "completed" else "KILLED")
+        assert float(r.data.params["lr"]) == outcome["lr"] and r.data.params["schedule.name"] == outcome["schedule"]
+        # Its own val metric for every epoch it trained, and its LR per logged step.
+        history = client.get_metric_history(r.info.run_id, "val_accuracy")
+        assert sorted(m.step for m in history) == list(range(outcome["epochs"]))
+        assert client.get_metric_history(r.info.run_id, "step/lr")
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"sweep.png", "trials.csv", "sweep.json"}
+
+    # train trains the winner at its own epochs, naming the sweep that chose it.
+    run([sys.executable, "-m", "pipelines.train", "--algo", "resnet"], root2, env)
+    meta = json.loads((root2 / "models/resnet/train/config.json").read_text())
+    assert meta["train"]["lr"] == best["lr"] and meta["train"]["schedule"]["name"] == best["schedule"]["name"]
+    assert meta["train"]["epochs"] == 2 and meta["tune_run_id"] == parent.info.run_id
+
+
+def test_train_without_a_sweep_result_says_what_to_run(tmp_path):
+    root = copy_project(tmp_path, sweep_params(0))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
+    proc = subprocess.run([sys.executable, "-m", "pipelines.train", "--algo", "resnet"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "models/resnet/tune/best.yaml is missing: run `dvc repro tune-resnet`" in proc.stderr
+    assert "train.resnet.tuned: false" in proc.stderr
