@@ -49,8 +49,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lrs", type=int, default=5, help="peak LRs of the grid, log-spaced over the space's range")
     parser.add_argument("--algo", default="resnet")
+    parser.add_argument("--only", choices=["sweep", "grid"], help="run one side only (the grid is the slow one)")
+    parser.add_argument("-S", dest="overrides", action="append", default=[],
+                        help="tune.<algo> key=value to try instead of params.yaml's (e.g. -S samples_per_schedule=6)")
     args = parser.parse_args()
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for item in args.overrides:
+        key, value = item.split("=", 1)
+        raw["tune"][args.algo][key] = yaml.safe_load(value)
     cfg, tcfg = train_config(raw, args.algo), tune_config(raw, args.algo)
     shards = REPO / "data" / "shards" / raw["algorithms"][args.algo]["dataset"]
     if not (shards / "stats.json").exists():
@@ -63,7 +69,7 @@ def main() -> None:
     launch.init_ray()
     work = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
     table = []
-    for method in ("sweep", "grid"):
+    for method in [args.only] if args.only else ["sweep", "grid"]:
         runs_root = str(work / method)
 
         def run_rung(live: list[sha.Trial], epochs: int, _root=runs_root, _method=method) -> dict:
@@ -96,6 +102,8 @@ def main() -> None:
     for method, n, spent, value, trial, wall in table:
         print(f"| {method} | {n} | {spent} | {value:.4f} | {trial.schedule}, lr {trial.lr:.4g}, warm-up {trial.warmup} "
               f"| {wall:.0f} |")
+    if len(table) < 2:
+        return
     (_, _, s_spent, s_value, _, _), (_, _, g_spent, g_value, _, _) = table
     sign = 1 if mode == "max" else -1
     print(f"\nsweep - grid: {sign * (s_value - g_value) * 100:+.2f} points of {metric} (floor: >= -0.5); "

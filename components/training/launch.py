@@ -226,6 +226,9 @@ def sweep_rung(trials: list[dict[str, Any]], epochs: int, *, algo: str, family: 
     from components.training.loop import EPOCHS, read_rows
 
     init_ray()
+    # Tune's console output prints a configuration table and result paths for every Tuner, even
+    # at verbose=0: a sweep prints its own line per trial and decision instead.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     per_trial = max(1, workers_per_trial)
     concurrent = max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)) // per_trial)
     trainable = tune.with_parameters(
