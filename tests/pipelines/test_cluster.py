@@ -34,7 +34,7 @@ CHANCE = 0.1
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["train"]["resnet"].update(num_workers=2, epochs=3)
+    params["train"]["resnet"].update(num_workers=2, epochs=3, tuned=False)  # train alone, no sweep before it
     params["data"]["digits"]["evaluator"]["epochs"] = 1  # the generative evaluator is not used here
     params["runtime"]["storage_root"] = (root / "shared-store").as_uri()
     copy_project(root, params)

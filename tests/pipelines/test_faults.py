@@ -155,7 +155,8 @@ def debris(root: Path) -> list[str]:
 def test_ctrl_c_during_train_leaves_no_half_output_and_repro_resumes(tmp_path, repo_params):
     params = yaml.safe_load(yaml.safe_dump(repo_params))
     params["data"]["digits"]["evaluator"]["epochs"] = 1
-    params["train"]["resnet"].update(epochs=30, num_workers=0, checkpoint_every=1)  # a checkpoint per epoch
+    params["train"]["resnet"].update(epochs=30, num_workers=0, checkpoint_every=1,  # a checkpoint per epoch
+                                     tuned=False)  # train alone: no sweep runs before it
     env = git_dvc_project(tmp_path, params)
 
     proc = subprocess.Popen(["dvc", "repro", "train-resnet"], cwd=tmp_path, env=env, start_new_session=True,

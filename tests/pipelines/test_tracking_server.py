@@ -44,7 +44,7 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["train"]["gnn_karate"].update(epochs=5)
+    params["train"]["gnn_karate"].update(epochs=5, tuned=False)  # train alone, no sweep before it
     return copy_project(tmp_path_factory.mktemp("project"), params)
 
 
