@@ -12,6 +12,9 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, copy_project
+from tests.pipelines.test_cifar_repro import (
+    run,  # a stage process that must succeed, its output on failure
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -29,12 +32,6 @@ def sweep_params(max_concurrent: int) -> dict:
     return params
 
 
-def run(cmd: list[str], cwd, env) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=850, check=False)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return proc
-
-
 def test_the_sweep_picks_the_same_winner_at_any_concurrency_and_logs_every_trial(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
     env.update(RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
@@ -49,7 +46,7 @@ def test_the_sweep_picks_the_same_winner_at_any_concurrency_and_logs_every_trial
         assert "5 trials" in out and "winner" in out
         found[concurrent] = (root, (root / "models/resnet/tune/best.yaml").read_text(),
                              json.loads((root / "models/resnet/tune/sweep.json").read_text()))
-    (root1, best1, sweep1), (root2, best2, sweep2) = found[1], found[2]
+    (_, best1, sweep1), (root2, best2, sweep2) = found[1], found[2]
     # Every decision, every trial's metric at every rung, and the winner: identical.
     assert best1 == best2 and sweep1 == sweep2
     assert sweep1["rungs"] == [[1, 5], [3, 1]] and sweep1["epochs_spent"] == 7
