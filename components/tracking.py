@@ -44,9 +44,25 @@ def probe_server(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
                               f"start it, fix the variable, or unset it to use the local store") from None
 
 
+# What MLflow's tracking store accepts (a database URL's scheme may name a driver: postgresql+psycopg2).
+SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+
+
+def check_uri(uri: str) -> None:
+    """A URI MLflow cannot store runs at fails here, in one line, before any work."""
+    from urllib.parse import urlsplit
+
+    scheme = urlsplit(uri).scheme.split("+")[0].lower() if "://" in uri else ""  # none: a path
+    if scheme and scheme not in SCHEMES:
+        raise ConnectionError(f"MLFLOW_TRACKING_URI={uri}: MLflow cannot track to a '{scheme}' URI; use one of "
+                              f"{', '.join(s + '://' for s in SCHEMES)} or a local path, or unset the variable to use "
+                              f"the repository's own store (mlflow.db)")
+
+
 def configure(root: Path) -> str:
     """Point MLflow at the project's store; check a remote server answers before any work."""
     uri = tracking_uri(root)
+    check_uri(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if uri.startswith("http"):
@@ -187,22 +203,44 @@ def metric_tags(metrics: dict[str, float], prefix: str = "test_") -> dict[str, s
     return {f"{prefix}{k}": repr(float(v)) for k, v in metrics.items()}
 
 
+REGISTER_KEY = "register_key"
+
+
+def registered_version(name: str, key: str):
+    """The version of ``name`` tagged ``register_key = key`` (left by an earlier register of the
+    same trained model, finished or not), or None."""
+    client = MlflowClient()
+    try:
+        found = client.search_model_versions(f"name = '{name}' and tags.{REGISTER_KEY} = '{key}'")
+    except mlflow.exceptions.MlflowException:
+        return None  # no such registered model yet
+    return max(found, key=lambda v: int(v.version)) if found else None
+
+
 def register(model_uri: str, name: str, *, tags: dict[str, str], description: str,
-             metric: str, value: float, mode: str, min_improvement: float = 0.0) -> tuple[Any, str, Any]:
+             metric: str, value: float, mode: str, min_improvement: float = 0.0,
+             version=None) -> tuple[Any, str, Any]:
     """Register ``model_uri`` as a new version of ``name`` and give it an alias.
 
     ``champion`` moves to the new version only when it beats the current champion on
     ``metric`` (by more than ``min_improvement``, in direction ``mode``); otherwise the new
-    version becomes ``challenger``. Returns (version, alias, previous champion or None).
+    version becomes ``challenger``. ``version``: an existing version of this model to finish
+    instead (an interrupted register left it: its description and alias are set again, and a
+    version that holds ``champion`` keeps it). Returns (version, alias, previous champion or None).
     """
     client = MlflowClient()
-    if client.search_registered_models(filter_string=f"name = '{name}'") == []:
-        client.create_registered_model(name, description=(
-            f"Champion = the best {name} on the test split by {metric} ({mode}); "
-            f"challenger = the latest version that did not beat it."))
-    version = mlflow.register_model(model_uri, name, tags=tags)
+    if version is None:
+        if client.search_registered_models(filter_string=f"name = '{name}'") == []:
+            client.create_registered_model(name, description=(
+                f"Champion = the best {name} on the test split by {metric} ({mode}); "
+                f"challenger = the latest version that did not beat it."))
+        version = mlflow.register_model(model_uri, name, tags=tags)
+        failpoint("register:versioned")
     client.update_model_version(name, version.version, description=description)
+    failpoint("register:described")
     previous = champion_version(name)
+    if previous is not None and previous.version == version.version:
+        return version, CHAMPION, None  # it won before the interruption
     if previous is None:
         better = True
     else:
@@ -212,3 +250,12 @@ def register(model_uri: str, name: str, *, tags: dict[str, str], description: st
     alias = CHAMPION if better else CHALLENGER
     client.set_registered_model_alias(name, alias, version.version)
     return version, alias, previous
+
+
+def failpoint(name: str) -> None:
+    """Kill this process (SIGKILL: no cleanup, as a lost machine would) when ``M7_FAILPOINT`` names
+    ``name``: the fault tests stop a stage between two of its steps with it."""
+    if os.environ.get("M7_FAILPOINT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)

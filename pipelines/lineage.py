@@ -11,23 +11,48 @@ from typing import Any
 
 import yaml
 
+from components.data import shards
 from components.training import storage
 
 
+def dvc_outputs(root: Path) -> list[str]:
+    """What the pipeline writes (every stage's ``outs``, ``metrics`` and ``plots`` in dvc.yaml, and
+    ``dvc.lock``): files a repro rewrites, which say nothing about the code that ran."""
+    paths = ["dvc.lock"]
+    path = Path(root) / "dvc.yaml"
+    if not path.exists():
+        return paths
+    for stage in ((yaml.safe_load(path.read_text()) or {}).get("stages") or {}).values():
+        for kind in ("outs", "metrics", "plots"):
+            for out in stage.get(kind) or []:
+                paths += list(out) if isinstance(out, dict) else [out]
+    return paths
+
+
 def git_commit(root: Path) -> str:
+    """``HEAD``'s commit, with ``-dirty`` when a tracked file other than the pipeline's outputs
+    differs from it (a repro rewrites ``dvc.lock`` and ``metrics/`` before register runs: that
+    leaves the code that trained the model as committed)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        # git prints paths from the repository's top; dvc.yaml's are from ``root`` (the prefix).
+        out = subprocess.run(["git", "rev-parse", "HEAD", "--show-prefix"], cwd=root, capture_output=True, text=True,
+                             timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--no-renames"], cwd=root,
+                                capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
-    commit = out.stdout.strip() or "unknown"
-    return commit + ("-dirty" if dirty and commit != "unknown" else "")
+    commit, prefix = (out.stdout.splitlines() + ["", ""])[:2]
+    if out.returncode != 0 or not commit:
+        return "unknown"
+    outputs = [prefix + o.rstrip("/") for o in dvc_outputs(root)]
+    changed = [line[3:].strip('"') for line in status.splitlines() if len(line) > 3]
+    dirty = [f for f in changed if not any(f == o or f.startswith(o + "/") for o in outputs)]
+    return commit + ("-dirty" if dirty else "")
 
 
 def data_version(shard_dir: Path) -> str:
     """Content hash of a shard directory: sha256 of stats.json, which lists every shard's sha256."""
-    return hashlib.sha256((Path(shard_dir) / "stats.json").read_bytes()).hexdigest()[:16]
+    return hashlib.sha256(shards.stats_path(shard_dir).read_bytes()).hexdigest()[:16]
 
 
 def dvc_md5(root: Path, path: str) -> str:

@@ -168,11 +168,19 @@ def write_shards(out_dir: Path, splits: dict[str, dict[str, Sequence]], samples_
     return stats
 
 
-def read_stats(shard_dir: Path) -> dict:
+def stats_path(shard_dir: Path) -> Path:
+    """``shard_dir``'s ``stats.json``; a directory without one (never preprocessed, or a
+    preprocess cut short: the file is written last) fails with the command that writes it."""
     path = Path(shard_dir) / STATS
     if not path.exists():
-        raise DataError(f"{path}: not found; create the shards with `dvc repro` (stage preprocess)")
-    return json.loads(path.read_text())
+        name = Path(shard_dir).name
+        raise DataError(f"{path}: not found, so {shard_dir} holds no complete shard set; write it with "
+                        f"`dvc repro preprocess-{name}` (or `python -m pipelines.preprocess --dataset {name}`)")
+    return path
+
+
+def read_stats(shard_dir: Path) -> dict:
+    return json.loads(stats_path(shard_dir).read_text())
 
 
 def publish(shard_dir: Path, url: str) -> str:

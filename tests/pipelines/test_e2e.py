@@ -367,7 +367,7 @@ def test_second_repro_does_nothing(project):
 
 
 def test_mlflow_has_train_run_tune_parent_with_nested_trials_and_champion(project):
-    root, _, _ = project
+    root, env, _ = project
     client = mlflow_client(root)
     exp = client.get_experiment_by_name("resnet")
     runs = client.search_runs([exp.experiment_id])
@@ -388,6 +388,9 @@ def test_mlflow_has_train_run_tune_parent_with_nested_trials_and_champion(projec
     version = client.get_model_version_by_alias("resnet", "champion")
     assert {"git_commit", "data_version", "dvc_data_md5", "test_accuracy"} <= set(version.tags)
     assert len(version.tags["git_commit"]) >= 40 and version.tags["dvc_data_md5"] != "unknown"
+    # The first repro rewrote dvc.lock and metrics/ (outputs), not the committed code that trained it.
+    head = run(["git", "rev-parse", "HEAD"], root, env).stdout.strip()
+    assert client.get_model_version("resnet", "1").tags["git_commit"] == head
     assert "Test metrics" in version.description and "models:/resnet@champion" in version.description
     # Every DDP epoch logged once (rank 0 only), and the card's images are artifacts of the version's run.
     train_run = by_stage["train"][0].info.run_id
