@@ -1,16 +1,23 @@
 """Parallel text for translation: English number phrases -> German, or a user's TSV corpus.
 
-``source: num2words`` (the embedded default) draws distinct integers with a uniformly
-chosen number of digits (1..``max_digits``), so small and large numbers are equally
-represented, and writes each as English and German words with the num2words package:
-342 -> "three hundred and forty-two" -> "dreihundertzweiundvierzig". German compounds
-the whole number below a million into one word and reorders tens and units
-("zweiundvierzig" = two-and-forty), so this is translation, not copying. The numbers
-are split disjointly: no test number is ever seen in training.
+``source: num2words`` (the embedded default) draws distinct integers and writes each as
+English and German words with the num2words package: 342 -> "three hundred and forty-two"
+-> "dreihundertzweiundvierzig". German compounds the whole number below a million into one
+word and reorders tens and units ("zweiundvierzig" = two-and-forty), so this is translation,
+not copying. The numbers are drawn by structure (``strata``, see :func:`structure`): small
+numbers, round ones, ones with a run of zeros inside ("eighty-eight million and sixty-one"),
+full-length ones and the rest, in the same shares in every split. Drawn by digit count
+alone, round and zero-run numbers were a few percent of train and the model translated
+them far worse than the typical number; each structure is a rendering rule (where English
+says "and", German "eine Million") that is learnt only from examples of it. The numbers
+are split disjointly: no test number is ever seen in training. Each pair's stratum is a
+third column of the raw TSV and a ``stratum.txt`` field of the shards, and evaluation
+reports exact match per stratum.
 
 ``source: tsv`` reads ``path``, one ``source<TAB>target`` pair per line (the format of
 Tatoeba/ManyThings and most parallel-corpus exports). Pairs are deduplicated by
 source and split by the seed, so the test split holds sources never seen in training.
+Further columns are ignored.
 
 Raw files are ``{train,val,test}.tsv`` under ``data/raw/translation``. Preprocess fits
 the BPE tokenizer on the train split only, writes it as ``tokenizer.json`` beside the
@@ -19,6 +26,8 @@ shards, and drops pairs longer than ``max_len`` tokens (counted in stats.json).
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -32,6 +41,7 @@ from components.data.tokenizer import Tokenizer, normalize
 
 SPLITS = ("train", "val", "test")
 TOKENIZER = "tokenizer.json"
+STRATA = ("small", "round", "inner_zero", "full", "other")
 
 
 @dataclass
@@ -42,6 +52,10 @@ class Config:
     src_lang: str = "en"  # num2words language codes
     tgt_lang: str = "de"
     max_digits: int = field(default=9, metadata=bounds(ge=1, le=15))
+    # num2words: each split's share of numbers of each structure (see ``structure``); a structure
+    # that max_digits rules out is left out and the others' shares scaled up.
+    strata: dict[str, float] = field(default_factory=lambda: {
+        "small": 0.03, "round": 0.12, "inner_zero": 0.2, "full": 0.25, "other": 0.4})
     num_train: int = field(default=18000, metadata=bounds(ge=0))  # tsv: 0 = every pair not in val/test
     num_val: int = field(default=1000, metadata=bounds(ge=1))
     num_test: int = field(default=2000, metadata=bounds(ge=1))
@@ -56,6 +70,11 @@ class Config:
         if self.source == "num2words" and self.num_train == 0:
             raise ConfigError("num_train: must be > 0 for generated data")
         if self.source == "num2words":
+            unknown = sorted(set(self.strata) - set(STRATA))
+            if unknown or not self.strata or any(not w >= 0 for w in self.strata.values()) \
+                    or sum(self.strata.values()) <= 0:
+                raise ConfigError(f"strata: shares of number structures, keys from {list(STRATA)}, values >= 0 "
+                                  f"and not all 0; got {self.strata}")
             available = 10 ** self.max_digits
             if self.num_train + self.num_val + self.num_test > available // 2:
                 raise ConfigError(f"max_digits: {self.max_digits} digits give {available} numbers, too few for "
@@ -64,20 +83,122 @@ class Config:
 
 # ---------------------------------------------------------------------------- sources
 
-def draw_numbers(n: int, max_digits: int, seed: int) -> np.ndarray:
-    """``n`` distinct integers, each from a uniformly drawn digit count (1..max_digits).
+def structure(n: int, max_digits: int) -> str:
+    """The stratum of ``n``: ``small`` (below 1000), ``round`` (a multiple of 1000), ``inner_zero``
+    (two or more zero digits in a row between the first and the last: a group or its tens and
+    units are left out, as in 88,000,061 or 88,300,061), ``full`` (``max_digits`` digits, none of
+    those) or ``other``."""
+    digits = str(n)
+    if n < 1000:
+        return "small"
+    if n % 1000 == 0:
+        return "round"
+    if "00" in digits[1:-1]:
+        return "inner_zero"
+    return "full" if len(digits) == max_digits else "other"
 
-    Digit counts with few numbers (0-9, 10-99) are soon exhausted; repeats are redrawn,
-    which moves their share to the larger counts.
-    """
+
+def pool_sizes(max_digits: int) -> dict[str, float]:
+    """How many numbers of each stratum exist below ``10 ** max_digits`` (counted up to 6 digits;
+    beyond, only ``small`` and ``round`` are few enough to matter)."""
+    if max_digits <= 6:
+        return dict(Counter(structure(n, max_digits) for n in range(10 ** max_digits)))
+    return {"small": 1000, "round": 10 ** (max_digits - 3) - 1, "inner_zero": math.inf, "full": math.inf,
+            "other": math.inf}
+
+
+def stratum_shares(strata: dict[str, float], max_digits: int, total: int = 0) -> dict[str, float]:
+    """The shares of the strata that exist below ``10 ** max_digits``, scaled to sum to 1, in
+    ``STRATA`` order. With ``total`` numbers to draw, a stratum is held to 80% of its pool (a few
+    round numbers exist below 10,000) and the rest of its share goes to the others."""
+    pools = pool_sizes(max_digits)
+    shares = {k: strata.get(k, 0.0) for k in STRATA if pools.get(k, 0) > 0 and strata.get(k, 0.0) > 0}
+    if not shares:
+        raise ConfigError(f"strata: none of {sorted(k for k, w in strata.items() if w > 0)} exists below "
+                          f"10^{max_digits}; give a share to one of {sorted(pools)}")
+    capped: dict[str, float] = {}
+    while True:
+        free = {k: w for k, w in shares.items() if k not in capped}
+        left = 1.0 - sum(capped.values())
+        scale = left / sum(free.values()) if free else 0.0
+        over = {k: 0.8 * pools[k] / total for k, w in free.items() if total and w * scale * total > 0.8 * pools[k]}
+        if not over or len(over) == len(free):
+            return {k: capped.get(k, shares[k] * scale) for k in shares}
+        capped.update(over)
+
+
+def apportion(n: int, shares: dict[str, float]) -> dict[str, int]:
+    """``n`` split by ``shares`` into integers that sum to ``n`` (largest remainder)."""
+    exact = {k: n * w for k, w in shares.items()}
+    counts = {k: int(v) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: counts[k] - exact[k])[:n - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+def _propose(stratum: str, max_digits: int, rng: np.random.Generator) -> int:
+    """A number likely of ``stratum`` (the caller keeps it only if :func:`structure` agrees)."""
+    if stratum == "small":
+        d = int(rng.integers(1, min(3, max_digits) + 1))
+    elif stratum == "full":
+        d = max_digits
+    else:
+        d = int(rng.integers(4, (max_digits if stratum == "other" else max_digits + 1)))
+    n = int(rng.integers(0 if d == 1 else 10 ** (d - 1), 10 ** d))
+    if stratum == "round":
+        zeros = 1000 ** int(rng.integers(1, (d - 1) // 3 + 1))  # one or more trailing zero groups
+        n = max(n // zeros, 1) * zeros
+    elif stratum == "inner_zero":
+        run = int(rng.integers(2, d - 1))  # zeros in a row, strictly inside
+        start = int(rng.integers(1, d - run))
+        digits = list(str(n))
+        digits[start:start + run] = "0" * run
+        n = int("".join(digits))
+    return n
+
+
+def draw_numbers(counts: dict[str, int], max_digits: int, seed: int) -> dict[str, list[int]]:
+    """``counts[stratum]`` distinct integers of each stratum (none in two strata), in draw order."""
     rng = np.random.default_rng(seed)
-    out: set[int] = set()
-    while len(out) < n:
-        d = int(rng.integers(1, max_digits + 1))
-        out.add(int(rng.integers(0 if d == 1 else 10 ** (d - 1), 10 ** d)))
-    numbers = np.array(sorted(out), dtype=np.int64)
-    rng.shuffle(numbers)
-    return numbers
+    seen: set[int] = set()
+    out: dict[str, list[int]] = {}
+    for stratum, count in counts.items():
+        out[stratum], tries = [], 0
+        while len(out[stratum]) < count:
+            tries += 1
+            if tries > 100 * count + 1000:
+                raise ConfigError(f"strata.{stratum}: could not draw {count} distinct numbers of this structure "
+                                  f"with max_digits {max_digits}; lower its share or raise max_digits")
+            n = _propose(stratum, max_digits, rng)
+            if n not in seen and structure(n, max_digits) == stratum:
+                seen.add(n)
+                out[stratum].append(n)
+    return out
+
+
+def draw_splits(cfg: Config) -> dict[str, list[tuple[int, str]]]:
+    """Each split's (number, stratum) list: every split holds the strata in the same shares
+    (``apportion``), the numbers of a stratum are drawn once, shuffled and dealt test, val, then
+    train, so no number is in two splits (0 always in train); each split is shuffled by the seed."""
+    sizes = {"test": cfg.num_test, "val": cfg.num_val, "train": cfg.num_train}
+    shares = stratum_shares(cfg.strata, cfg.max_digits, sum(sizes.values()))
+    per_split = {k: apportion(n, shares) for k, n in sizes.items()}
+    numbers = draw_numbers({s: sum(per_split[k][s] for k in sizes) for s in shares}, cfg.max_digits, cfg.seed)
+    rng = np.random.default_rng(cfg.seed + 1)
+    for s, drawn in numbers.items():
+        # Dealt in random order: the draw finds the few 1- and 2-digit numbers first. Zero goes to
+        # train: its words ("zero", "null") are in no other number, so unseen it cannot be translated.
+        drawn = [drawn[i] for i in rng.permutation(len(drawn))]
+        numbers[s] = [n for n in drawn if n != 0] + [n for n in drawn if n == 0]
+    out: dict[str, list[tuple[int, str]]] = {}
+    taken = dict.fromkeys(shares, 0)
+    for split in sizes:
+        items = []
+        for s in shares:
+            items += [(n, s) for n in numbers[s][taken[s]:taken[s] + per_split[split][s]]]
+            taken[s] += per_split[split][s]
+        out[split] = [items[i] for i in rng.permutation(len(items))]
+    return out
 
 
 def number_pairs(numbers: np.ndarray, src_lang: str, tgt_lang: str) -> list[tuple[str, str]]:
@@ -89,8 +210,9 @@ def number_pairs(numbers: np.ndarray, src_lang: str, tgt_lang: str) -> list[tupl
         raise ConfigError(f"src_lang/tgt_lang: num2words does not support it ({exc})") from None
 
 
-def read_parallel_tsv(path: Path) -> list[tuple[str, str]]:
-    """``source<TAB>target`` lines; extra columns (licence, ids) after the second are ignored.
+def read_parallel_tsv(path: Path, third: list[str] | None = None) -> list[tuple[str, str]]:
+    """``source<TAB>target`` lines; extra columns (licence, ids) after the second are ignored,
+    except that the third of each line is appended to ``third`` when it is given ("" if none).
 
     A line without a tab or with an empty side raises DataError naming the file and line.
     """
@@ -107,6 +229,8 @@ def read_parallel_tsv(path: Path) -> list[tuple[str, str]]:
                 raise DataError(f"{path}:{i}: expected 'source<TAB>target', got {line[:80]!r}; "
                                 f"fix or remove the line")
             pairs.append((normalize(cols[0]), normalize(cols[1])))
+            if third is not None:
+                third.append(cols[2].strip() if len(cols) > 2 else "")
     if not pairs:
         raise DataError(f"{path}: no sentence pairs; expected source<TAB>target lines")
     return pairs
@@ -125,9 +249,9 @@ def split_corpus(pairs: list[tuple[str, str]], cfg: Config) -> dict[str, list[tu
     return {"train": train[:cfg.num_train] if cfg.num_train else train, "val": val, "test": test}
 
 
-def write_tsv(path: Path, pairs: list[tuple[str, str]]) -> None:
+def write_tsv(path: Path, rows: list[tuple[str, ...]]) -> None:
     with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.writelines(f"{s}\t{t}\n" for s, t in pairs)
+        f.writelines("\t".join(row) + "\n" for row in rows)
 
 
 # ---------------------------------------------------------------------------- stages
@@ -138,12 +262,13 @@ def ingest(cfg: Config, out_dir: Path) -> dict:
     A relative ``path`` is read from the working directory (the repository root under DVC).
     """
     if cfg.source == "num2words":
-        numbers = draw_numbers(cfg.num_train + cfg.num_val + cfg.num_test, cfg.max_digits, cfg.seed)
-        test, val = numbers[:cfg.num_test], numbers[cfg.num_test:cfg.num_test + cfg.num_val]
-        train = numbers[cfg.num_test + cfg.num_val:]
-        split = {k: number_pairs(v, cfg.src_lang, cfg.tgt_lang) for k, v in
-                 (("train", train), ("val", val), ("test", test))}
-        origin = {"source": f"num2words {cfg.src_lang}->{cfg.tgt_lang}, 1..{cfg.max_digits} digits"}
+        drawn = draw_splits(cfg)
+        split = {k: [(*pair, stratum) for pair, (_, stratum) in
+                     zip(number_pairs([n for n, _ in v], cfg.src_lang, cfg.tgt_lang), v)] for k, v in drawn.items()}
+        shares = stratum_shares(cfg.strata, cfg.max_digits, cfg.num_train + cfg.num_val + cfg.num_test)
+        origin = {"source": f"num2words {cfg.src_lang}->{cfg.tgt_lang}, 0..{cfg.max_digits} digits, by structure "
+                            + ", ".join(f"{k} {w:.0%}" for k, w in shares.items()),
+                  "strata": {k: dict(Counter(s for _, s in v)) for k, v in drawn.items()}}
     else:
         path = Path(cfg.path)
         split = split_corpus(read_parallel_tsv(path), cfg)
@@ -156,13 +281,17 @@ def ingest(cfg: Config, out_dir: Path) -> dict:
         "split_sizes": {k: len(v) for k, v in split.items()}})
 
 
-def read_split(raw_dir: Path, split: str) -> list[tuple[str, str]]:
-    return read_parallel_tsv(raw_dir / f"{split}.tsv")
+def read_split(raw_dir: Path, split: str, strata: list[str] | None = None) -> list[tuple[str, str]]:
+    """The split's pairs; each pair's stratum (the raw TSV's third column, "" where none) is
+    appended to ``strata`` when it is given."""
+    return read_parallel_tsv(raw_dir / f"{split}.tsv", strata)
 
 
 def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, manifest: dict) -> dict:
     """Fit the tokenizer on train, encode every split, write shards + tokenizer.json."""
-    pairs = {k: read_split(raw_dir, k) for k in SPLITS}
+    strata: dict[str, list[str]] = {k: [] for k in SPLITS}
+    pairs = {k: read_split(raw_dir, k, strata[k]) for k in SPLITS}
+    stratified = all(any(v) for v in strata.values())
     tok = Tokenizer.fit([s for p in pairs["train"] for s in p], cfg.vocab_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save(out_dir / TOKENIZER)
@@ -178,6 +307,8 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, manifest: dict) -> dic
         longest = max(longest, *(max(len(src[i]), len(tgt[i])) for i in keep))
         columns[name] = {"src.npy": [src[i] for i in keep], "tgt.npy": [tgt[i] for i in keep],
                          "src.txt": [items[i][0] for i in keep], "tgt.txt": [items[i][1] for i in keep]}
+        if stratified:
+            columns[name]["stratum.txt"] = [strata[name][i] or "none" for i in keep]
         split_meta[name] = {"dropped_too_long": len(items) - len(keep),
                             "src_tokens_mean": float(np.mean([len(src[i]) for i in keep])),
                             "tgt_tokens_mean": float(np.mean([len(tgt[i]) for i in keep]))}
@@ -185,4 +316,5 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, manifest: dict) -> dic
                         split_meta=split_meta, compress=True, meta={
                             "dataset": "translation", "source": manifest.get("source", ""),
                             "vocab_size": len(tok), "max_len": longest, "assets": {"tokenizer": TOKENIZER},
+                            "stratified": stratified,
                             "raw_manifest_sha256": {k: v["sha256"] for k, v in manifest["files"].items()}})

@@ -40,31 +40,50 @@ def examples(sources: Sequence[str], references: Sequence[str], hypotheses: Sequ
     return {"best": ranked[:k], "worst": ranked[::-1][:k]}
 
 
-def evaluate(decoders: dict[str, Callable[[object], list[str]]], batches) -> dict:
+def evaluate(decoders: dict[str, Callable[[object], list[str]]], batches, strata_order: Sequence[str] = ()) -> dict:
     """Score each decoder (name -> function from a source-id batch to strings) over ``batches``
-    of ``(src_ids, src_text, tgt_text)``.
+    of ``(src_ids, src_text, tgt_text)`` or ``(src_ids, src_text, tgt_text, stratum)``.
 
     Returns ``{metric: value}`` for the first decoder, ``{<name>_<metric>: value}`` for the
-    others, ``num_samples``, and ``examples`` of the first decoder.
+    others, ``num_samples``, ``examples`` of the first decoder, exact match by source length
+    and, when the batches name each pair's stratum, ``exact_match_<stratum>`` of the first
+    decoder and ``by_stratum`` (exact match and count per stratum, per decoder).
     """
     names = list(decoders)
     hyps: dict[str, list[str]] = {n: [] for n in names}
     sources: list[str] = []
     refs: list[str] = []
     lengths: list[int] = []
-    for src, src_text, tgt_text in batches:
+    strata: list[str] = []
+    for src, src_text, tgt_text, *stratum in batches:
         for n in names:
             hyps[n].extend(decoders[n](src))
         sources.extend(src_text)
         refs.extend(tgt_text)
         lengths.extend((src != 0).sum(1).tolist())
+        if stratum:
+            strata.extend(stratum[0])
     out: dict = {"num_samples": len(refs)}
     for i, n in enumerate(names):
         prefix = "" if i == 0 else f"{n}_"
         out.update({f"{prefix}{k}": v for k, v in scores(hyps[n], refs).items()})
     out["examples"] = examples(sources, refs, hyps[names[0]])
     out["by_length"] = {n: by_length(hyps[n], refs, lengths) for n in names}
+    if strata:
+        out["by_stratum"] = {n: by_group(hyps[n], refs, strata, strata_order) for n in names}
+        out.update({f"exact_match_{k}": v["exact_match"] for k, v in out["by_stratum"][names[0]].items()})
     return out
+
+
+def by_group(hypotheses: Sequence[str], references: Sequence[str], groups: Sequence[str],
+             order: Sequence[str] = ()) -> dict[str, dict]:
+    """Exact match and count per group (a pair's stratum): the groups in ``order`` first, then the rest by name."""
+    hits: dict[str, list[bool]] = {}
+    for h, r, g in zip(hypotheses, references, groups):
+        hits.setdefault(str(g), []).append(h == r)
+    rank = {g: i for i, g in enumerate(order)}
+    return {g: {"exact_match": float(np.mean(hits[g])), "count": len(hits[g])}
+            for g in sorted(hits, key=lambda g: (rank.get(g, len(rank)), g))}
 
 
 def by_length(hypotheses: Sequence[str], references: Sequence[str], lengths: Sequence[int]) -> dict[int, dict]:
@@ -75,21 +94,28 @@ def by_length(hypotheses: Sequence[str], references: Sequence[str], lengths: Seq
     return {n: {"exact_match": float(np.mean(v)), "count": len(v)} for n, v in sorted(groups.items())}
 
 
-def length_figure(result: dict, title: str):
-    """Exact match by source length, one bar per decoder."""
+def length_figure(result: dict, title: str, by: str = "by_length", xlabel: str = "source length (tokens)"):
+    """Exact match by source length (or by ``by``: "by_stratum"), one bar per decoder."""
     from components.evaluation import plots
 
-    per = result["by_length"]
+    per = result[by]
     first = next(iter(per.values()))
     groups = list(first)
     return plots.bars(groups, {name: [per[name][g]["exact_match"] for g in groups] for name in per},
-                      [first[g]["count"] for g in groups], title, "source length (tokens)", "exact match")
+                      [first[g]["count"] for g in groups], title, xlabel, "exact match")
 
 
 def markdown(result: dict, title: str) -> str:
     """The metrics and the best/worst examples as a markdown section."""
     lines = [f"## {title}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" for k, v in result.items() if isinstance(v, float)]
+    if "by_stratum" in result:
+        per = result["by_stratum"]
+        names = list(per)
+        lines += ["", "**Exact match by number structure** (each stratum drawn apart, none seen in training)", "",
+                  "| stratum | pairs | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        lines += [f"| {g} | {row['count']} | " + " | ".join(f"{per[n][g]['exact_match']:.4f}" for n in names) + " |"
+                  for g, row in per[names[0]].items()]
     for which in ("best", "worst"):
         lines += ["", f"**{which.capitalize()} translations (sentence chrF)**", "",
                   "| source | reference | hypothesis | chrF |", "|---|---|---|---|"]

@@ -429,7 +429,8 @@ def _tokenizer(model: nn.Module) -> Tokenizer:
 
 def evaluate(model: nn.Module, cfg: Config, shard_dir, split: str, detail: bool = True) -> dict:
     """Exact match, BLEU and chrF of beam search (the unprefixed metrics) and greedy (``greedy_*``)."""
-    from components.data.shards import ShardDataset
+    from components.data.shards import ShardDataset, read_stats
+    from components.data.translation import STRATA
     from components.evaluation import translation
 
     model.eval()
@@ -438,17 +439,22 @@ def evaluate(model: nn.Module, cfg: Config, shard_dir, split: str, detail: bool 
     def decoder(beam: int):
         return lambda src: [tok.decode(r) for r in translate(model, src.long(), cfg, beam).tolist()]
 
-    batches = ShardDataset(shard_dir, split, batch_size=500, fields=("src.npy", "src.txt", "tgt.txt"))
-    return translation.evaluate({"beam": decoder(cfg.beam_size), "greedy": decoder(1)}, batches)
+    stratified = read_stats(shard_dir).get("stratified", False)  # the pairs' strata are in the shards
+    batches = ShardDataset(shard_dir, split, batch_size=500,
+                           fields=("src.npy", "src.txt", "tgt.txt") + (("stratum.txt",) if stratified else ()))
+    return translation.evaluate({"beam": decoder(cfg.beam_size), "greedy": decoder(1)}, batches, STRATA)
 
 
 def report(result: dict, title: str, plot_dir, name: str) -> str:
-    """Exact match by source length as an image in ``plot_dir``; metrics and the best/worst
-    test translations as markdown."""
+    """Exact match by source length (and by stratum, where the data has strata) as images in
+    ``plot_dir``; metrics, exact match per stratum and the best/worst translations as markdown."""
     from components.evaluation import plots, translation
 
     plots.save(translation.length_figure(result, f"{title}: exact match by source length"),
                plot_dir / f"exact_match_by_length_{name}.png")
+    if "by_stratum" in result:
+        plots.save(translation.length_figure(result, f"{title}: exact match by number structure", "by_stratum",
+                                             "stratum"), plot_dir / f"exact_match_by_stratum_{name}.png")
     return translation.markdown(result, title)
 
 

@@ -85,7 +85,8 @@ def test_a_shard_folder_without_stats_json_names_the_command_that_writes_it(proj
 def registry(root: Path):
     import mlflow
 
-    client = mlflow.tracking.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    uri = f"sqlite:///{root / 'mlflow.db'}"  # both named: an earlier test may have set another registry URI
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri, registry_uri=uri)
     versions = {int(v.version): v for v in client.search_model_versions(f"name = '{ALGO}'")}
     return client, versions, client.get_registered_model(ALGO).aliases
 

@@ -175,12 +175,61 @@ def test_number_data_keeps_test_numbers_out_of_training(number_shards):
         np.array([342]), "en", "de")
     stats = read_stats(number_shards / "shards")
     assert stats["fields"] == ["src.npy", "tgt.npy"] and stats["assets"]["tokenizer"] == "tokenizer.json"
+    strata: list[str] = []
+    test_pairs = translation.read_split(raw, "test", strata)
+    assert stats["stratified"] and set(strata) <= set(translation.STRATA) and len(set(strata)) >= 3
+    shard_strata = [s for *_, batch in ShardDataset(number_shards / "shards", "test", batch_size=80,
+                                                    fields=("src.txt", "stratum.txt")) for s in batch]
+    assert sorted(shard_strata) == sorted(strata) and len(test_pairs) == 80
     src, tgt = next(iter(ShardDataset(number_shards / "shards", "train", batch_size=16)))
     assert src.shape[0] == 16 and src.dtype == torch.int16 and (src[:, 0] != PAD).all()
     tok = Tokenizer.load(number_shards / "shards" / "tokenizer.json")
     _, src_text, tgt_text = next(iter(ShardDataset(number_shards / "shards", "test", batch_size=8,
                                                    fields=("src.npy", "src.txt", "tgt.txt"))))
     assert len(src_text) == 8 and all(tok.decode(tok.encode(t)) == t for t in tgt_text)
+
+
+def test_number_structure_strata():
+    cases = {7: "small", 17: "small", 999: "small", 5000: "round", 88_000_000: "round", 1001: "inner_zero",
+             88_000_061: "inner_zero", 88_300_061: "inner_zero", 123_456_789: "full", 45_678: "other",
+             103_456_789: "full", 1_234_506: "other"}
+    assert {n: translation.structure(n, 9) for n in cases} == cases
+    assert translation.structure(4567, 4) == "full"  # full = max_digits digits
+    assert translation.stratum_shares({"small": 1, "other": 1}, 4) == {"small": 1.0}  # no 'other' below 5 digits
+
+
+def test_every_split_holds_the_strata_in_the_same_shares_and_no_number_twice():
+    from collections import Counter
+
+    cfg = translation.Config(num_train=3000, num_val=300, num_test=600, max_digits=9)
+    drawn = translation.draw_splits(cfg)
+    assert {k: len(v) for k, v in drawn.items()} == {"test": 600, "val": 300, "train": 3000}
+    numbers = [n for v in drawn.values() for n, _ in v]
+    assert len(set(numbers)) == len(numbers)
+    assert all(translation.structure(n, 9) == s for v in drawn.values() for n, s in v)
+    for split, items in drawn.items():
+        counts = Counter(s for _, s in items)
+        for stratum, share in cfg.strata.items():  # the same shares in every split, up to rounding
+            assert abs(counts[stratum] - share * len(items)) < 1, (split, stratum, counts)
+    assert drawn == translation.draw_splits(cfg)  # the seed decides
+    with pytest.raises(ConfigError, match="strata: shares of number structures"):
+        from components.config import parse
+        parse(translation.Config, {"strata": {"tiny": 1.0}}, "data.translation")
+
+
+def test_exact_match_is_reported_per_stratum():
+    from components.evaluation.translation import evaluate, markdown
+
+    refs = ["eins", "zwei", "drei", "vier", "fünf"]
+    strata = ["small", "round", "small", "round", "small"]
+    batch = (torch.ones(5, 3, dtype=torch.long), ["a"] * 5, refs, strata)
+    wrong_on = {"zwei", "drei"}
+    result = evaluate({"beam": lambda src: [r if r not in wrong_on else "x" for r in refs]}, [batch],
+                      strata_order=("small", "round"))
+    assert result["exact_match"] == pytest.approx(3 / 5)
+    assert result["exact_match_small"] == pytest.approx(2 / 3) and result["exact_match_round"] == pytest.approx(1 / 2)
+    assert list(result["by_stratum"]["beam"]) == ["small", "round"]
+    assert "| small | 3 | 0.6667 |" in markdown(result, "test")
 
 
 def test_tsv_corpus_is_read_deduplicated_and_split_by_source(tmp_path):
