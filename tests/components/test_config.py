@@ -75,8 +75,13 @@ def test_missing_params_file_says_where(tmp_path):
         load_params(tmp_path / "params.yaml")
 
 
-def test_repo_params_file_is_the_one_tested():
-    assert (REPO / "params.yaml").exists()
+def test_the_repository_params_give_every_algorithm_its_data_train_and_tune_sections():
+    raw = load_params(REPO / "params.yaml")
+    params = load_all(raw)  # every section validates
+    assert set(params.algorithms) == set(raw["algorithms"]) and len(params.algorithms) >= 7
+    for algo, entry in raw["algorithms"].items():
+        assert entry["dataset"] in raw["data"], algo
+        assert algo in raw["train"] and algo in raw["tune"], algo
 
 
 def test_one_family_serves_several_algorithms_and_names_its_module(repo_params):

@@ -74,6 +74,7 @@ def test_ddim_is_deterministic_for_a_seed_and_ddpm_is_stochastic_per_seed():
     assert not torch.equal(a, model.sample(3, seed=8, labels=y, steps=10, sampler="ddim"))
     b = model.sample(3, seed=7, labels=y, sampler="ddpm")
     assert torch.equal(b, model.sample(3, seed=7, labels=y, sampler="ddpm")) and a.shape == b.shape == (3, 1, 8, 8)
+    assert not torch.equal(b, model.sample(3, seed=8, labels=y, sampler="ddpm"))  # another seed, other samples
     assert a.min() >= 0 and a.max() <= 1
     assert diffusion.NoiseScheduler(cfg_of()).timesteps_for(50)[::49] == [999, 0]
 
