@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -161,6 +162,13 @@ def test_repro_runs_the_transformer_through_the_same_stages(project):
     test_sources = {line.split("\t")[0] for line in (root / "data/raw/translation/test.tsv").read_text().splitlines()}
     train_sources = {line.split("\t")[0] for line in (root / "data/raw/translation/train.tsv").read_text().splitlines()}
     assert len(test_sources) == 100 and not test_sources & train_sources
+    # Exact match per number structure: the strata of the raw test split, weighted by their counts,
+    # make up the overall figure; the report and the card's images show them.
+    strata = Counter(line.split("\t")[2] for line in (root / "data/raw/translation/test.tsv").read_text().splitlines())
+    assert set(strata) == {"small", "round", "inner_zero", "full", "other"}
+    assert sum(n * chosen[f"exact_match_{s}"] for s, n in strata.items()) / 100 == pytest.approx(chosen["exact_match"])
+    assert "Exact match by number structure" in report
+    assert (root / "plots/eval/transformer/exact_match_by_stratum_train.png").stat().st_size > 5000
 
 
 def test_transformer_champion_translates_raw_strings_in_a_fresh_process(project):
