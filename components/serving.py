@@ -28,4 +28,12 @@ class FamilyModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would infer a schema from them
         # ``params`` are the family's inference options declared in its signature (e.g. beam_size).
-        return self.family.predict(self.model, model_input, self.cfg, **(params or {}))
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.family.predict(self.model, model_input, self.cfg, **(params or {}))
+        except (ValueError, TypeError) as exc:
+            # The family's check of its input (shape, dtype, ids...): MLflow's scoring server
+            # answers 400 with this message, where any other error becomes a generic one
+            # with a traceback. In-process callers get the same message.
+            raise MlflowException.invalid_parameter_value(str(exc)) from None
