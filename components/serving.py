@@ -37,3 +37,14 @@ class FamilyModel(mlflow.pyfunc.PythonModel):
             # answers 400 with this message, where any other error becomes a generic one
             # with a traceback. In-process callers get the same message.
             raise MlflowException.invalid_parameter_value(str(exc)) from None
+
+
+def load_module(model_uri: str):
+    """The trained ``torch.nn.Module`` of a registered version (``models:/resnet@champion``), in
+    eval mode: rebuilt by its family from the version's config and safetensors weights, so no
+    pickle is loaded (MLflow's pytorch flavor would save the module with ``torch.save``, which
+    loads by unpickling). Call ``.train()`` on it to fine-tune. Without this project installed,
+    ``mlflow.pyfunc.load_model(uri).unwrap_python_model().model`` is the same module."""
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().model

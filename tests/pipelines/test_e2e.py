@@ -465,6 +465,23 @@ def test_champion_loads_in_a_fresh_process_and_checks_input(project):
     assert "int64" in out["errors"][1] or "dtype" in out["errors"][1].lower()
 
 
+def test_the_trained_network_comes_back_from_the_registry_without_pickle(project):
+    root, env, _ = project
+    out = in_fresh_process(root, env, """
+        import torch
+        uri = "models:/resnet@champion"
+        net = mlflow.pyfunc.load_model(uri).unwrap_python_model().model  # what components.serving.load_module returns
+        x = np.random.default_rng(1).random((4, 8, 8)).astype(np.float32)
+        with torch.no_grad():
+            probs = torch.softmax(net(torch.from_numpy(x)[:, None]), 1).numpy()
+        out = {"module": isinstance(net, torch.nn.Module), "eval": not net.training,
+               "params": sum(p.numel() for p in net.parameters()),
+               "diff": float(np.abs(probs - np.asarray(mlflow.pyfunc.load_model(uri).predict(x))).max())}
+    """)
+    assert out["module"] and out["eval"] and out["params"] > 1000
+    assert out["diff"] < 1e-5  # the module's softmax is what the served model answers
+
+
 def post_json(url: str, body: dict) -> tuple[int, dict]:
     """POST ``body`` as JSON with the standard library (what any HTTP client sends)."""
     import urllib.error
