@@ -214,10 +214,7 @@ def registered_version(name: str, key: str):
         found = client.search_model_versions(f"name = '{name}' and tags.{REGISTER_KEY} = '{key}'")
     except mlflow.exceptions.MlflowException:
         return None  # no such registered model yet
-    if not found:
-        return None
-    # Search results carry no aliases; the version read by number does.
-    return client.get_model_version(name, max(found, key=lambda v: int(v.version)).version)
+    return max(found, key=lambda v: int(v.version)) if found else None
 
 
 def register(model_uri: str, name: str, *, tags: dict[str, str], description: str,
