@@ -21,6 +21,7 @@ from components.models import get_family
 from pipelines import lineage
 from pipelines.layout import load, run_stage, stage_args
 
+COMPONENTS = Path(__file__).resolve().parents[1] / "components"  # the code logged with every version
 PIP_REQUIREMENTS = ["torch==2.13.0", "mlflow==3.17.2", "safetensors", "numpy", "pyyaml"]
 
 
@@ -149,9 +150,10 @@ def main() -> None:
     commit = trained_commit(client, meta.get("mlflow_run_id", ""), layout.root)
     dataset = raw["algorithms"][algo]["dataset"]
     data_stats = read_stats(layout.shards(dataset))
-    # One trained model, scored one way, is one version: a register interrupted after creating
-    # it is finished by the next run instead of leaving a second copy.
-    key = lineage.run_key(meta.get("mlflow_run_id", ""), meta["data_version"], selected, test)
+    # One trained model, scored one way and served by the same code, is one version: a register
+    # interrupted after creating it is finished by the next run instead of leaving a second copy.
+    key = lineage.run_key(meta.get("mlflow_run_id", ""), meta["data_version"], selected, test,
+                          lineage.code_version(COMPONENTS.parent, [COMPONENTS.name]))
     tags = {"data_source": str(data_stats.get("source", dataset)),"git_commit": commit, "data_version": meta["data_version"],
             "dvc_data_md5": lineage.dvc_md5(layout.root, f"data/shards/{dataset}"),
             "params_hash": lineage.run_key(meta["train"]), "candidate": selected,
@@ -163,6 +165,8 @@ def main() -> None:
     # The family's images of the selected candidate (confusion matrix, sample grid...) and the report.
     images = sorted(layout.plots("eval", algo).glob(f"*_{selected}.png"))
     existing = tracking.registered_version(algo, key)
+    if existing is not None:  # search results carry no aliases; the version read by number does
+        existing = client.get_model_version(algo, existing.version)
     if existing is not None:
         print(f"register {algo}: version {existing.version} already holds this model (an earlier register "
               f"{'finished' if existing.aliases else 'was interrupted before its alias'}); finishing it")
@@ -179,8 +183,8 @@ def main() -> None:
             if layout.report(algo).exists():
                 mlflow.log_artifact(str(layout.report(algo)), artifact_path="card")
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(Path(__file__).resolve().parents[1] / "components" / "pyfunc_entry.py"),
-                artifacts={"weights": str(weights)}, code_paths=[str(Path(__file__).resolve().parents[1] / "components")],
+                name="model", python_model=str(COMPONENTS / "pyfunc_entry.py"),
+                artifacts={"weights": str(weights)}, code_paths=[str(COMPONENTS)],
                 signature=signature, input_example=example, pip_requirements=PIP_REQUIREMENTS)
             tracking.failpoint("register:logged")
         model_uri = info.model_uri

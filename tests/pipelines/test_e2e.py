@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -462,6 +463,113 @@ def test_champion_loads_in_a_fresh_process_and_checks_input(project):
     assert all(out["errors"]), out["errors"]  # both bad inputs rejected
     assert "shape" in out["errors"][0].lower()
     assert "int64" in out["errors"][1] or "dtype" in out["errors"][1].lower()
+
+
+def test_the_trained_network_comes_back_from_the_registry_without_pickle(project):
+    root, env, _ = project
+    out = in_fresh_process(root, env, """
+        import torch
+        uri = "models:/resnet@champion"
+        net = mlflow.pyfunc.load_model(uri).unwrap_python_model().model  # what components.serving.load_module returns
+        x = np.random.default_rng(1).random((4, 8, 8)).astype(np.float32)
+        with torch.no_grad():
+            probs = torch.softmax(net(torch.from_numpy(x)[:, None]), 1).numpy()
+        out = {"module": isinstance(net, torch.nn.Module), "eval": not net.training,
+               "params": sum(p.numel() for p in net.parameters()),
+               "diff": float(np.abs(probs - np.asarray(mlflow.pyfunc.load_model(uri).predict(x))).max())}
+    """)
+    assert out["module"] and out["eval"] and out["params"] > 1000
+    assert out["diff"] < 1e-5  # the module's softmax is what the served model answers
+
+
+def post_json(url: str, body: dict) -> tuple[int, dict]:
+    """POST ``body`` as JSON with the standard library (what any HTTP client sends)."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read().decode())
+
+
+def test_champions_answer_rest_requests_as_they_predict_in_process(project):
+    """`mlflow models serve` of the classifier, the translator, CLIP and the GAN, scored over HTTP
+    in MLflow's documented payloads (``inputs``, ``dataframe_split``, ``params``), gives what
+    the same model predicts in a Python process; a request the family rejects is a 400 with the
+    family's message."""
+    root, env, _ = project
+    env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+    images = np.random.default_rng(0).random((3, 8, 8)).round(4)
+    flat = images.reshape(3, -1).tolist()
+    requests = {
+        "resnet": [{"inputs": images.tolist()}],
+        "transformer": [{"inputs": ["three hundred and forty-two", "seventeen"]},
+                        {"dataframe_split": {"columns": [0], "data": [["nine million and one"]]},
+                         "params": {"beam_size": 1}}],
+        "clip": [{"dataframe_split": {"columns": ["image", "text"],
+                                      "data": [[flat[0], "a bold seven"], [flat[1], "a thin one"]]}},
+                 {"dataframe_split": {"columns": ["text"], "data": [["a bold seven"]]}, "params": {"mode": "embed_text"}}],
+        "gan": [{"dataframe_split": {"columns": ["count", "seed"], "data": [[2, 5]]}}],
+    }
+    servers = {}
+    try:
+        for algo in requests:  # all four start at once: each spends its first seconds importing
+            port = free_port()
+            servers[algo] = (subprocess.Popen(
+                ["mlflow", "models", "serve", "-m", f"models:/{algo}@champion", "--env-manager", "local",
+                 "-h", "127.0.0.1", "-p", str(port), "-w", "1"], cwd=root, env=env, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True), f"http://127.0.0.1:{port}")
+        for algo, (proc, url) in servers.items():
+            deadline = time.time() + 180
+            while not ping(url):
+                assert proc.poll() is None and time.time() < deadline, f"{algo}: the server did not start"
+                time.sleep(0.5)
+        answers = {algo: [post_json(servers[algo][1] + "/invocations", body) for body in bodies]
+                   for algo, bodies in requests.items()}
+        status, error = post_json(servers["gan"][1] + "/invocations",
+                                  {"dataframe_split": {"columns": ["count", "seed"], "data": [[0, 5]]}})
+    finally:
+        for proc, _ in servers.values():
+            os.killpg(proc.pid, 15)
+            proc.wait(timeout=30)
+    # Each model in a process of its own, as a user's would be (a process imports one copy of
+    # a model's code, so models logged from different commits do not share one).
+    calls = {
+        "resnet": ['np.asarray(m.predict(images)).tolist()'],
+        "transformer": ['m.predict(["three hundred and forty-two", "seventeen"])',
+                        'm.predict(["nine million and one"], params={"beam_size": 1})'],
+        "clip": ['np.asarray(m.predict(pd.DataFrame({"image": [flat[0].tolist(), flat[1].tolist()], '
+                 '"text": ["a bold seven", "a thin one"]}))).tolist()',
+                 'np.asarray(m.predict(pd.DataFrame({"text": ["a bold seven"]}), params={"mode": "embed_text"})).tolist()'],
+        "gan": ['np.asarray(m.predict(pd.DataFrame({"count": [2], "seed": [5]}))).tolist()'],
+    }
+    expected = {algo: in_fresh_process(root, env, f"""
+        images = np.array({images.tolist()}, dtype=np.float32)
+        flat = images.reshape(3, -1)
+        m = mlflow.pyfunc.load_model("models:/{algo}@champion")
+        out = [{", ".join(exprs)}]
+    """) for algo, exprs in calls.items()}
+    for algo, got in answers.items():
+        for (code, body), want in zip(got, expected[algo]):
+            assert code == 200, (algo, body)
+            if algo == "transformer":
+                assert body["predictions"] == want
+            else:
+                np.testing.assert_allclose(np.asarray(body["predictions"]), np.asarray(want), atol=1e-5, err_msg=algo)
+    assert status == 400 and "count must be in [1," in error["message"] and "stack_trace" not in error, error
+
+
+def ping(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url + "/ping", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 def test_exp_run_with_new_lr_reruns_only_train_and_after(project):

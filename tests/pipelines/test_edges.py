@@ -138,6 +138,8 @@ def test_a_register_killed_between_its_steps_is_finished_by_the_next_run(project
                 assert runs == [] and "marked KILLED" in proc.stdout
             else:
                 assert "finishing it" in proc.stdout
+                finished = "an earlier register finished" in proc.stdout
+                assert finished == (step == "aliased"), proc.stdout  # the alias had been set only then
             before, champion = after, aliases["champion"]
     finally:
         summary.write_text(original)
