@@ -1,12 +1,16 @@
 """GPU benchmark: the pipeline's training loop against a plain PyTorch loop on one GPU, bf16,
-eager and compiled, in one table. Meant to fit in 8 minutes on one H100 (``--no-compile``: about 4).
+eager and compiled, in one table. The eager rows take about 3 minutes on an H200, the compiled
+ones about 5; ``benchmarks/gpu_session.sh`` runs them as a device session's two calls.
 
 Rows (samples/s, after warm-up; the Transformer also in target+source tokens/s):
 
 - ResNet-50 at 224 x 224, 1000 classes, channels_last, fused SGD:
-  - plain loop, synthetic batch resident on the GPU: the model's ceiling on this card;
+  - plain loop, synthetic batch resident on the GPU: the model's ceiling on this card; in eager
+    mode also with each speed option turned off in turn (channels_last, fused SGD) and written
+    with accelerate's Accelerator instead of torch AMP (where accelerate is installed);
   - plain loop fed by the project's shard reader (ImageNet-style JPEG shards written here,
-    RandomResizedCrop + flip decoded in ``--loader-workers`` processes, uint8 to the GPU);
+    RandomResizedCrop + flip decoded in ``--loader-workers`` processes, uint8 to the GPU), timed
+    over its second epoch; in eager mode also without pinned memory and without persistent workers;
   - the pipeline's loop (``train_loop_per_worker``) on the same shards and reader settings.
   The last two differ only by the loop: their ratio is the pipeline's overhead.
 - the Transformer and the diffusion U-Net of params.yaml on their embedded datasets:
@@ -16,17 +20,20 @@ Rows (samples/s, after warm-up; the Transformer also in target+source tokens/s):
     python benchmarks/bench_gpu.py --smoke          # seconds on a CPU: tiny sizes (a test runs it)
 
 The pipeline's figures are the loop's own ``samples_per_s`` of its last epoch (training steps
-only, as the plain loop's). Ray and MLflow are not needed: this is the loop Ray Train runs.
+only, timed until the device has finished, as the plain loop's). Ray and MLflow are not needed:
+this is the loop Ray Train runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import math
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -119,34 +126,51 @@ def resnet50_config(smoke: bool, classes: int, crop: int, device: torch.device) 
 
 
 def plain_resnet(cfg: TrainConfig, device: torch.device, steps: int, compile: bool,
-                 loader: torch.utils.data.DataLoader | None = None, pixel_max: float = 255.0) -> float:
-    """Images/s of a hand-written loop: on a resident synthetic batch, or fed by ``loader``."""
+                 loader: torch.utils.data.DataLoader | None = None, pixel_max: float = 255.0, *,
+                 channels_last: bool = True, implementation: str = "fused", accelerate: bool = False) -> float:
+    """Images/s of a hand-written loop: ``steps`` steps on a resident synthetic batch after 5 of
+    warm-up, or fed by ``loader``: its second epoch, from ``iter()`` until the device has finished,
+    which is how the pipeline's loop times an epoch. ``accelerate``: the same loop written the
+    Accelerator way (prepare, its autocast, its backward)."""
     torch.manual_seed(0)
-    model = resnet.build(cfg.model).to(device).to(memory_format=torch.channels_last)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = resnet.build(cfg.model).to(device).to(memory_format=layout)
     if compile:
         model.compile()
-    opt = optim.build(model, cfg.optimizer, cfg.lr)
-    n, s = cfg.batch_size, cfg.model.image_size
-    synthetic = (torch.rand(n, 3, s, s, device=device).contiguous(memory_format=torch.channels_last),
-                 torch.randint(0, cfg.model.num_classes, (n,), device=device))
-    batches = iter(loader) if loader is not None else None
-    seen, t0 = 0, 0.0
-    for i in range(steps + 5):
-        if i == 5:  # warm-up done (cuDNN autotuning, compilation)
-            sync(device)
-            t0 = time.perf_counter()
-        if batches is None:
-            x, y = synthetic
-        else:
-            x, y = next(batches)
-            x = (x.to(device, non_blocking=True).float() / pixel_max).contiguous(memory_format=torch.channels_last)
-            y = y.to(device, non_blocking=True)
-        with _autocast(cfg.precision, device):
+    opt = optim.build(model, replace(cfg.optimizer, implementation=implementation), cfg.lr)
+    autocast, backward = (lambda: _autocast(cfg.precision, device)), (lambda loss: loss.backward())
+    if accelerate:
+        from accelerate import Accelerator
+
+        acc = Accelerator(mixed_precision="bf16" if device.type == "cuda" else "no", cpu=device.type == "cpu")
+        model, opt = acc.prepare(model, opt)
+        autocast, backward = acc.autocast, acc.backward
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        with autocast():
             loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        backward(loss)
         opt.step()
-        seen += len(y) if i >= 5 else 0
+
+    if loader is None:
+        n, s = cfg.batch_size, cfg.model.image_size
+        x = torch.rand(n, 3, s, s, device=device).contiguous(memory_format=layout)
+        y = torch.randint(0, cfg.model.num_classes, (n,), device=device)
+        for i in range(steps + 5):
+            if i == 5:  # warm-up done (cuDNN autotuning, compilation)
+                sync(device)
+                t0 = time.perf_counter()
+            step(x, y)
+        sync(device)
+        return steps * n / (time.perf_counter() - t0)
+    for epoch in range(2):  # the first warms up: workers, cuDNN autotuning, compilation
+        sync(device)
+        t0, seen = time.perf_counter(), 0
+        for x, y in loader:
+            x = (x.to(device, non_blocking=True).float() / pixel_max).contiguous(memory_format=layout)
+            step(x, y.to(device, non_blocking=True))
+            seen += len(y)
     sync(device)
     return seen / (time.perf_counter() - t0)
 
@@ -168,21 +192,50 @@ def plain_family(raw: dict, algo: str, shards: Path, device: torch.device, steps
     return len(batch[-1]) / (ms / 1000), tokens
 
 
+def prepare(root: Path, args: argparse.Namespace, smoke: bool, raw: dict) -> dict[str, Path]:
+    """Every data set the rows read, written once under ``root`` (kept there for a second call)."""
+    n_images, size, crop, classes = (96, 48, 32, 4) if smoke else (args.images, 256, 224, 1000)
+    done, out = root / "ready", {"resnet50": root / "jpeg" / "shards"}
+    for algo in ("transformer", "diffusion"):
+        out[algo] = root / "shards" / raw["algorithms"][algo]["dataset"]
+    if done.exists():
+        print(f"data: reused from {root}", flush=True)
+        return out
+    t0 = time.perf_counter()
+    jpeg_shards(root / "jpeg", n_images, size, crop, classes)
+    print(f"ResNet-50 data: {n_images} JPEGs sharded in {time.perf_counter() - t0:.0f} s", flush=True)
+    for algo in ("transformer", "diffusion"):
+        name = raw["algorithms"][algo]["dataset"]
+        dcfg, module = dataset_config(raw, name), dataset_module(raw, name)
+        if not out[algo].exists():
+            module.preprocess(dcfg, root / "raw" / name, out[algo], module.ingest(dcfg, root / "raw" / name))
+    done.touch()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, any device: checks the script runs")
-    parser.add_argument("--no-compile", action="store_true", help="skip the compiled rows")
+    parser.add_argument("--modes", nargs="+", choices=["eager", "compiled"], default=["eager", "compiled"],
+                        help="eager rows first, then compiled (torch.compile) rows")
+    parser.add_argument("--no-compile", action="store_true", help="the eager rows only (= --modes eager)")
+    parser.add_argument("--no-ablations", action="store_true",
+                        help="skip the eager rows that turn one speed option off (or use accelerate) each")
     parser.add_argument("--images", type=int, default=20_000, help="JPEGs in the ResNet-50 shards")
     parser.add_argument("--loader-workers", type=int, default=14)
-    parser.add_argument("--steps", type=int, default=100, help="timed steps of each plain loop")
+    parser.add_argument("--steps", type=int, default=100, help="timed steps of each resident-batch loop")
+    parser.add_argument("--workdir", type=Path, help="keep the written data here and reuse it on the next call")
+    parser.add_argument("--prepare-only", action="store_true", help="write the data into --workdir, then stop")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type != "cuda" and not args.smoke:
+    if args.prepare_only and not args.workdir:
+        parser.error("--prepare-only needs --workdir")
+    if device.type != "cuda" and not args.smoke and not args.prepare_only:
         raise SystemExit("error: no CUDA device; run this on a GPU machine, or pass --smoke to check the script")
     smoke = args.smoke
-    n_images, size, crop, classes = (96, 48, 32, 4) if smoke else (args.images, 256, 224, 1000)
+    modes = ["eager"] if args.no_compile else args.modes
+    crop, classes = (32, 4) if smoke else (224, 1000)
     steps, workers = (3, 2) if smoke else (args.steps, args.loader_workers)
-    compiles = [False] if args.no_compile else [False, True]
     torch.backends.cudnn.benchmark = True
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}"
           f"{' (smoke sizes)' if smoke else ''}", flush=True)
@@ -190,38 +243,60 @@ def main() -> None:
 
     def add(model: str, path: str, rate: float, tokens: float = math.nan) -> None:
         rows.append((model, path, rate, rate * tokens))
-        print(f"  {model:<12}{path:<44}{rate:>12,.0f}", flush=True)
+        print(f"  {model:<12}{path:<50}{rate:>12,.0f}", flush=True)
 
+    def table() -> None:
+        print(f"\n{'model':<12}{'path':<50}{'samples/s':>12}{'tokens/s':>12}")
+        for model, path, rate, tok in rows:
+            print(f"{model:<12}{path:<50}{rate:>12,.0f}{'' if math.isnan(tok) else f'{tok:,.0f}':>12}")
+        by = {(m, p): r for m, p, r, _ in rows}
+        for tag in modes:
+            plain = by.get(("ResNet-50", f"plain, shard reader ({workers} workers), {tag}"))
+            pipe = by.get(("ResNet-50", f"pipeline loop, same reader, {tag}"))
+            if plain and pipe:
+                print(f"ResNet-50 {tag}: pipeline / plain time per image {plain / pipe:.3f} (floor: <= 1.05)")
+        print(flush=True)
+
+    raw = load_params(REPO / "params.yaml")
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        t0 = time.perf_counter()
-        shards = jpeg_shards(root / "jpeg", n_images, size, crop, classes)
-        print(f"ResNet-50 data: {n_images} JPEGs sharded in {time.perf_counter() - t0:.0f} s", flush=True)
+        data = prepare(args.workdir or Path(tmp), args, smoke, raw)
+        if args.prepare_only:
+            return
         cfg = resnet50_config(smoke, classes, crop, device)
         cfg.loader_workers, cfg.loader_persistent, cfg.loader_prefetch = workers, True, 4
         cfg.data_cache_mb = 0  # an ImageNet-size set does not fit: stream as it would
-        ds = ShardDataset(shards, "train", shuffle=True, batch_size=cfg.batch_size, augment=True, uint8_images=True)
-        per_epoch = ds.num_batches()
-        for compiled in compiles:
-            tag = "compiled" if compiled else "eager"
-            add("ResNet-50", f"plain, synthetic batch on the device, {tag}",
-                plain_resnet(cfg, device, steps, compiled))
-            loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=cfg.use_gpu,
-                                                 persistent_workers=True, prefetch_factor=4)
+        ds = ShardDataset(data["resnet50"], "train", shuffle=True, batch_size=cfg.batch_size, augment=True,
+                          uint8_images=True)
+
+        def reader(pin: bool = cfg.use_gpu, persistent: bool = True) -> torch.utils.data.DataLoader:
+            return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=pin,
+                                               persistent_workers=persistent, prefetch_factor=4)
+
+        for tag in modes:
+            compiled = tag == "compiled"
+            add("ResNet-50", f"plain, synthetic batch on the device, {tag}", plain_resnet(cfg, device, steps, compiled))
+            ablate = tag == "eager" and not args.no_ablations
+            if ablate:
+                add("ResNet-50", "  same, contiguous (not channels_last)",
+                    plain_resnet(cfg, device, steps, False, channels_last=False))
+                add("ResNet-50", "  same, foreach SGD (not fused)",
+                    plain_resnet(cfg, device, steps, False, implementation="foreach"))
+                if importlib.util.find_spec("accelerate"):  # not a dependency: the loop uses torch AMP
+                    add("ResNet-50", "  same, through accelerate's Accelerator",
+                        plain_resnet(cfg, device, steps, False, accelerate=True))
             add("ResNet-50", f"plain, shard reader ({workers} workers), {tag}",
-                plain_resnet(cfg, device, min(steps, per_epoch - 5), compiled, loader))
+                plain_resnet(cfg, device, steps, compiled, reader()))
+            if ablate:
+                if cfg.use_gpu:
+                    add("ResNet-50", "  same, pageable memory (no pin_memory)",
+                        plain_resnet(cfg, device, steps, False, reader(pin=False)))
+                add("ResNet-50", "  same, workers restarted each epoch",
+                    plain_resnet(cfg, device, steps, False, reader(persistent=False)))
             cfg.compile = compiled
             add("ResNet-50", f"pipeline loop, same reader, {tag}",
-                pipeline_rate("resnet", cfg, "resnet", shards, root / f"run-resnet-{tag}"))
-
-        raw = load_params(REPO / "params.yaml")
-        for algo in ("transformer", "diffusion"):
-            name = raw["algorithms"][algo]["dataset"]
-            dcfg, module = dataset_config(raw, name), dataset_module(raw, name)
-            module.preprocess(dcfg, root / "raw" / name, root / "shards" / name, module.ingest(dcfg, root / "raw" / name))
-            for compiled in compiles:
-                tag = "compiled" if compiled else "eager"
-                rate, tokens = plain_family(raw, algo, root / "shards" / name, device, steps, compiled)
+                pipeline_rate("resnet", cfg, "resnet", data["resnet50"], Path(tmp) / f"run-resnet-{tag}"))
+            for algo in ("transformer", "diffusion"):
+                rate, tokens = plain_family(raw, algo, data[algo], device, steps, compiled)
                 add(algo, f"plain, resident batch, {tag}", rate, tokens)
                 if smoke:  # an epoch of these on a CPU takes minutes; the loop is the ResNet rows' one
                     continue
@@ -229,17 +304,9 @@ def main() -> None:
                 cfg_a.epochs = 2
                 cfg_a.use_gpu, cfg_a.compile, cfg_a.val_every = device.type == "cuda", compiled, 1000
                 add(algo, f"pipeline loop, shards, {tag}",
-                    pipeline_rate(algo, cfg_a, family_name(raw, algo), root / "shards" / name,
-                                  root / f"run-{algo}-{tag}"), tokens)
-
-    print(f"\n{'model':<12}{'path':<44}{'samples/s':>12}{'tokens/s':>12}")
-    for model, path, rate, tok in rows:
-        print(f"{model:<12}{path:<44}{rate:>12,.0f}{'' if math.isnan(tok) else f'{tok:,.0f}':>12}")
-    by = {(m, p): r for m, p, r, _ in rows}
-    for tag in ["eager"] + (["compiled"] if not args.no_compile else []):
-        plain = by[("ResNet-50", f"plain, shard reader ({workers} workers), {tag}")]
-        pipe = by[("ResNet-50", f"pipeline loop, same reader, {tag}")]
-        print(f"ResNet-50 {tag}: pipeline / plain time per image {plain / pipe:.3f} (floor: <= 1.05)")
+                    pipeline_rate(algo, cfg_a, family_name(raw, algo), data[algo], Path(tmp) / f"run-{algo}-{tag}"),
+                    tokens)
+            table()
 
 
 if __name__ == "__main__":

@@ -208,13 +208,16 @@ REGISTER_KEY = "register_key"
 
 def registered_version(name: str, key: str):
     """The version of ``name`` tagged ``register_key = key`` (left by an earlier register of the
-    same trained model, finished or not), or None."""
+    same trained model, finished or not), with its aliases, or None."""
     client = MlflowClient()
     try:
         found = client.search_model_versions(f"name = '{name}' and tags.{REGISTER_KEY} = '{key}'")
     except mlflow.exceptions.MlflowException:
         return None  # no such registered model yet
-    return max(found, key=lambda v: int(v.version)) if found else None
+    if not found:
+        return None
+    # A search result carries no aliases; the version read by its number does.
+    return client.get_model_version(name, max(found, key=lambda v: int(v.version)).version)
 
 
 def register(model_uri: str, name: str, *, tags: dict[str, str], description: str,

@@ -165,8 +165,6 @@ def main() -> None:
     # The family's images of the selected candidate (confusion matrix, sample grid...) and the report.
     images = sorted(layout.plots("eval", algo).glob(f"*_{selected}.png"))
     existing = tracking.registered_version(algo, key)
-    if existing is not None:  # search results carry no aliases; the version read by number does
-        existing = client.get_model_version(algo, existing.version)
     if existing is not None:
         print(f"register {algo}: version {existing.version} already holds this model (an earlier register "
               f"{'finished' if existing.aliases else 'was interrupted before its alias'}); finishing it")

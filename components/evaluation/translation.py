@@ -94,7 +94,7 @@ def by_length(hypotheses: Sequence[str], references: Sequence[str], lengths: Seq
     return {n: {"exact_match": float(np.mean(v)), "count": len(v)} for n, v in sorted(groups.items())}
 
 
-def length_figure(result: dict, title: str, by: str = "by_length", xlabel: str = "source length (tokens)"):
+def exact_match_figure(result: dict, title: str, by: str = "by_length", xlabel: str = "source length (tokens)"):
     """Exact match by source length (or by ``by``: "by_stratum"), one bar per decoder."""
     from components.evaluation import plots
 

@@ -220,8 +220,8 @@ def _one_caption(tokens: torch.Tensor) -> torch.Tensor:
     """(B, K, L) -> (B, L): one of each image's K captions, drawn at random."""
     if tokens.dim() == 2:
         return tokens
-    pick = torch.randint(tokens.shape[1], (len(tokens),))
-    return tokens[torch.arange(len(tokens)), pick.to(tokens.device)]
+    pick = torch.randint(tokens.shape[1], (len(tokens),), device=tokens.device)  # drawn there: no copy, no wait
+    return tokens[torch.arange(len(tokens), device=tokens.device), pick]
 
 
 def loader_options(cfg: Config, world_size: int) -> dict:

@@ -113,25 +113,31 @@ class NoiseScheduler:
         self.alphas = 1 - self.betas
         self.alpha_bar = torch.cumprod(self.alphas, 0)
         self.T = cfg.timesteps
+        self._tables: dict[tuple[str, torch.device], torch.Tensor] = {}
 
-    def _at(self, values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return values.to(like.device)[t].to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
+    def _at(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The table ``name`` (betas, alphas, alpha_bar) at ``t``, shaped to broadcast against ``like``."""
+        # Each table is copied to a device once: a copy per step would make the host wait every step.
+        key = (name, like.device)
+        if key not in self._tables:
+            self._tables[key] = getattr(self, name).to(like.device)
+        return self._tables[key][t].to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """A sample of q(x_t | x_0): √ᾱ_t x_0 + √(1 − ᾱ_t) ε."""
-        ab = self._at(self.alpha_bar, t, x0)
+        ab = self._at("alpha_bar", t, x0)
         return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """What the denoiser learns to output: ε, or v = √ᾱ ε − √(1−ᾱ) x_0."""
         if self.cfg.prediction == "eps":
             return noise
-        ab = self._at(self.alpha_bar, t, x0)
+        ab = self._at("alpha_bar", t, x0)
         return ab.sqrt() * noise - (1 - ab).sqrt() * x0
 
     def to_eps_x0(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(ε, x̂_0) from the denoiser's output at x_t."""
-        ab = self._at(self.alpha_bar, t, x_t)
+        ab = self._at("alpha_bar", t, x_t)
         if self.cfg.prediction == "eps":
             eps = out
             x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
@@ -142,13 +148,13 @@ class NoiseScheduler:
 
     def eps_from_x0(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The ε for which x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε."""
-        ab = self._at(self.alpha_bar, t, x_t)
+        ab = self._at("alpha_bar", t, x_t)
         return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
 
     def step(self, eps: torch.Tensor, x_t: torch.Tensor, t: int, noise: torch.Tensor | None) -> torch.Tensor:
         """Ancestral DDPM: x_{t−1} = (x_t − β_t/√(1−ᾱ_t) ε)/√α_t + σ_t z, σ_t² = β_t (no noise at t = 0)."""
         tt = torch.full((len(x_t),), t, dtype=torch.long)
-        beta, alpha, ab = (self._at(v, tt, x_t) for v in (self.betas, self.alphas, self.alpha_bar))
+        beta, alpha, ab = (self._at(v, tt, x_t) for v in ("betas", "alphas", "alpha_bar"))
         mean = (x_t - beta / (1 - ab).sqrt() * eps) / alpha.sqrt()
         return mean if t == 0 or noise is None else mean + beta.sqrt() * noise
 

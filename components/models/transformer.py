@@ -352,7 +352,7 @@ def shift(tgt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoder input ``<bos> y`` and labels ``y <eos>`` from padded targets ``y``."""
     lengths = (tgt != PAD).sum(1)
     labels = F.pad(tgt, (0, 1), value=PAD)
-    labels[torch.arange(len(tgt), device=tgt.device), lengths] = EOS
+    labels.scatter_(1, lengths[:, None], EOS)  # a scalar operand: assigning by index would copy it over and wait
     return F.pad(tgt, (1, 0), value=BOS), labels
 
 
@@ -450,10 +450,10 @@ def report(result: dict, title: str, plot_dir, name: str) -> str:
     ``plot_dir``; metrics, exact match per stratum and the best/worst translations as markdown."""
     from components.evaluation import plots, translation
 
-    plots.save(translation.length_figure(result, f"{title}: exact match by source length"),
+    plots.save(translation.exact_match_figure(result, f"{title}: exact match by source length"),
                plot_dir / f"exact_match_by_length_{name}.png")
     if "by_stratum" in result:
-        plots.save(translation.length_figure(result, f"{title}: exact match by number structure", "by_stratum",
+        plots.save(translation.exact_match_figure(result, f"{title}: exact match by number structure", "by_stratum",
                                              "stratum"), plot_dir / f"exact_match_by_stratum_{name}.png")
     return translation.markdown(result, title)
 

@@ -320,9 +320,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
                         rows.append(row)
                 for hook in batch_hooks:
                     hook.on_batch(epoch, step - first_step, steps_per_epoch[epoch], step, total_steps)
-            elapsed = time.perf_counter() - t0
             log = out["log"] if first_step < step else {}
             train_totals = ctx.all_reduce(meter.totals(step, epoch, log)).tolist()
+            # Timed after the totals are read: the device has drained its queue and every rank has finished.
+            elapsed = time.perf_counter() - t0
             val = validate() if epoch % cfg.val_every == 0 or epoch == max_epochs - 1 else {}
             count = max(train_totals[2], 1)
             metrics = {
