@@ -482,6 +482,61 @@ def test_the_trained_network_comes_back_from_the_registry_without_pickle(project
     assert out["diff"] < 1e-5  # the module's softmax is what the served model answers
 
 
+def read_parquet(folder: Path) -> dict[str, list]:
+    import pyarrow.dataset as pads
+
+    return pads.dataset(str(folder), format="parquet").to_table().to_pydict()
+
+
+def test_batch_scoring_on_ray_data_gets_the_evaluate_stages_test_accuracy_exactly(project):
+    """``python -m pipelines.score`` streams the digits test split through Ray Data with the
+    champion in an actor; its Parquet predictions score exactly the registered test accuracy."""
+    root, env, _ = project
+    champion = mlflow_client(root).get_model_version_by_alias("resnet", "champion")
+    proc = run([sys.executable, "-m", "pipelines.score", "--algo", "resnet", "--batch-size", "100"], root, env)
+    out = root / ".runs" / "scores" / "resnet" / f"v{champion.version}-test"  # the documented default place
+    rows = read_parquet(out)
+    stats = json.loads((root / "data/shards/digits/stats.json").read_text())
+    assert len(rows["key"]) == len(set(rows["key"])) == stats["splits"]["test"]["samples"]
+    correct = sum(int(p == y) for p, y in zip(rows["prediction"], rows["label"]))
+    assert correct / len(rows["key"]) == float(champion.tags["test_accuracy"])  # exact: the same images, the same net
+    assert all(0.0 < p <= 1.0 for p in rows["probability"])
+    runs = mlflow_client(root).search_runs([mlflow_client(root).get_experiment_by_name("resnet").experiment_id],
+                                           "tags.stage = 'score'")
+    assert runs and runs[0].data.metrics["score_accuracy"] == correct / len(rows["key"])
+    assert f"models:/resnet/{champion.version}" in proc.stdout
+
+
+def test_clip_batch_scoring_writes_embeddings_that_a_text_query_ranks(project, tmp_path):
+    root, env, _ = project
+    out = tmp_path / "clip-scores"
+    run([sys.executable, "-m", "pipelines.score", "--algo", "clip", "--out", str(out)], root, env)
+    rows = read_parquet(out)
+    emb = np.asarray(rows["embedding"], dtype=np.float64)
+    stats = json.loads((root / "data/shards/captioned_digits/stats.json").read_text())
+    assert emb.shape[0] == stats["splits"]["test"]["samples"]
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+    text = "a photo of the digit three"
+    proc = run([sys.executable, "-m", "pipelines.score", "--algo", "clip", "--out", str(out), "--query", text,
+                "--top-k", "4"], root, env)
+    ranked = [line.split() for line in proc.stdout.splitlines() if "cosine" in line]
+    assert len(ranked) == 4
+    cosines = [float(r[2]) for r in ranked]
+    assert cosines == sorted(cosines, reverse=True)
+    # The top image's cosine, recomputed in a fresh process from the champion and the Parquet row.
+    top = rows["key"].index(ranked[0][3].split("/")[1])
+    again = in_fresh_process(root, env, f"""
+        m = mlflow.pyfunc.load_model("models:/clip@champion")
+        text = np.asarray(m.predict(pd.DataFrame({{"text": [{text!r}]}}), params={{"mode": "embed_text"}}))[0]
+        image = np.asarray({emb[top].tolist()!r})
+        out = float(image @ text / np.linalg.norm(image) / np.linalg.norm(text))
+    """)
+    assert abs(again - cosines[0]) < 1e-3
+    assert emb[top] @ emb[top] > 0.99  # unit norm, as the query assumes
+    bad = run([sys.executable, "-m", "pipelines.score", "--algo", "gan"], root, env, check=False)
+    assert bad.returncode == 2 and "batch scoring covers the families" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def post_json(url: str, body: dict) -> tuple[int, dict]:
     """POST ``body`` as JSON with the standard library (what any HTTP client sends)."""
     import urllib.error
