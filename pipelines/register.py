@@ -22,7 +22,7 @@ from pipelines import lineage
 from pipelines.layout import load, run_stage, stage_args
 
 COMPONENTS = Path(__file__).resolve().parents[1] / "components"  # the code logged with every version
-PIP_REQUIREMENTS = ["torch==2.13.0", "mlflow==3.17.2", "safetensors", "numpy", "pyyaml"]
+PIP_REQUIREMENTS = ["torch==2.13.0", "mlflow==3.17.2", "safetensors", "numpy", "pyyaml", "tokenizers==0.23.2"]
 
 
 def metric_rows(test: dict, primary: str) -> list[str]:

@@ -23,8 +23,8 @@ Shards, as the images datasets' (components/data/images.py): the image encoded (
 ``npy`` for the digits, the source's own bytes otherwise), decoded and augmented in the loader
 workers (``augment``; images are brought to ``image_size`` x ``image_size`` with ``channels``
 channels), ``tokens.npy`` (K, max_len) int (``<bos>`` caption ``<eos>``, zero-padded),
-``cls`` (-1 without labels) and ``caption.txt`` (the first caption). The BPE tokenizer is
-fitted on the train captions only and written beside the shards (``tokenizer.json``).
+``cls`` (-1 without labels) and ``caption.txt`` (the first caption). The subword tokenizer
+(``tokenizer``: bpe or unigram) is fitted on the train captions only and written beside the shards (``tokenizer.json``).
 Augmentation never flips by default: captions say "left-leaning" and "right-leaning".
 """
 
@@ -79,6 +79,7 @@ class Config:
     test_fraction: float = field(default=0.15, metadata=bounds(gt=0, lt=0.5))
     captions_per_image: int = field(default=4, metadata=bounds(ge=1))
     vocab_size: int = field(default=200, metadata=bounds(ge=8))
+    tokenizer: Literal["bpe", "unigram"] = "bpe"  # the subword model, fitted on the train captions
     max_len: int = field(default=16, metadata=bounds(ge=4))  # tokens with <bos> and <eos>; longer captions are cut
     image_size: int = field(default=8, metadata=bounds(ge=4))  # what the loader hands the model: S x S
     channels: int = field(default=1, metadata=bounds(ge=1, le=3))
@@ -145,8 +146,8 @@ def write_captions(labels: np.ndarray, attrs: list[list[str]], k: int, rng: np.r
 def encode(tok: Tokenizer, texts: list[str], max_len: int) -> np.ndarray:
     """(len(texts), max_len) ids: <bos> text <eos>, cut to fit (keeping <eos>), zero-padded."""
     out = np.zeros((len(texts), max_len), dtype=np.int32)
-    for i, t in enumerate(texts):
-        ids = [BOS, *tok.encode(t)[:max_len - 2], EOS]
+    for i, encoded in enumerate(tok.encode_batch(texts)):
+        ids = [BOS, *encoded[:max_len - 2], EOS]
         out[i, :len(ids)] = ids
     return out
 
@@ -237,7 +238,7 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, manifest: dict) -> dic
         if manifest["num_classes"]:
             meta.update(class_names=[str(c) for c in range(manifest["num_classes"])],
                         zero_shot_templates=["a photo of a {digit}"])
-    tok = Tokenizer.fit([c for caps in captions["train"] for c in caps], cfg.vocab_size)
+    tok = Tokenizer.fit([c for caps in captions["train"] for c in caps], cfg.vocab_size, model=cfg.tokenizer)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save(out_dir / TOKENIZER)
     tokens = {k: [encode(tok, caps, cfg.max_len) for caps in captions[k]] for k in SPLITS}

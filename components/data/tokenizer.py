@@ -1,111 +1,96 @@
-"""A byte-pair-encoding subword tokenizer (Sennrich et al. 2016), fitted on the train split only.
+"""Subword tokenizers from Hugging Face's ``tokenizers`` (its Rust trainers), fitted on the train split only.
 
-Text is normalised (whitespace collapsed, ends stripped) and split on spaces; each word
-gets a leading ``▁`` (the word-boundary marker of SentencePiece), so decoding is exact:
-join the pieces and turn every ``▁`` back into a space. Fitting starts from the
-characters of the train text and repeatedly merges the most frequent adjacent pair
-(ties broken by the pair itself, so the result is deterministic) until the vocabulary
-reaches ``vocab_size`` or no pair occurs twice. One vocabulary serves source and target
-(a joint BPE, as in Vaswani et al. 2017), so encoder and decoder can share embeddings.
+Byte-pair encoding (Sennrich et al. 2016) by default, unigram (Kudo 2018) as an option. Text
+is normalised (whitespace collapsed, ends stripped) and split on spaces; each word gets a
+leading ``▁`` (SentencePiece's word-boundary marker, the library's ``Metaspace``), so decoding
+is exact: join the pieces and turn every ``▁`` back into a space. One vocabulary serves source
+and target (a joint BPE, as in Vaswani et al. 2017), so encoder and decoder can share embeddings.
 
-Ids 0..3 are ``<pad>``, ``<unk>``, ``<bos>``, ``<eos>``; padding is id 0 everywhere
-(the shard collate pads with zeros). A character never seen in training encodes as ``<unk>``.
+Ids 0..3 are ``<pad>``, ``<unk>``, ``<bos>``, ``<eos>``; padding is id 0 everywhere (the shard
+collate pads with zeros). A character never seen in training encodes as ``<unk>``. The
+tokenizer is saved as the library's own JSON (``tokenizer.json`` beside the shards) and travels
+inside a model's config as that JSON, so a registered model tokenizes raw strings by itself.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
+
+from tokenizers import Tokenizer as _Library
+from tokenizers import models, pre_tokenizers, trainers
+
+from components.data.manifest import DataError
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
 MARK = "\u2581"  # ▁ starts every word
+MODELS = ("bpe", "unigram")
 
 
 def normalize(text: str) -> str:
     return " ".join(text.split())
 
 
-def _words(text: str) -> list[str]:
-    return [MARK + w for w in normalize(text).split(" ") if w]
+def _library(model: models.Model) -> _Library:
+    tok = _Library(model)
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=MARK, prepend_scheme="always", split=True)
+    return tok
 
 
 class Tokenizer:
-    """BPE over a joint source/target vocabulary. Build with :meth:`fit` or :meth:`from_dict`."""
+    """A fitted subword tokenizer. Build with :meth:`fit`, :meth:`load` or :meth:`from_dict`."""
 
-    def __init__(self, vocab: list[str], merges: list[tuple[str, str]]):
-        if tuple(vocab[:len(SPECIALS)]) != SPECIALS:
-            raise ValueError(f"vocab must start with {SPECIALS}")
-        self.vocab = list(vocab)
-        self.merges = [tuple(m) for m in merges]
-        self.ids = {t: i for i, t in enumerate(self.vocab)}
-        self.ranks = {m: r for r, m in enumerate(self.merges)}
-        self._cache: dict[str, list[int]] = {}
+    def __init__(self, library: _Library):
+        ids = [library.token_to_id(s) for s in SPECIALS]
+        if ids != list(range(len(SPECIALS))):
+            raise ValueError(f"the vocabulary must start with {SPECIALS} (ids 0..3), has ids {ids} for them")
+        self.library = library
+        self.vocab = [library.id_to_token(i) for i in range(library.get_vocab_size())]
 
     def __len__(self) -> int:
         return len(self.vocab)
 
+    @property
+    def model(self) -> str:
+        return json.loads(self.library.to_str())["model"]["type"].lower()
+
     # ------------------------------------------------------------------ fitting
 
     @classmethod
-    def fit(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
-        counts = Counter(w for t in texts for w in _words(t))
-        alphabet = sorted({c for w in counts for c in w})
-        vocab = [*SPECIALS, *alphabet]
-        if vocab_size < len(vocab):
-            raise ValueError(f"vocab_size {vocab_size} is below the {len(vocab)} specials + characters of the "
-                             f"train text; raise the tokenizer's vocab_size")
-        words = [list(w) for w in counts]
-        freq = list(counts.values())
-        pairs: Counter = Counter()
-        where: dict[tuple[str, str], set[int]] = defaultdict(set)
-        for i, w in enumerate(words):
-            for p in zip(w, w[1:]):
-                pairs[p] += freq[i]
-                where[p].add(i)
-        merges: list[tuple[str, str]] = []
-        while len(vocab) < vocab_size and pairs:
-            best, n = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))
-            if n < min_frequency:
-                break
-            merges.append(best)
-            vocab.append(best[0] + best[1])
-            for i in list(where[best]):
-                w = words[i]
-                for p in zip(w, w[1:]):  # retract the word's pairs, re-add after merging
-                    pairs[p] -= freq[i]
-                    if pairs[p] <= 0:
-                        del pairs[p]
-                    where[p].discard(i)
-                words[i] = w = _merge(w, best)
-                for p in zip(w, w[1:]):
-                    pairs[p] += freq[i]
-                    where[p].add(i)
-            where.pop(best, None)
-        return cls(vocab, merges)
+    def fit(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2,
+            model: Literal["bpe", "unigram"] = "bpe") -> Tokenizer:
+        texts = [normalize(t) for t in texts]
+        alphabet = sorted({c for t in texts for c in MARK + t.replace(" ", MARK)})
+        if vocab_size < len(SPECIALS) + len(alphabet):
+            raise ValueError(f"vocab_size {vocab_size} is below the {len(SPECIALS) + len(alphabet)} specials + "
+                             f"characters of the train text; raise the tokenizer's vocab_size")
+        if model == "bpe":
+            library = _library(models.BPE(unk_token=SPECIALS[UNK]))
+            trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                          special_tokens=list(SPECIALS), initial_alphabet=alphabet,
+                                          show_progress=False)
+        elif model == "unigram":
+            library = _library(models.Unigram())
+            trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS),
+                                              unk_token=SPECIALS[UNK], initial_alphabet=alphabet,
+                                              show_progress=False)
+        else:
+            raise ValueError(f"tokenizer model must be one of {MODELS}, got {model!r}")
+        library.train_from_iterator(texts, trainer, length=len(texts))
+        return cls(library)
 
     # ------------------------------------------------------------------ encode / decode
 
-    def _encode_word(self, word: str) -> list[int]:
-        if word in self._cache:
-            return self._cache[word]
-        parts = list(word)
-        while len(parts) > 1:
-            ranked = [(self.ranks.get(p, len(self.ranks)), p) for p in zip(parts, parts[1:])]
-            rank, pair = min(ranked)
-            if rank == len(self.ranks):
-                break
-            parts = _merge(parts, pair)
-        ids = [self.ids.get(p, UNK) for p in parts]
-        if len(self._cache) < 100_000:
-            self._cache[word] = ids
-        return ids
-
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` (no ``<bos>``/``<eos>``)."""
-        return [i for w in _words(text) for i in self._encode_word(w)]
+        return self.library.encode(normalize(text), add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """:meth:`encode` of every text, in the library's threads."""
+        return [e.ids for e in self.library.encode_batch([normalize(t) for t in texts], add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``; stops at the first ``<eos>``, skips ``<pad>`` and ``<bos>``."""
@@ -122,29 +107,28 @@ class Tokenizer:
     # ------------------------------------------------------------------ persistence
 
     def to_dict(self) -> dict:
-        return {"type": "bpe", "vocab": self.vocab, "merges": [list(m) for m in self.merges]}
+        """What a model's config carries: the library's JSON, as parsed JSON."""
+        return {"type": "huggingface", "tokenizer": json.loads(self.library.to_str())}
 
     @classmethod
     def from_dict(cls, data: dict) -> Tokenizer:
-        if data.get("type") != "bpe":
-            raise ValueError(f"not a BPE tokenizer: type {data.get('type')!r}")
-        return cls(data["vocab"], data["merges"])
+        kind = data.get("type")
+        if kind == "huggingface":
+            return cls(_Library.from_str(json.dumps(data["tokenizer"])))
+        if kind == "bpe":  # a config written before the library: its vocabulary and merges, in rank order
+            vocab = {t: i for i, t in enumerate(data["vocab"])}
+            return cls(_library(models.BPE(vocab=vocab, merges=[tuple(m) for m in data["merges"]],
+                                           unk_token=SPECIALS[UNK])))
+        raise ValueError(f"not a tokenizer this code reads: type {kind!r}")
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False) + "\n", encoding="utf-8")
+        self.library.save(str(path))
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-
-
-def _merge(parts: list[str], pair: tuple[str, str]) -> list[str]:
-    out, i, a, b = [], 0, *pair
-    while i < len(parts):
-        if i + 1 < len(parts) and parts[i] == a and parts[i + 1] == b:
-            out.append(a + b)
-            i += 2
-        else:
-            out.append(parts[i])
-            i += 1
-    return out
+        """The tokenizer saved at ``path``; a missing or corrupt file is a DataError naming it."""
+        try:
+            return cls(_Library.from_file(str(path)))
+        except Exception as exc:  # the library raises plain Exceptions for unreadable JSON
+            raise DataError(f"{path}: not a readable tokenizer file ({exc}); re-run the preprocess stage "
+                            f"that writes it (`dvc repro preprocess-<dataset>`)") from None

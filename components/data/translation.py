@@ -20,7 +20,8 @@ source and split by the seed, so the test split holds sources never seen in trai
 Further columns are ignored.
 
 Raw files are ``{train,val,test}.tsv`` under ``data/raw/translation``. Preprocess fits
-the BPE tokenizer on the train split only, writes it as ``tokenizer.json`` beside the
+the subword tokenizer (``tokenizer``: bpe or unigram) on the train split only, writes it as
+``tokenizer.json`` (the ``tokenizers`` library's own format) beside the
 shards, and drops pairs longer than ``max_len`` tokens (counted in stats.json).
 """
 
@@ -61,6 +62,7 @@ class Config:
     num_test: int = field(default=2000, metadata=bounds(ge=1))
     seed: int = 0
     vocab_size: int = field(default=300, metadata=bounds(ge=8))
+    tokenizer: Literal["bpe", "unigram"] = "bpe"  # the subword model, fitted on train (components/data/tokenizer.py)
     max_len: int = field(default=48, metadata=bounds(ge=2))  # tokens per side; longer pairs are dropped
     samples_per_shard: int = field(default=500, metadata=bounds(ge=1))  # val and test need a shard per DDP worker
 
@@ -292,14 +294,14 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, manifest: dict) -> dic
     strata: dict[str, list[str]] = {k: [] for k in SPLITS}
     pairs = {k: read_split(raw_dir, k, strata[k]) for k in SPLITS}
     stratified = all(any(v) for v in strata.values())
-    tok = Tokenizer.fit([s for p in pairs["train"] for s in p], cfg.vocab_size)
+    tok = Tokenizer.fit([s for p in pairs["train"] for s in p], cfg.vocab_size, model=cfg.tokenizer)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save(out_dir / TOKENIZER)
     columns, split_meta, longest = {}, {}, 0
     dtype = np.int16 if len(tok) < 2 ** 15 else np.int32
     for name, items in pairs.items():
-        src = [np.asarray(tok.encode(s), dtype) for s, _ in items]
-        tgt = [np.asarray(tok.encode(t), dtype) for _, t in items]
+        src = [np.asarray(ids, dtype) for ids in tok.encode_batch([s for s, _ in items])]
+        tgt = [np.asarray(ids, dtype) for ids in tok.encode_batch([t for _, t in items])]
         keep = [i for i in range(len(items)) if 0 < len(src[i]) <= cfg.max_len and 0 < len(tgt[i]) < cfg.max_len]
         if not keep:
             raise DataError(f"{raw_dir / name}.tsv: every pair is longer than max_len {cfg.max_len} tokens; "

@@ -137,8 +137,8 @@ def test_config_rejects_heads_that_do_not_divide_d_model():
 
 def test_tokenizer_round_trips_and_is_deterministic(tmp_path):
     tok = Tokenizer.fit(TEXTS * 3, vocab_size=60)
-    assert Tokenizer.fit(TEXTS * 3, vocab_size=60).merges == tok.merges
-    assert len(tok) <= 60 and tok.merges  # merges were learned
+    assert Tokenizer.fit(TEXTS * 3, vocab_size=60).to_dict() == tok.to_dict()
+    assert len(tok) <= 60 and any(len(t) > 2 for t in tok.vocab[4:])  # merges were learned
     for text in TEXTS + ["  forty-two   hundred  "]:
         assert tok.decode(tok.encode(text)) == " ".join(text.split())
         assert len(tok.encode(text)) < len(text.replace(" ", "")) + text.count(" ") + 1
@@ -147,6 +147,33 @@ def test_tokenizer_round_trips_and_is_deterministic(tmp_path):
     assert again.encode("dreihundertsiebzehn") == tok.encode("dreihundertsiebzehn")
     assert tok.decode(tok.encode("qx")) == "<unk><unk>"  # characters never seen in training
     assert tok.decode([*tok.encode("siebzehn"), EOS, *tok.encode("zwei")]) == "siebzehn"
+
+
+@pytest.mark.parametrize("model", ["bpe", "unigram"])
+def test_tokenizer_round_trips_unicode_and_marks_unseen_characters(model):
+    texts = ["über dreißig Straßen", "zweiundzwanzig Brücken", "one bridge"] * 4
+    tok = Tokenizer.fit(texts, vocab_size=80, model=model)
+    assert tok.model == model and tok.vocab[:4] == ["<pad>", "<unk>", "<bos>", "<eos>"]
+    for text in texts[:3]:
+        assert tok.decode(tok.encode(text)) == text
+    assert tok.encode_batch(texts[:3]) == [tok.encode(t) for t in texts[:3]]
+    unseen = tok.decode(tok.encode("über 42 ß"))  # digits never occur in the train text
+    assert unseen.startswith("über ") and "<unk>" in unseen and unseen.endswith("ß") and "4" not in unseen
+
+
+def test_a_corrupt_tokenizer_file_is_named_with_the_stage_that_writes_it(tmp_path):
+    from components.data.manifest import DataError
+
+    (tmp_path / "tokenizer.json").write_text('{"version": "1.0", "model": ')
+    with pytest.raises(DataError, match="tokenizer.json: not a readable tokenizer file.*preprocess"):
+        Tokenizer.load(tmp_path / "tokenizer.json")
+
+
+def test_a_config_from_the_hand_written_bpe_still_loads():
+    old = {"type": "bpe", "vocab": ["<pad>", "<unk>", "<bos>", "<eos>", "\u2581", "a", "b", "ab", "\u2581ab"],
+           "merges": [["a", "b"], ["\u2581", "ab"]]}
+    tok = Tokenizer.from_dict(old)
+    assert tok.encode("ab  ab") == [8, 8] and tok.decode([8, 8, 3, 5]) == "ab ab"
 
 
 def test_tokenizer_rejects_a_vocabulary_smaller_than_the_alphabet():
@@ -272,7 +299,7 @@ def test_one_epoch_trains_and_predicts_raw_strings(number_shards, tmp_path):
 
     state, meta = ckpt.load(ckpt.latest(tmp_path / "checkpoints"))
     bound = T.Config(**{**meta["config"]["model"]})
-    assert bound.vocab_size == 90 and bound.tokenizer["type"] == "bpe"  # bound from the data, saved with it
+    assert bound.vocab_size == 90 and bound.tokenizer["tokenizer"]["model"]["type"] == "BPE"  # bound from the data, saved with it
     m = T.build(bound)
     m.load_state_dict(state["model"])
     out = T.predict(m, ["seventeen", "three hundred and forty-two"], bound)
