@@ -76,7 +76,7 @@ def shard_items(shard_dir: Path, split: str) -> list[dict[str, Any]]:
 def read_shards(items: dict[str, np.ndarray], image: dict, fields: list[str]) -> dict[str, np.ndarray]:
     """Ray Data batch of shard items -> their samples as columns: ``key``, ``shard``, uint8
     ``image`` (N, C, S, S) decoded as evaluation decodes it, and ``label`` when the shards'
-    second field is a class. A block holds whole shards: memory is bounded by the shard size."""
+    second field is a class. A block holds whole shards, about ``BLOCK_BYTES`` of pixels."""
     transform = transforms.for_stats({"image": image}, train=False, uint8=True)
     rng = random.Random(0)  # the evaluation transform draws nothing
     labelled = len(fields) > 1 and fields[1].split(";")[0] == "cls"
@@ -94,6 +94,19 @@ def read_shards(items: dict[str, np.ndarray], image: dict, fields: list[str]) ->
     if labelled:
         out["label"] = np.array(labels, dtype=np.int64)
     return out
+
+
+BLOCK_BYTES = 64 << 20  # decoded pixels per read task, about: Ray Data's own target block size
+MIN_READ_TASKS = 8  # at least this many (or one per shard) so that reading runs in parallel
+
+
+def read_blocks(items: list[dict[str, Any]], image: dict) -> int:
+    """How many read tasks share the shards: about ``BLOCK_BYTES`` of decoded pixels each (a task
+    per tiny shard would cost more in Ray's task overhead than its reading), at least
+    ``MIN_READ_TASKS``, at most one per shard."""
+    size = int(image["augment"]["size"])
+    pixels = sum(item["samples"] for item in items) * int(image["channels"]) * size * size
+    return max(1, min(len(items), max(-(-pixels // BLOCK_BYTES), MIN_READ_TASKS)))
 
 
 def load_served(model_uri: str):
@@ -151,12 +164,12 @@ def score(model_uri: str, shard_dir: Path, split: str, out: str, *, tracking_uri
     items = shard_items(shard_dir, split)
     task_of(load_served(model_uri).family.__name__.rsplit(".", 1)[-1])  # fails here, not in an actor
     t0 = time.perf_counter()
-    ds = ray.data.from_items(items, override_num_blocks=len(items))  # a read task per shard
+    ds = ray.data.from_items(items, override_num_blocks=read_blocks(items, stats["image"]))
     # Reading and decoding run in tasks of their own, beside the actors. Ray Data fuses
     # operators whose remote arguments agree, and fused into the actor they would take turns
     # with the model; the actors' SPREAD placement (one model per node first, on a cluster)
     # is what keeps the two apart.
-    ds = ds.map_batches(read_shards, batch_size=1, batch_format="numpy",
+    ds = ds.map_batches(read_shards, batch_size=None, batch_format="numpy",
                         fn_kwargs={"image": stats["image"], "fields": list(stats["fields"])})
     ds = ds.map_batches(Scorer, batch_size=batch_size, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus_per_actor or None,
