@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import tempfile
 import time
@@ -32,11 +31,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from components import scoring, tracking  # noqa: E402
-from components.config import load_params  # noqa: E402
-from components.data import transforms  # noqa: E402
-from components.data.shards import iter_shard, read_stats  # noqa: E402
-from components.training import launch  # noqa: E402
+from components import scoring, tracking
+from components.config import load_params
+from components.data.shards import read_stats
+from components.training import launch
 
 
 def repeated(shards: Path, split: str, repeat: int, out: Path) -> Path:
@@ -53,29 +51,26 @@ def repeated(shards: Path, split: str, repeat: int, out: Path) -> Path:
 
 
 def plain(model_uri: str, shards: Path, split: str, batch_size: int) -> tuple[int, float]:
-    """(rows, seconds) of the in-process loop, after the model is loaded."""
-    served = scoring.load_served(model_uri)
-    model = served.model.eval()
+    """(rows, seconds) of the in-process loop, after the model is loaded: the same reading
+    (``scoring.read_shards``, a shard at a time) and the same model, in one process, no Ray."""
+    model = scoring.load_served(model_uri).model.eval()
     stats = read_stats(shards)
-    transform = transforms.for_stats(stats, train=False, uint8=True)
-    pixel_max, rng, rows, correct = float(stats["image"]["pixel_max"]), random.Random(0), 0, 0
+    pixel_max, rows, pending = float(stats["image"]["pixel_max"]), 0, []
     t0 = time.perf_counter()
-
-    def run(batch: list) -> int:
-        x = torch.stack([b[0] for b in batch]).float().div_(pixel_max)
+    for item in scoring.shard_items(shards, split, stats):
+        pending.append(scoring.read_shards({k: [v] for k, v in item.items()}, stats["image"], stats["fields"])["image"])
+        if sum(map(len, pending)) >= batch_size:
+            images = torch.from_numpy(np.concatenate(pending))
+            full = len(images) // batch_size * batch_size
+            for x in images[:full].split(batch_size):
+                with torch.no_grad():
+                    torch.softmax(model(x.float().div_(pixel_max)), 1).argmax(1)
+            rows, pending = rows + full, [images[full:].numpy()]
+    rest = np.concatenate(pending)
+    if len(rest):
         with torch.no_grad():
-            pred = torch.softmax(model(x), 1).argmax(1).numpy()
-        return int((pred == np.array([int(b[1]) for b in batch])).sum())
-
-    batch: list = []
-    for e in stats["splits"][split]["shards"]:
-        for sample in iter_shard(shards / e["file"], e, stats["fields"]):
-            batch.append(transform(sample, rng))
-            if len(batch) == batch_size:
-                correct, rows, batch = correct + run(batch), rows + len(batch), []
-    if batch:
-        correct, rows = correct + run(batch), rows + len(batch)
-    return rows, time.perf_counter() - t0
+            torch.softmax(model(torch.from_numpy(rest).float().div_(pixel_max)), 1).argmax(1)
+    return rows + len(rest), time.perf_counter() - t0
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +60,10 @@ def resolve_version(model_uri: str):
                                 f"register one first (`dvc repro register-{name.split('/')[0]}`)") from None
 
 
-def shard_items(shard_dir: Path, split: str) -> list[dict[str, Any]]:
-    """One item per shard of ``split``: its path and the size, sha256 and count the reader checks."""
-    stats = read_stats(shard_dir)
+def shard_items(shard_dir: Path, split: str, stats: dict | None = None) -> list[dict[str, Any]]:
+    """One item per shard of ``split``: its path and the size, sha256 and count the reader checks
+    (``stats``: the folder's stats.json, when the caller has read it already)."""
+    stats = stats or read_stats(shard_dir)
     if "image" not in stats:
         raise DataError(f"{shard_dir}: holds no images (stats.json has no 'image' entry); batch scoring reads "
                         f"image or caption shards")
@@ -83,10 +83,11 @@ def read_shards(items: dict[str, np.ndarray], image: dict, fields: list[str]) ->
     keys, shards, pixels, labels = [], [], [], []
     for i, path in enumerate(items["path"]):
         entry = {k: items[k][i] for k in ("bytes", "sha256", "samples")}
-        for key, sample in iter_shard(Path(path), entry, fields, keys=True):
+        path = Path(path)
+        for key, sample in iter_shard(path, entry, fields, keys=True):
             x, *rest = transform(sample, rng)
             keys.append(key)
-            shards.append(Path(path).name)
+            shards.append(path.name)
             pixels.append(x.numpy())
             if labelled:
                 labels.append(int(rest[0]))
@@ -107,6 +108,11 @@ def read_blocks(items: list[dict[str, Any]], image: dict) -> int:
     size = int(image["augment"]["size"])
     pixels = sum(item["samples"] for item in items) * int(image["channels"]) * size * size
     return max(1, min(len(items), max(-(-pixels // BLOCK_BYTES), MIN_READ_TASKS)))
+
+
+def family_of(served) -> str:
+    """The family name of a loaded pyfunc's Python model (``resnet``, ``clip``...)."""
+    return served.family.__name__.rsplit(".", 1)[-1]
 
 
 def load_served(model_uri: str):
@@ -132,7 +138,7 @@ class Scorer:
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
         served = load_served(model_uri)
-        self.task = task_of(served.family.__name__.rsplit(".", 1)[-1])
+        self.task = task_of(family_of(served))
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.model = served.model.to(self.device).eval()
         self.pixel_max = pixel_max
@@ -161,8 +167,8 @@ def score(model_uri: str, shard_dir: Path, split: str, out: str, *, tracking_uri
     import ray.data
 
     stats = read_stats(shard_dir)
-    items = shard_items(shard_dir, split)
-    task_of(load_served(model_uri).family.__name__.rsplit(".", 1)[-1])  # fails here, not in an actor
+    items = shard_items(shard_dir, split, stats)
+    task_of(family_of(load_served(model_uri)))  # a model that cannot score fails here, not in every actor
     t0 = time.perf_counter()
     ds = ray.data.from_items(items, override_num_blocks=read_blocks(items, stats["image"]))
     # Reading and decoding run in tasks of their own, beside the actors. Ray Data fuses
@@ -179,15 +185,13 @@ def score(model_uri: str, shard_dir: Path, split: str, out: str, *, tracking_uri
                                                "use_gpu": gpus_per_actor > 0})
     ds.write_parquet(out)
     seconds = time.perf_counter() - t0
-    columns = pads.dataset(out, format="parquet").schema.names
-    summary: dict[str, Any] = {"seconds": seconds, "columns": columns}
+    written = pads.dataset(out, format="parquet")
+    columns = written.schema.names
+    summary: dict[str, Any] = {"seconds": seconds, "columns": columns, "rows": written.count_rows()}
     if "prediction" in columns and "label" in columns:
-        table = pads.dataset(out, format="parquet").to_table(columns=["label", "prediction"])
-        labels, predictions = table["label"].to_numpy(), table["prediction"].to_numpy()
-        summary["rows"] = len(labels)
-        summary["accuracy"] = float((labels == predictions).mean()) if len(labels) else float("nan")
-    else:
-        summary["rows"] = pads.dataset(out, format="parquet").count_rows()
+        table = written.to_table(columns=["label", "prediction"])
+        summary["accuracy"] = float((table["label"].to_numpy() == table["prediction"].to_numpy()).mean()) \
+            if summary["rows"] else float("nan")
     summary["rows_per_s"] = summary["rows"] / max(seconds, 1e-9)
     return summary
 
@@ -198,7 +202,7 @@ def query(model_uri: str, scores: str, text: str, k: int = 5) -> list[dict[str, 
     import pyarrow.dataset as pads
 
     served = load_served(model_uri)
-    if task_of(served.family.__name__.rsplit(".", 1)[-1]) != "embed":
+    if task_of(family_of(served)) != "embed":
         raise DataError(f"{model_uri}: not an embedding model; text queries need a CLIP model")
     text_emb = served.family.predict(served.model, {"text": [text]}, served.cfg, mode="embed_text")[0]
     dataset = pads.dataset(scores, format="parquet")

@@ -48,13 +48,14 @@ def main() -> None:
     args = parse_args()
     raw, layout = load(args)
     algo = args.algo
+    runtime = runtime_config(raw)
     scoring.task_of(family_name(raw, algo))  # a family batch scoring does not cover stops here
     uri = tracking.configure(layout.root)
     model_uri = args.model or f"models:/{algo}@{tracking.CHAMPION}"
     version = scoring.resolve_version(model_uri)  # pin it: an alias that moves mid-run changes nothing
     pinned = f"models:/{version.name}/{version.version}" if version is not None else model_uri
     tag = f"v{version.version}" if version is not None else "run"
-    out = args.out or f"{layout.storage_root(runtime_config(raw).storage_root)}/scores/{algo}/{tag}-{args.split}"
+    out = args.out or f"{layout.storage_root(runtime.storage_root)}/scores/{algo}/{tag}-{args.split}"
     if args.query:
         for rank, row in enumerate(scoring.query(pinned, out, args.query, args.top_k), 1):
             print(f"{rank:>3}  cosine {row['cosine']:.4f}  {row['shard']}/{row['key']}"
@@ -62,7 +63,7 @@ def main() -> None:
         return
     data = args.data or layout.shards(raw["algorithms"][algo]["dataset"])
     quiet_third_parties()
-    launch.init_ray(runtime_config(raw).ray_num_cpus)
+    launch.init_ray(runtime.ray_num_cpus)
     print(f"score {algo}: {pinned} over {data} ({args.split}) with {args.actors} actor(s) -> {out}", flush=True)
     summary = scoring.score(pinned, data, args.split, out, tracking_uri=uri, batch_size=args.batch_size,
                             actors=args.actors, gpus_per_actor=args.gpus_per_actor)
