@@ -237,6 +237,9 @@ class TrainConfig:
     epochs: int = field(default=30, metadata=bounds(ge=1))
     tuned: bool = True
     batch_size: int = field(default=64, metadata=bounds(ge=1))
+    # > 0: batches of about this many tokens (source + target, before padding) instead of batch_size
+    # samples, pairs bucketed by length (Vaswani et al. 2017: ~25,000 + 25,000); text datasets only.
+    batch_tokens: int = field(default=0, metadata=bounds(ge=0))
     seed: int = 0
     num_workers: int = field(default=0, metadata=bounds(ge=0))
     loader_workers: int = field(default=0, metadata=bounds(ge=0))

@@ -50,6 +50,25 @@ def numbered_shards(directory: Path, n: int, per_shard: int, split: str = "train
     return directory
 
 
+def text_shards(directory: Path, n: int, per_shard: int, seed: int = 0) -> Path:
+    """Sentence-pair shards (train and val) whose sample i has source ids all i + 1 (0 is padding)
+    of a random length 1..60 and a target of about that length, each shard recording its tokens."""
+    from components.data.shards import SplitWriter, write_stats
+
+    rng = np.random.default_rng(seed)
+    shards = {}
+    for split in ("train", "val"):
+        writer = SplitWriter(directory, split, n, per_shard, compress=True)
+        for i in range(n):
+            src_len = int(rng.integers(1, 61))
+            tgt_len = max(1, src_len + int(rng.integers(-5, 6)))
+            src, tgt = np.full(src_len, i + 1, np.int32), rng.integers(1, 100, tgt_len).astype(np.int32)
+            writer.write({"__key__": f"{split}{i:07d}", "src.npy": src, "tgt.npy": tgt}, tokens=src_len + tgt_len)
+        shards[split] = writer.close()
+    write_stats(directory, shards, {"dataset": "pairs"}, fields=("src.npy", "tgt.npy"))
+    return directory
+
+
 class Recorder:
     """A training-loop hook that keeps every step row and every (epoch metrics, checkpoint dir)."""
 

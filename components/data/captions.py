@@ -41,7 +41,12 @@ import numpy as np
 from components.config import ConfigError, bounds
 from components.data import images
 from components.data.manifest import DataError, write_manifest
-from components.data.shards import IMAGE_EXTENSIONS, STATS, SplitWriter, write_shards
+from components.data.shards import (
+    IMAGE_EXTENSIONS,
+    SplitWriter,
+    write_shards,
+    write_stats,
+)
 from components.data.splits import SPLITS, stratified_split
 from components.data.tokenizer import BOS, EOS, Tokenizer, normalize
 
@@ -276,9 +281,4 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, manifest: dict) -> dic
             writers[split].write({"__key__": f"{split}{j:07d}", ext: s[ext], "tokens.npy": tokens[split][j],
                                   "cls": int(s["cls"]) if "cls" in s else -1,
                                   "caption.txt": captions[split][j][0]})
-    stats = {**meta, "fields": list(fields), "splits": {}}
-    for k, w in writers.items():
-        shards = w.close()
-        stats["splits"][k] = {"samples": sum(e["samples"] for e in shards), "shards": shards}
-    (out_dir / STATS).write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
-    return stats
+    return write_stats(out_dir, {k: w.close() for k, w in writers.items()}, meta, fields)

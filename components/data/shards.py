@@ -29,7 +29,10 @@ With ``batch_size`` set, the dataset yields collated batches, and every rank yie
 same number of them in an epoch (the most any rank needs): a rank holding fewer samples
 makes its batches a little smaller rather than fewer. DDP needs equal step counts on
 every rank (a rank that stops early leaves the others waiting in all-reduce), and this
-keeps them equal without dropping or repeating a sample.
+keeps them equal without dropping or repeating a sample. With ``batch_tokens`` instead
+(text: shards that record their ``tokens``), batches hold about that many tokens, samples
+bucketed by length (``components/data/batching.py``); the step count is agreed the same way,
+from the tokens each rank's shards hold.
 
 On a cluster, the train and tune stages ``publish`` a shard directory under the storage
 root (``<root>/shards/<dataset>-<data version>``), and each worker reads it through
@@ -60,7 +63,7 @@ import webdataset as wds
 from filelock import FileLock
 from torch.utils.data import IterableDataset, get_worker_info
 
-from components.data import transforms
+from components.data import batching, transforms
 from components.data.manifest import DataError, sha256
 from components.training import storage
 
@@ -71,6 +74,88 @@ SHUFFLE_BUFFER = 2048  # samples a loader worker holds to shuffle its stream (en
 
 def shard_name(split: str, i: int, compress: bool = False) -> str:
     return f"{split}-{i:06d}.tar" + (".gz" if compress else "")
+
+
+_BLOCK, _RECORD = 512, 10240  # tar's block, and the record its stream is padded to at its end
+_OWNER = b"bigdata".ljust(32, b"\0")
+# A ustar header is name[100] mode uid gid size[12] mtime[12] chksum[8] type linkname[100] magic
+# uname gname devmajor devminor prefix[155], padded to 512; only the name and size vary here.
+_MODE_IDS = b"0000444\0" + b"0000000\0" * 2
+_AFTER_SIZE = b"00000000000\0"
+_TAIL = (b"0" + b"\0" * 100 + b"ustar\x0000" + _OWNER + _OWNER + b"\0" * 16 + b"\0" * 155).ljust(_BLOCK - 156, b"\0")
+_FIXED_SUM = sum(_MODE_IDS) + sum(_AFTER_SIZE) + sum(_TAIL) + 8 * ord(" ")  # the checksum counts itself as spaces
+
+
+def _member_header(name: str, size: int) -> bytes:
+    """The ustar header of a regular file, mode 0444, owner bigdata, mtime 0: the header
+    Python's tarfile writes for it in its default (PAX) format, built directly (tarfile spends
+    ~100 µs a member in its PAX machinery; a text shard's members are a few dozen bytes each)."""
+    raw = name.encode("utf-8")
+    if len(raw) >= 100 or not name.isascii():  # long or non-ASCII: tarfile's extended headers
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o444, "bigdata", "bigdata"
+        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    size_field = b"%011o\0" % size
+    checksum = _FIXED_SUM + sum(raw) + sum(size_field)
+    return b"".join((raw.ljust(100, b"\0"), _MODE_IDS, size_field, _AFTER_SIZE, b"%06o\0 " % checksum, _TAIL))
+
+
+_NPY_HEADERS: dict[tuple[str, tuple[int, ...]], bytes] = {}
+
+
+def _npy_bytes(value: np.ndarray) -> bytes:
+    """``value`` in numpy's ``.npy`` format; its header (numpy's own) is made once per dtype and shape."""
+    out = io.BytesIO()
+    if value.dtype.hasobject or not value.flags.c_contiguous:
+        np.lib.format.write_array(out, value)
+        return out.getvalue()
+    key = (value.dtype.str, value.shape)
+    header = _NPY_HEADERS.get(key)
+    if header is None:
+        np.lib.format.write_array(out, value)
+        header = out.getvalue()[:len(out.getvalue()) - value.nbytes]
+        if len(_NPY_HEADERS) < 4096:
+            _NPY_HEADERS[key] = header
+    return header + value.tobytes()
+
+
+def _field_bytes(field: str, value: Any) -> bytes:
+    """A field's bytes, as WebDataset encodes it by extension: bytes as they are, str as UTF-8,
+    ``.npy`` arrays in numpy's format, ``.cls`` ints as decimal text."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    ext = field.rsplit(".", 1)[-1]
+    if ext == "npy":
+        return _npy_bytes(np.asarray(value))
+    if ext == "cls":
+        return str(int(value)).encode("ascii")
+    raise ValueError(f"field {field!r}: cannot encode a {type(value).__name__} (give bytes, str, a .npy array "
+                     f"or a .cls int)")
+
+
+class TarSink:
+    """Writes WebDataset samples to a binary stream: a ``__key__`` and fields by extension, each
+    field a member ``<key>.<field>`` in sorted order. Byte for byte what ``webdataset.TarWriter(stream,
+    mtime=0)`` writes (a test holds it to that), several times faster on small members."""
+
+    def __init__(self, stream: Any):
+        self.stream, self.offset = stream, 0
+
+    def write(self, sample: dict) -> None:
+        key, parts = sample["__key__"], []
+        for field in sorted(sample):
+            if not field.startswith("_"):
+                data = _field_bytes(field, sample[field])
+                parts += (_member_header(f"{key}.{field}", len(data)), data, b"\0" * (-len(data) % _BLOCK))
+        members = b"".join(parts)  # one write a sample: a gzip stream's write has its own cost
+        self.stream.write(members)
+        self.offset += len(members)
+
+    def close(self) -> None:
+        end = self.offset + 2 * _BLOCK
+        self.stream.write(b"\0" * (2 * _BLOCK + -end % _RECORD))
 
 
 class SplitWriter:
@@ -88,6 +173,7 @@ class SplitWriter:
         n_shards = max(1, math.ceil(total / samples_per_shard))
         self.bounds = np.linspace(0, total, n_shards + 1).round().astype(int)
         self.total, self.count, self.entries = total, 0, []
+        self.tokens: int | None = None  # the shard's tokens, when the writer is told them
         self._open(0)
 
     def _open(self, i: int) -> None:
@@ -96,7 +182,8 @@ class SplitWriter:
         # mtime=0 in tar and gzip headers: byte-identical reruns.
         self._gz = gzip.GzipFile(fileobj=self._raw, mode="wb", mtime=0, compresslevel=self.level) \
             if self.compress else None
-        self._sink = wds.TarWriter(self._gz or self._raw, mtime=0)
+        self._sink = TarSink(self._gz or self._raw)
+        self.tokens = None if self.tokens is None else 0
 
     def _close_shard(self) -> None:
         self._sink.close()
@@ -104,18 +191,23 @@ class SplitWriter:
             self._gz.close()
         self._raw.close()
         self.entries.append({"file": self.path.name, "samples": int(self.bounds[self.index + 1] - self.bounds[self.index]),
+                             **({} if self.tokens is None else {"tokens": self.tokens}),
                              "bytes": self.path.stat().st_size, "sha256": sha256(self.path)})
 
     def __len__(self) -> int:
         return self.count
 
-    def write(self, sample: dict) -> None:
+    def write(self, sample: dict, tokens: int | None = None) -> None:
+        """Write one sample; ``tokens`` (its sequences' length, given for every sample or none)
+        is summed per shard into ``stats.json`` for token-budget batches."""
         if self.count >= self.total:
             raise ValueError(f"split {self.split!r}: more than the {self.total} samples announced")
         if self.count == self.bounds[self.index + 1]:
             self._close_shard()
             self._open(self.index + 1)
         self._sink.write(sample)
+        if tokens is not None:
+            self.tokens = (self.tokens or 0) + int(tokens)
         self.count += 1
 
     def close(self) -> list[dict]:
@@ -159,12 +251,20 @@ def write_shards(out_dir: Path, splits: dict[str, dict[str, Sequence]], samples_
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     first = next(iter(splits.values()))
-    stats: dict = {**meta, "fields": list(fields or first), "splits": {}}
-    for split, columns in splits.items():
-        shards = write_split(out_dir, split, columns, samples_per_shard, compress, compresslevel)
-        stats["splits"][split] = {"samples": sum(s["samples"] for s in shards), "shards": shards,
+    shards = {split: write_split(out_dir, split, columns, samples_per_shard, compress, compresslevel)
+              for split, columns in splits.items()}
+    return write_stats(out_dir, shards, meta, fields or list(first), split_meta)
+
+
+def write_stats(out_dir: Path, shards: dict[str, list[dict]], meta: dict, fields: Sequence[str],
+                split_meta: dict[str, dict] | None = None) -> dict:
+    """Write ``stats.json`` (last: a directory without it was never finished) from each split's
+    shard entries (:meth:`SplitWriter.close`); returns the stats."""
+    stats: dict = {**meta, "fields": list(fields), "splits": {}}
+    for split, entries in shards.items():
+        stats["splits"][split] = {"samples": sum(e["samples"] for e in entries), "shards": entries,
                                   **(split_meta or {}).get(split, {})}
-    (out_dir / STATS).write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+    (Path(out_dir) / STATS).write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
     return stats
 
 
@@ -423,6 +523,10 @@ class ShardDataset(IterableDataset):
         seed: base seed of all shuffles.
         batch_size: yield collated batches (see :func:`collate`), equally many on every rank;
             ``None`` yields single samples. Use with ``DataLoader(ds, batch_size=None)``.
+        batch_tokens: yield batches of about this many tokens (the 1-D sequence fields' lengths,
+            before padding) instead, equally many on every rank, samples bucketed by length in
+            pools of :data:`batching.POOL_BATCHES` batches (at least ``shuffle_buffer`` samples).
+            Needs shards that record their ``tokens`` (text datasets' preprocess writes them).
         fields: the fields of a sample, in order; default ``stats.json["fields"]``.
         fanout: graph datasets with a node task: neighbours sampled per hop around each batch's
             seed nodes (empty: the whole graph); see ``components/data/graphs.py``.
@@ -448,7 +552,7 @@ class ShardDataset(IterableDataset):
                  shuffle: bool = False, seed: int = 0, batch_size: int | None = None,
                  fields: Sequence[str] | None = None, fanout: Sequence[int] | None = None,
                  augment: bool = False, shuffle_buffer: int = SHUFFLE_BUFFER, uint8_images: bool = False,
-                 cache_bytes: int = 0, max_shards: int | None = None):
+                 cache_bytes: int = 0, max_shards: int | None = None, batch_tokens: int | None = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if not 0 <= rank < world_size:
@@ -468,6 +572,11 @@ class ShardDataset(IterableDataset):
             raise DataError(f"{self.shard_dir / STATS}: has no split {split!r}; re-run preprocess")
         self.shards: list[dict] = stats["splits"][split]["shards"][:max_shards]
         self.fields = tuple(fields or stats.get("fields") or ("input.npy", "target.cls"))
+        self.batch_tokens = batch_tokens or None
+        self.records_tokens = bool(self.shards) and all("tokens" in e for e in self.shards)
+        if self.batch_tokens and not self.records_tokens:
+            raise DataError(f"{self.shard_dir / STATS}: split {split!r} records no tokens per shard, so batch_tokens "
+                            f"cannot be used with it; set batch_size instead (batch_tokens is for text datasets)")
         if shuffle and len(self.shards) < world_size:
             raise DataError(f"{self.shard_dir / STATS}: split {split!r} has {len(self.shards)} shards, fewer than "
                             f"{world_size} workers; lower samples_per_shard in params.yaml data section")
@@ -521,18 +630,32 @@ class ShardDataset(IterableDataset):
 
     def num_batches(self) -> int:
         """Batches every rank yields in the current epoch."""
+        ranks = range(self.world_size)
+        if self.batch_tokens:
+            # As many as the rank with the most tokens needs, and no more than the fewest samples allow.
+            need = max(math.ceil(_tokens(self.shards_for(rank=r)) / self.batch_tokens) for r in ranks)
+            return max(1, min(need, *(self.num_samples(r) for r in ranks)))
         if self.batch_size is None:
-            raise ValueError("num_batches needs batch_size")
-        return max(math.ceil(self.num_samples(r) / self.batch_size) for r in range(self.world_size))
+            raise ValueError("num_batches needs batch_size or batch_tokens")
+        return max(math.ceil(self.num_samples(r) / self.batch_size) for r in ranks)
 
     def _batches_for_worker(self, worker: int, num_workers: int) -> int:
-        """This worker's share of the rank's batches, proportional to its samples."""
+        """This worker's share of the rank's batches, proportional to its samples (tokens with
+        ``batch_tokens``)."""
         total = self.num_batches()
-        counts = [_count(self.shards_for(w, num_workers)) for w in range(num_workers)]
+        entries = [self.shards_for(w, num_workers) for w in range(num_workers)]
+        counts = [_count(e) for e in entries]
         n = sum(counts)
         if n < total:
             raise DataError(f"split {self.split!r}: rank {self.rank} has {n} samples, too few for {total} batches; "
                             f"use fewer workers or a larger samples_per_shard")
+        if self.batch_tokens:
+            share = batching.apportion(total, [_tokens(e) for e in entries], counts)
+            if any(c and not s for c, s in zip(counts, share)):
+                raise DataError(f"split {self.split!r}: rank {self.rank}'s {total} batches of batch_tokens "
+                                f"{self.batch_tokens} are fewer than its {num_workers} loader workers with data; "
+                                f"lower batch_tokens or loader_workers")
+            return share[worker]
         share = [total * c // n for c in counts]
         for w in sorted(range(num_workers), key=lambda w: -(total * counts[w] % n))[: total - sum(share)]:
             share[w] += 1
@@ -595,9 +718,11 @@ class ShardDataset(IterableDataset):
                                          rng=random.Random(stream_seed))(stream)
         # Augmentation draws from its own stream, fixed by (seed, epoch, rank, worker): an epoch replays exactly.
         rng = random.Random(f"{stream_seed}/augment")
-        if self.batch_size is None:
+        if self.batch_size is None and not self.batch_tokens:
             return self._transformed(stream, rng) if self.transform is not None else (s for _, _, s in stream)
         n = _count(entries)
+        if self.batch_tokens:
+            return self._token_batches(stream, entries, self._batches_for_worker(worker, num_workers), rng)
         sizes = np.diff(np.linspace(0, n, self._batches_for_worker(worker, num_workers) + 1).round()).astype(int)
         if self.transform is not None:  # decoded one by one, augmented a batch at a time (the same pixels)
             return self._batches(stream, sizes.tolist(), lambda batch: self._image_batch(batch, rng))
@@ -607,6 +732,19 @@ class ShardDataset(IterableDataset):
         # Graph batching may sample (neighbours): seeded like the shuffle, so an epoch replays exactly.
         generator = torch.Generator().manual_seed(zlib.crc32(stream_seed.encode()))
         return self._batches(samples, sizes.tolist(), lambda batch: self._collate(batch, generator))
+
+    def _token_batches(self, stream: Iterator[tuple[str, str, tuple]], entries: list[dict], n_batches: int,
+                       rng: random.Random) -> Iterator[tuple]:
+        samples = (sample for _, _, sample in stream)
+        count = _count(entries)
+        if not count:
+            return
+        pool = max(self.shuffle_buffer, batching.POOL_BATCHES * math.ceil(count / n_batches))
+        for batch in batching.token_batches(samples, batches=n_batches, count=count, tokens=_tokens(entries),
+                                            length=sequence_lengths, pool=pool, rng=rng):
+            yield collate(batch)
+        for _ in samples:  # runs the last shard's checks (sha256, sample count) after its last sample
+            raise DataError("a shard holds more samples than stats.json says; re-run preprocess")
 
     @staticmethod
     def _batches(samples: Iterator[tuple], sizes: list[int], make: Any) -> Iterator[Any]:
@@ -619,6 +757,26 @@ class ShardDataset(IterableDataset):
 def _count(entries: list[dict]) -> int:
     """Samples in entries of ``ShardDataset.shards_for`` (each its ``[first, stop)`` of a shard)."""
     return sum(e["stop"] - e["first"] for e in entries)
+
+
+def _tokens(entries: list[dict]) -> float:
+    """Tokens in entries of ``ShardDataset.shards_for``: a part of a shard counts its share."""
+    return sum(e["tokens"] * (e["stop"] - e["first"]) / max(e["samples"], 1) for e in entries)
+
+
+def sequence_lengths(sample: tuple) -> list[int]:
+    """A sample's tokens per sequence: the lengths of its 1-D tensor fields (a pair's source and target)."""
+    return [len(v) for v in sample if isinstance(v, torch.Tensor) and v.dim() == 1]
+
+
+def padding(batch: tuple) -> tuple[int, int]:
+    """``(tokens, cells)`` of a batch's padded sequences (2-D integer tensors, padding id 0):
+    ``1 - tokens / cells`` is the fraction of the batch that is padding."""
+    tokens = cells = 0
+    for v in batch:
+        if isinstance(v, torch.Tensor) and v.dim() == 2 and not v.is_floating_point():
+            tokens, cells = tokens + int(torch.count_nonzero(v)), cells + v.numel()
+    return tokens, cells
 
 
 def _sample_bytes(sample: tuple) -> int:

@@ -15,7 +15,7 @@ inside a model's config as that JSON, so a registered model tokenizes raw string
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 from pathlib import Path
 from typing import Literal
 
@@ -62,8 +62,13 @@ class Tokenizer:
     @classmethod
     def fit(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2,
             model: Literal["bpe", "unigram"] = "bpe") -> Tokenizer:
-        texts = [normalize(t) for t in texts]
-        alphabet = sorted({c for t in texts for c in MARK + t.replace(" ", MARK)})
+        """Fit on ``texts``: a list, or any iterable that can be read twice (a file's lines read
+        as they stream: the text is never all in memory, only the trainer's word counts)."""
+        chars = {MARK}
+        for t in texts:
+            chars.update(normalize(t))
+        chars.discard(" ")
+        alphabet = sorted(chars)
         if vocab_size < len(SPECIALS) + len(alphabet):
             raise ValueError(f"vocab_size {vocab_size} is below the {len(SPECIALS) + len(alphabet)} specials + "
                              f"characters of the train text; raise the tokenizer's vocab_size")
@@ -79,7 +84,8 @@ class Tokenizer:
                                               show_progress=False)
         else:
             raise ValueError(f"tokenizer model must be one of {MODELS}, got {model!r}")
-        library.train_from_iterator(texts, trainer, length=len(texts))
+        library.train_from_iterator((normalize(t) for t in texts), trainer,
+                                    length=len(texts) if isinstance(texts, Sized) else None)
         return cls(library)
 
     # ------------------------------------------------------------------ encode / decode

@@ -27,8 +27,11 @@ shards, and drops pairs longer than ``max_len`` tokens (counted in stats.json).
 
 from __future__ import annotations
 
+import itertools
 import math
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -37,12 +40,13 @@ import numpy as np
 
 from components.config import ConfigError, bounds
 from components.data.manifest import DataError, sha256, write_manifest
-from components.data.shards import write_shards
+from components.data.shards import SplitWriter, write_stats
 from components.data.tokenizer import Tokenizer, normalize
 
 SPLITS = ("train", "val", "test")
 TOKENIZER = "tokenizer.json"
 STRATA = ("small", "round", "inner_zero", "full", "other")
+ENCODE_CHUNK = 20_000  # pairs encoded at a time (the tokenizer's threads share a chunk)
 
 
 @dataclass
@@ -212,15 +216,15 @@ def number_pairs(numbers: np.ndarray, src_lang: str, tgt_lang: str) -> list[tupl
         raise ConfigError(f"src_lang/tgt_lang: num2words does not support it ({exc})") from None
 
 
-def read_parallel_tsv(path: Path, third: list[str] | None = None) -> list[tuple[str, str]]:
-    """``source<TAB>target`` lines; extra columns (licence, ids) after the second are ignored,
-    except that the third of each line is appended to ``third`` when it is given ("" if none).
+def iter_parallel_tsv(path: Path) -> Iterator[tuple[str, str, str]]:
+    """``(source, target, third column)`` of each ``source<TAB>target`` line, as the file streams;
+    extra columns (licence, ids) after the second are ignored but the third ("" if none).
 
     A line without a tab or with an empty side raises DataError naming the file and line.
     """
     if not path.exists():
         raise DataError(f"{path}: corpus not found; set data.translation.path to a source<TAB>target file")
-    pairs = []
+    empty = True
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             line = line.rstrip("\n").rstrip("\r")
@@ -230,12 +234,40 @@ def read_parallel_tsv(path: Path, third: list[str] | None = None) -> list[tuple[
             if len(cols) < 2 or not cols[0].strip() or not cols[1].strip():
                 raise DataError(f"{path}:{i}: expected 'source<TAB>target', got {line[:80]!r}; "
                                 f"fix or remove the line")
-            pairs.append((normalize(cols[0]), normalize(cols[1])))
-            if third is not None:
-                third.append(cols[2].strip() if len(cols) > 2 else "")
-    if not pairs:
+            empty = False
+            yield normalize(cols[0]), normalize(cols[1]), cols[2].strip() if len(cols) > 2 else ""
+    if empty:
         raise DataError(f"{path}: no sentence pairs; expected source<TAB>target lines")
+
+
+def read_parallel_tsv(path: Path, third: list[str] | None = None) -> list[tuple[str, str]]:
+    """Every pair of :func:`iter_parallel_tsv`; each line's third column is appended to ``third``
+    when it is given."""
+    pairs = []
+    for src, tgt, extra in iter_parallel_tsv(path):
+        pairs.append((src, tgt))
+        if third is not None:
+            third.append(extra)
     return pairs
+
+
+class _SideTexts:
+    """Both sides of a TSV's pairs, read from the file each time it is iterated (a tokenizer's fit)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __iter__(self) -> Iterator[str]:
+        for src, tgt, _ in iter_parallel_tsv(self.path):
+            yield src
+            yield tgt
+
+
+def _chunks(path: Path) -> Iterator[list[tuple[str, str, str]]]:
+    """A TSV's rows, ENCODE_CHUNK at a time."""
+    rows = iter_parallel_tsv(path)
+    while chunk := list(itertools.islice(rows, ENCODE_CHUNK)):
+        yield chunk
 
 
 def split_corpus(pairs: list[tuple[str, str]], cfg: Config) -> dict[str, list[tuple[str, str]]]:
@@ -290,33 +322,64 @@ def read_split(raw_dir: Path, split: str, strata: list[str] | None = None) -> li
 
 
 def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, manifest: dict) -> dict:
-    """Fit the tokenizer on train, encode every split, write shards + tokenizer.json."""
-    strata: dict[str, list[str]] = {k: [] for k in SPLITS}
-    pairs = {k: read_split(raw_dir, k, strata[k]) for k in SPLITS}
-    stratified = all(any(v) for v in strata.values())
-    tok = Tokenizer.fit([s for p in pairs["train"] for s in p], cfg.vocab_size, model=cfg.tokenizer)
+    """Fit the tokenizer on train, encode every split, write shards + tokenizer.json.
+
+    The TSVs stream, ENCODE_CHUNK pairs at a time: the tokenizer's fit reads train twice (its
+    alphabet, then the trainer's word counts); each split is encoded once into a flat file of
+    ids beside the output, which counts the pairs that fit ``max_len`` (the shard writer deals
+    samples to shards by that count), and then written to shards from the TSV and that file.
+    Memory holds a chunk of pairs and two lengths per pair, never the corpus. Every shard
+    records its tokens (source + target) in stats.json, for token-budget batches.
+    """
+    paths = {k: raw_dir / f"{k}.tsv" for k in SPLITS}
+    tok = Tokenizer.fit(_SideTexts(paths["train"]), cfg.vocab_size, model=cfg.tokenizer)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save(out_dir / TOKENIZER)
-    columns, split_meta, longest = {}, {}, 0
-    dtype = np.int16 if len(tok) < 2 ** 15 else np.int32
-    for name, items in pairs.items():
-        src = [np.asarray(ids, dtype) for ids in tok.encode_batch([s for s, _ in items])]
-        tgt = [np.asarray(ids, dtype) for ids in tok.encode_batch([t for _, t in items])]
-        keep = [i for i in range(len(items)) if 0 < len(src[i]) <= cfg.max_len and 0 < len(tgt[i]) < cfg.max_len]
-        if not keep:
-            raise DataError(f"{raw_dir / name}.tsv: every pair is longer than max_len {cfg.max_len} tokens; "
-                            f"raise data.translation.max_len")
-        longest = max(longest, *(max(len(src[i]), len(tgt[i])) for i in keep))
-        columns[name] = {"src.npy": [src[i] for i in keep], "tgt.npy": [tgt[i] for i in keep],
-                         "src.txt": [items[i][0] for i in keep], "tgt.txt": [items[i][1] for i in keep]}
-        if stratified:
-            columns[name]["stratum.txt"] = [strata[name][i] or "none" for i in keep]
-        split_meta[name] = {"dropped_too_long": len(items) - len(keep),
-                            "src_tokens_mean": float(np.mean([len(src[i]) for i in keep])),
-                            "tgt_tokens_mean": float(np.mean([len(tgt[i]) for i in keep]))}
-    return write_shards(out_dir, columns, cfg.samples_per_shard, fields=("src.npy", "tgt.npy"),
-                        split_meta=split_meta, compress=True, meta={
-                            "dataset": "translation", "source": manifest.get("source", ""),
-                            "vocab_size": len(tok), "max_len": longest, "assets": {"tokenizer": TOKENIZER},
-                            "stratified": stratified,
-                            "raw_manifest_sha256": {k: v["sha256"] for k, v in manifest["files"].items()}})
+    dtype = np.dtype(np.int16 if len(tok) < 2 ** 15 else np.int32)
+    stratified, split_meta, longest, splits = True, {}, 0, {}
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        lengths = {}
+        for name, path in paths.items():
+            src_len, tgt_len, marked = [], [], False
+            with open(Path(tmp) / name, "wb") as ids:
+                for chunk in _chunks(path):
+                    src = tok.encode_batch([row[0] for row in chunk])
+                    tgt = tok.encode_batch([row[1] for row in chunk])
+                    src_len += map(len, src)
+                    tgt_len += map(len, tgt)
+                    marked = marked or any(row[2] for row in chunk)
+                    ids.writelines(np.fromiter(itertools.chain.from_iterable(side), dtype).tobytes() for side in (src, tgt))
+            src, tgt = np.asarray(src_len), np.asarray(tgt_len)
+            keep = (src > 0) & (src <= cfg.max_len) & (tgt > 0) & (tgt < cfg.max_len)
+            if not keep.any():
+                raise DataError(f"{path}: every pair is longer than max_len {cfg.max_len} tokens; "
+                                f"raise data.translation.max_len")
+            lengths[name], stratified = (src, tgt, keep), stratified and marked
+            longest = max(longest, int(src[keep].max()), int(tgt[keep].max()))
+            split_meta[name] = {"dropped_too_long": int((~keep).sum()), "src_tokens_mean": float(src[keep].mean()),
+                                "tgt_tokens_mean": float(tgt[keep].mean())}
+        for name, path in paths.items():
+            src_len, tgt_len, keep = lengths[name]
+            writer = SplitWriter(out_dir, name, int(keep.sum()), cfg.samples_per_shard, compress=True,
+                                      compresslevel=6)  # 4x faster than 9, shards 7% larger
+            with open(Path(tmp) / name, "rb") as ids:
+                start = 0
+                for chunk in _chunks(path):
+                    stop = start + len(chunk)
+                    sides = [np.split(np.fromfile(ids, dtype, int(n[start:stop].sum())), np.cumsum(n[start:stop])[:-1])
+                             for n in (src_len, tgt_len)]
+                    for (src_text, tgt_text, stratum), src, tgt, kept in zip(chunk, *sides, keep[start:stop]):
+                        if not kept:
+                            continue
+                        sample = {"__key__": f"{name}{len(writer):07d}", "src.npy": src, "tgt.npy": tgt,
+                                  "src.txt": src_text, "tgt.txt": tgt_text}
+                        if stratified:
+                            sample["stratum.txt"] = stratum or "none"
+                        writer.write(sample, tokens=len(src) + len(tgt))
+                    start = stop
+            splits[name] = writer.close()
+    return write_stats(out_dir, splits, fields=("src.npy", "tgt.npy"), split_meta=split_meta, meta={
+        "dataset": "translation", "source": manifest.get("source", ""),
+        "vocab_size": len(tok), "max_len": longest, "assets": {"tokenizer": TOKENIZER},
+        "stratified": stratified,
+        "raw_manifest_sha256": {k: v["sha256"] for k, v in manifest["files"].items()}})

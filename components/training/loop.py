@@ -56,7 +56,7 @@ from torch import nn
 
 from components.config import to_dict, train_config_from_dict
 from components.data import transforms
-from components.data.shards import ShardDataset, localize, read_stats
+from components.data.shards import ShardDataset, localize, padding, read_stats
 from components.models import get_family
 from components.training import checkpoint as ckpt
 from components.training import storage
@@ -215,13 +215,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     if fraction < 1.0:
         n_shards = len(read_stats(data_dir)["splits"]["train"]["shards"])
         max_shards = max(ctx.world_size, math.ceil(fraction * n_shards))
+    # batch_tokens: batches of about that many tokens, as many on every rank (agreed from stats.json).
     train_ds = ShardDataset(data_dir, "train", rank=ctx.rank, world_size=ctx.world_size, shuffle=True,
                             seed=cfg.seed, batch_size=cfg.batch_size, uint8_images=True, **loader_options,
                             cache_bytes=cache if cfg.loader_workers == 0 or cfg.loader_persistent else 0,
-                            max_shards=max_shards)
+                            max_shards=max_shards, batch_tokens=cfg.batch_tokens)
     # Validation is read in this process, dealt to the ranks by sample (equal work on every rank).
     val_ds = ShardDataset(data_dir, "val", rank=ctx.rank, world_size=ctx.world_size,
-                          batch_size=max(256, cfg.batch_size), cache_bytes=cache)
+                          batch_size=max(256, cfg.batch_size), cache_bytes=cache, batch_tokens=cfg.batch_tokens)
     steps_per_epoch = []
     for e in range(cfg.epochs):
         train_ds.set_epoch(e)
@@ -301,10 +302,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
             # and an epoch replays exactly after a restart from the previous epoch's checkpoint.
             torch.manual_seed(zlib.crc32(f"{cfg.seed}/{epoch}/{ctx.rank}".encode()))
             t0, seen, rows = time.perf_counter(), 0, []
+            tokens = cells = 0  # text: real tokens and padded cells of the epoch's batches (on the host)
             # Sums stay on the device; the host reads them at logged steps and at the epoch's end only.
             meter = StepMeter(ctx.device, algo, f"lower train.{algo}.lr (now {cfg.lr}) or set train.{algo}.grad_clip")
             first_step = step
             for batch in loader:
+                if train_ds.records_tokens:
+                    real, padded = padding(batch)
+                    tokens, cells = tokens + real, cells + padded
                 batch = _to(batch, ctx.device)
                 if train_ds.pixel_max:
                     batch = transforms.scale(batch, train_ds.pixel_max)
@@ -321,7 +326,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
                 for hook in batch_hooks:
                     hook.on_batch(epoch, step - first_step, steps_per_epoch[epoch], step, total_steps)
             log = out["log"] if first_step < step else {}
-            train_totals = ctx.all_reduce(meter.totals(step, epoch, log)).tolist()
+            totals = meter.totals(step, epoch, log)
+            if train_ds.records_tokens:
+                totals = torch.cat([totals, totals.new_tensor([tokens, cells])])
+            train_totals = ctx.all_reduce(totals).tolist()
             # Timed after the totals are read: the device has drained its queue and every rank has finished.
             elapsed = time.perf_counter() - t0
             val = validate() if epoch % cfg.val_every == 0 or epoch == max_epochs - 1 else {}
@@ -332,6 +340,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
                 **({"train_accuracy": train_totals[1] / count} if meter.has_correct else {}),
                 **{f"val_{k}": v for k, v in val.items()},
                 "samples_per_s": seen * ctx.world_size / max(elapsed, 1e-9), "epoch_time_s": elapsed,
+                # The share of the epoch's token cells that were padding (batch_tokens keeps it low).
+                **({"train_padding": 1 - train_totals[-2] / max(train_totals[-1], 1)} if train_ds.records_tokens else {}),
             }
             bad = {k: v for k, v in val.items() if not math.isfinite(v)}
             if bad:

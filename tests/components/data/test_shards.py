@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from components.data.manifest import DataError
-from components.data.shards import ShardDataset, read_stats
+from components.data.shards import ShardDataset, padding, read_stats
 from tests.conftest import numbered_shards
 
 
@@ -122,3 +122,74 @@ def test_tar_members_reads_what_tarfile_writes(fmt):
     broken[520] ^= 0x01  # inside the second header (the first is the folder's)
     with pytest.raises(ValueError, match="checksum"):
         list(tar_members(io.BytesIO(bytes(broken))))
+
+
+# ---------------------------------------------------------------------------- token-budget batches
+
+def token_epoch(shards, world_size, loader_workers, epoch, **batching):
+    """Per rank: the source ids of each batch (one id per sample) and the batches' token counts."""
+    per_rank = []
+    for rank in range(world_size):
+        ds = ShardDataset(shards, "train", rank=rank, world_size=world_size, shuffle=True, seed=3, **batching)
+        ds.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=loader_workers)
+        per_rank.append([(src[:, 0].tolist(), int((src != 0).sum() + (tgt != 0).sum()), padding((src, tgt)))
+                         for src, tgt in loader])
+    return per_rank
+
+
+@pytest.mark.parametrize("world_size, loader_workers", [(1, 0), (2, 2)])
+def test_token_budget_batches_every_sample_once_with_equal_steps_and_little_padding(tmp_path, world_size,
+                                                                                    loader_workers):
+    from tests.conftest import text_shards
+
+    n = 1500
+    shards = text_shards(tmp_path, n, 130)  # 12 shards of 125
+    stats = read_stats(shards)
+    total = sum(e["tokens"] for e in stats["splits"]["train"]["shards"])
+    budget = 1200
+    for epoch in range(2):
+        per_rank = token_epoch(shards, world_size, loader_workers, epoch, batch_tokens=budget)
+        ids = Counter(i for batches in per_rank for b, _, _ in batches for i in b)
+        assert sorted(ids) == list(range(1, n + 1)) and set(ids.values()) == {1}  # each sample once
+        steps = {len(batches) for batches in per_rank}
+        assert len(steps) == 1  # DDP: every rank the same number of steps, agreed before reading
+        assert steps.pop() * world_size >= total / budget  # no batch holds much more than the budget on average
+        tokens = [t for batches in per_rank for _, t, _ in batches]
+        assert sum(tokens) == total and max(tokens) < 1.4 * budget
+        real, cells = (sum(p[k] for batches in per_rank for *_, p in batches) for k in (0, 1))
+        assert 1 - real / cells < 0.15  # bucketed by length: little padding
+    # Fixed-size batches of the same mean token count pad far more.
+    mean = total / n
+    fixed = token_epoch(shards, world_size, loader_workers, 0, batch_size=round(budget / mean))
+    real, cells = (sum(p[k] for batches in fixed for *_, p in batches) for k in (0, 1))
+    assert 1 - real / cells > 0.3
+
+
+def test_token_budget_needs_shards_that_record_tokens(tmp_path):
+    shards = numbered_shards(tmp_path, 40, 16)
+    with pytest.raises(DataError, match="records no tokens per shard.*set batch_size instead"):
+        ShardDataset(shards, "train", batch_tokens=100)
+
+
+def test_tar_sink_writes_what_webdataset_writes(tmp_path):
+    """The shard writer's own tar headers are byte for byte those of webdataset.TarWriter."""
+    import io
+
+    import numpy as np
+    import webdataset as wds
+
+    from components.data.shards import TarSink
+
+    samples = [{"__key__": f"train{i:07d}", "src.npy": np.arange(i % 7, dtype=np.int16),
+                "input.npy": np.ones((3, 4), np.uint8), "f.npy": np.asfortranarray(np.ones((2, 3))),
+                "src.txt": "zwei und \u00e4" * i, "cls": i, "jpg": b"\xff\xd8" * (i * 37)} for i in range(40)]
+    samples += [{"__key__": "k" * 120, "txt": "a long name"}, {"__key__": "sch\u00f6n", "txt": "non-ASCII"}]
+    theirs, ours = io.BytesIO(), io.BytesIO()
+    writer, sink = wds.TarWriter(theirs, mtime=0), TarSink(ours)
+    for sample in samples:
+        writer.write(sample)
+        sink.write(sample)
+    writer.close()
+    sink.close()
+    assert ours.getvalue() == theirs.getvalue()

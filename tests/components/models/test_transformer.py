@@ -13,7 +13,7 @@ from components.config import (
     to_dict,
 )
 from components.data import translation
-from components.data.shards import ShardDataset, read_stats
+from components.data.shards import ShardDataset, read_shard, read_stats
 from components.data.tokenizer import BOS, EOS, PAD, Tokenizer
 from components.models import transformer as T
 from components.training.loop import train_loop_per_worker
@@ -210,6 +210,10 @@ def test_number_data_keeps_test_numbers_out_of_training(number_shards):
     assert sorted(shard_strata) == sorted(strata) and len(test_pairs) == 80
     src, tgt = next(iter(ShardDataset(number_shards / "shards", "train", batch_size=16)))
     assert src.shape[0] == 16 and src.dtype == torch.int16 and (src[:, 0] != PAD).all()
+    for entry in stats["splits"].values():  # every shard records its tokens, for token-budget batches
+        for shard in entry["shards"]:
+            pairs = read_shard(number_shards / "shards" / shard["file"], shard, ("src.npy", "tgt.npy"))
+            assert shard["tokens"] == sum(len(src) + len(tgt) for src, tgt in pairs) > 0
     tok = Tokenizer.load(number_shards / "shards" / "tokenizer.json")
     _, src_text, tgt_text = next(iter(ShardDataset(number_shards / "shards", "test", batch_size=8,
                                                    fields=("src.npy", "src.txt", "tgt.txt"))))
@@ -306,3 +310,21 @@ def test_one_epoch_trains_and_predicts_raw_strings(number_shards, tmp_path):
     assert len(out) == 2 and all(isinstance(s, str) for s in out)
     with pytest.raises(TypeError, match="expected a list of source strings"):
         T.predict(m, "seventeen", bound)
+
+
+def test_token_budget_batches_train_with_less_padding_than_fixed_size_ones(number_shards, tmp_path):
+    """``batch_tokens``: the epoch's padding is logged, and is far below that of fixed-size batches
+    of the same mean size; the step count is what the token budget asks for."""
+    stats = read_stats(number_shards / "shards")
+    train = stats["splits"]["train"]
+    tokens = sum(s["tokens"] for s in train["shards"])
+    runs = {}
+    for name, batching in (("tokens", {"batch_tokens": 400}), ("size", {"batch_size": round(400 * train["samples"] / tokens)})):
+        cfg = TrainConfig(lr=3e-3, epochs=1, log_every=5, optimizer=OptimizerConfig(name="adam", betas=[0.9, 0.98]),
+                          schedule=ScheduleConfig(name="inverse_sqrt", warmup=0.1), **batching)
+        cfg.model = T.Config(d_model=32, heads=2, encoder_layers=1, decoder_layers=1, d_ff=64, dropout=0.0)
+        runs[name] = train_loop_per_worker({"algo": "transformer", "train": to_dict(cfg),
+                                            "data_dir": str(number_shards / "shards"), "run_dir": str(tmp_path / name)})
+    assert runs["tokens"]["step"] == -(-tokens // 400)
+    assert runs["tokens"]["train_padding"] < 0.6 * runs["size"]["train_padding"]
+    assert math.isfinite(runs["tokens"]["val_loss"])
