@@ -1,21 +1,8 @@
 """The registry of algorithm families: one explicit dict from name to module.
 
-Each module exports the same contract:
-
-- ``Config`` (its ``train.<name>.model`` section) and ``bind(cfg, stats, data_dir)``, which
-  fills or checks data-derived fields (a tokenizer, the class count) before ``build(cfg)``;
-- ``training_step`` and ``eval_step`` for the shared training loop;
-- ``evaluate(model, cfg, shard_dir, split, detail=True) -> dict`` and ``report(result, title,
-  plot_dir, name) -> markdown`` for the evaluate stage, which selects a candidate on val by
-  ``SELECT_BY`` and asks for ``detail`` (costly extras) on test for the selected one only;
-- optionally ``loader_options(cfg, world_size) -> dict``: extra ``ShardDataset`` arguments
-  for the train split (the GNN's neighbour fanout on several workers);
-- optionally ``Step`` (its own optimisation step, see ``components/training/steps.py``) and
-  ``validate(model, cfg, data_dir) -> dict`` (a per-epoch val metric that is not a sum over
-  batches, such as FID);
-- ``predict``, ``signature``, ``serving_example``, ``usage`` and ``PAPER`` for the registry;
-- ``PRIMARY_METRIC`` / ``PRIMARY_MODE``: the test metric ``register`` compares, and its direction;
-- ``VAL_METRIC`` / ``VAL_MODE``: the per-epoch metric tune's early stopping compares.
+Each module meets the family contract, :class:`components.models.contract.Family` (its data
+fields and functions, the optional ones, and how the pipeline calls each), checked by
+:func:`get_family` when the module is loaded.
 """
 
 from __future__ import annotations
@@ -24,6 +11,7 @@ import importlib
 from types import ModuleType
 
 from components.config import ConfigError
+from components.models import contract
 
 # Name -> module. A family is imported when it is asked for, so a stage loads only its own
 # (the GNN's torch-geometric alone costs a second or two of start-up in every other stage).
@@ -38,10 +26,17 @@ FAMILIES: dict[str, str] = {
 }
 
 
+_CHECKED: set[str] = set()
+
+
 def get_family(name: str, path: str = "algorithm") -> ModuleType:
     """The family module registered as ``name``; an unknown name lists the valid ones."""
     try:
         module = FAMILIES[name]
     except KeyError:
         raise ConfigError(f"{path}: unknown algorithm {name!r}; valid: {sorted(FAMILIES)}") from None
-    return importlib.import_module(module)
+    family = importlib.import_module(module)
+    if module not in _CHECKED:
+        contract.check(family, name)
+        _CHECKED.add(module)
+    return family
