@@ -48,20 +48,17 @@ from bench_precision import (  # the family step timed on a resident batch (same
     time_steps,
 )
 
-from components.config import (
-    OptimizerConfig,
-    ScheduleConfig,
-    TrainConfig,
+from components.config import OptimizerConfig, ScheduleConfig, TrainConfig, to_dict
+from components.data import images
+from components.data.shards import ShardDataset
+from components.models import resnet
+from components.params import (
     dataset_config,
     dataset_module,
     family_name,
     load_params,
-    to_dict,
     train_config,
 )
-from components.data import images
-from components.data.shards import ShardDataset
-from components.models import resnet
 from components.training import optim
 from components.training.loop import _autocast, train_loop_per_worker
 

@@ -27,10 +27,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from components.config import TrainConfig, family_name, train_config
+from components.config import TrainConfig
 from components.data import transforms
 from components.data.shards import ShardDataset, read_stats
 from components.models import get_family
+from components.params import family_name, train_config
 from components.training.loop import _autocast, cpu_has_native_bf16, speed_up
 from components.training.steps import SupervisedStep
 

@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from components import scoring, tracking
-from components.config import load_params
 from components.data.shards import read_stats
+from components.params import load_params
 from components.training import launch
 
 

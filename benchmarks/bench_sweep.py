@@ -27,7 +27,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from components.config import to_dict, train_config, tune_config  # noqa: E402
+from components.config import to_dict
+from components.params import train_config, tune_config  # noqa: E402
 from components.training import launch  # noqa: E402
 from components.training import sweep as sha  # noqa: E402
 

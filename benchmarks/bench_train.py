@@ -40,10 +40,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from components import tracking
-from components.config import to_dict, train_config, train_config_from_dict
+from components.config import to_dict
 from components.data import transforms
 from components.data.shards import ShardDataset, read_stats
 from components.models import resnet
+from components.params import train_config, train_config_from_dict
 from components.training import launch, optim, schedules
 
 

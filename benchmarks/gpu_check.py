@@ -23,8 +23,15 @@ from pathlib import Path
 
 import torch
 
-from components.config import dataset_config, dataset_module, family_name, load_params, to_dict, train_config
+from components.config import to_dict
 from components.models import get_family
+from components.params import (
+    dataset_config,
+    dataset_module,
+    family_name,
+    load_params,
+    train_config,
+)
 from components.training.loop import train_loop_per_worker
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,8 +14,8 @@ class FamilyModel(mlflow.pyfunc.PythonModel):
     """``predict`` delegates to the family's own ``predict`` (which validates its input)."""
 
     def load_context(self, context) -> None:
-        from components.config import train_config_from_dict
         from components.models import get_family
+        from components.params import train_config_from_dict
         from components.training.checkpoint import load_exported
 
         state, meta = load_exported(context.artifacts["weights"])

@@ -113,8 +113,8 @@ def closure(roots: list[str], root: Path = ROOT) -> list[str]:
 
 def algorithm_modules(raw: dict[str, Any], algo: str) -> list[str]:
     """The family and dataset modules the registries hand ``algo``, by the names in params."""
-    from components.config import dataset_module, family_name
     from components.models import get_family
+    from components.params import dataset_module, family_name
 
     dataset = raw["algorithms"][algo]["dataset"]
     return [get_family(family_name(raw, algo)).__name__, dataset_module(raw, dataset).__name__]
@@ -130,7 +130,7 @@ def _closure(stage: str, modules: tuple[str, ...], root: Path) -> tuple[str, ...
 
 def code_deps(stage: str, raw: dict[str, Any], name: str, root: Path = ROOT) -> list[str]:
     """The project files stage ``stage`` runs for dataset or algorithm ``name`` (sorted paths)."""
-    from components.config import dataset_module
+    from components.params import dataset_module
 
     modules = (dataset_module(raw, name).__name__,) if stage in ("ingest", "preprocess") \
         else tuple(algorithm_modules(raw, name))
@@ -205,7 +205,7 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml", help="path of params.yaml")
     parser.add_argument("--check", action="store_true", help="only check that dvc.yaml is up to date")
     args = parser.parse_args()
-    from components.config import load_all, load_params
+    from components.params import load_all, load_params
 
     raw = load_params(args.params)
     load_all(raw)

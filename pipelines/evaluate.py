@@ -19,8 +19,8 @@ import math
 import time
 
 from components import tracking
-from components.config import family_name, train_config_from_dict
 from components.models import get_family
+from components.params import family_name, train_config_from_dict
 from components.training.checkpoint import load_exported
 from components.training.storage import written_whole
 from pipelines import lineage

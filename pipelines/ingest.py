@@ -7,7 +7,7 @@ in ``components/data``.
 
 from __future__ import annotations
 
-from components.config import dataset_config, dataset_module
+from components.params import dataset_config, dataset_module
 from components.training.storage import written_whole
 from pipelines.layout import load, run_stage, stage_args
 

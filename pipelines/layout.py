@@ -9,8 +9,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.config import ConfigError, load_all, load_params
+from components.config import ConfigError
 from components.data.manifest import DataError
+from components.params import load_all, load_params
 
 
 @dataclass(frozen=True)

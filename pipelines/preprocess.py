@@ -6,8 +6,8 @@ Reads ``data.<dataset>`` and ``data/raw/<dataset>/``; writes ``data/shards/<data
 
 from __future__ import annotations
 
-from components.config import dataset_config, dataset_module
 from components.data.manifest import verify_manifest
+from components.params import dataset_config, dataset_module
 from components.training.storage import written_whole
 from pipelines.layout import load, run_stage, stage_args
 

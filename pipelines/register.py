@@ -15,9 +15,10 @@ import math
 from pathlib import Path
 
 from components import tracking
-from components.config import RegisterConfig, family_name, parse, train_config_from_dict
+from components.config import RegisterConfig, parse
 from components.data.shards import read_stats
 from components.models import get_family
+from components.params import family_name, train_config_from_dict
 from pipelines import lineage
 from pipelines.layout import load, run_stage, stage_args
 

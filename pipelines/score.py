@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from components import scoring, tracking
-from components.config import ConfigError, family_name, runtime_config
+from components.config import ConfigError
+from components.params import family_name, runtime_config
 from components.training import launch
 from pipelines.layout import load, quiet_third_parties, run_stage
 

@@ -20,10 +20,15 @@ from typing import Any
 import yaml
 
 from components import tracking
-from components.config import ConfigError, TrainConfig, family_name, runtime_config, to_dict, train_config, \
-    train_config_from_dict
+from components.config import ConfigError, TrainConfig, to_dict
 from components.evaluation import plots
 from components.models import get_family
+from components.params import (
+    family_name,
+    runtime_config,
+    train_config,
+    train_config_from_dict,
+)
 from components.training import checkpoint as ckpt
 from components.training import launch
 from components.training.loop import EPOCHS, HISTORY, TrainingDiverged, read_rows

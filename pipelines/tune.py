@@ -25,16 +25,16 @@ from typing import Any
 import yaml
 
 from components import tracking
-from components.config import family_name, runtime_config, to_dict, train_config, tune_config
+from components.config import to_dict
 from components.evaluation import plots
 from components.models import get_family
+from components.params import family_name, runtime_config, train_config, tune_config
 from components.training import launch
 from components.training import sweep as sha
 from components.training.loop import HISTORY, read_rows
 from components.training.storage import written_whole
 from pipelines import dag, lineage
 from pipelines.layout import load, quiet_third_parties, run_stage, stage_args
-
 
 
 def summary_of(result: sha.Sweep, tcfg: Any) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from components.data import images
-from components.data.shards import write_shards
+from components.data.writer import write_shards
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -53,7 +53,7 @@ def numbered_shards(directory: Path, n: int, per_shard: int, split: str = "train
 def text_shards(directory: Path, n: int, per_shard: int, seed: int = 0) -> Path:
     """Sentence-pair shards (train and val) whose sample i has source ids all i + 1 (0 is padding)
     of a random length 1..60 and a target of about that length, each shard recording its tokens."""
-    from components.data.shards import SplitWriter, write_stats
+    from components.data.writer import SplitWriter, write_stats
 
     rng = np.random.default_rng(seed)
     shards = {}
@@ -86,7 +86,7 @@ class Recorder:
 
 def dataset_shards(params: dict, name: str, root: Path) -> Path:
     """``data.<name>`` of ``params`` ingested and sharded as the pipeline does it; returns the shard dir."""
-    from components.config import dataset_config, dataset_module
+    from components.params import dataset_config, dataset_module
 
     cfg, module = dataset_config(params, name), dataset_module(params, name)
     manifest = module.ingest(cfg, root / "raw")

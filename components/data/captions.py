@@ -41,14 +41,10 @@ import numpy as np
 from components.config import ConfigError, bounds
 from components.data import images
 from components.data.manifest import DataError, write_manifest
-from components.data.shards import (
-    IMAGE_EXTENSIONS,
-    SplitWriter,
-    write_shards,
-    write_stats,
-)
+from components.data.shards import IMAGE_EXTENSIONS
 from components.data.splits import SPLITS, stratified_split
 from components.data.tokenizer import BOS, EOS, Tokenizer, normalize
+from components.data.writer import SplitWriter, write_shards, write_stats
 
 TOKENIZER = "tokenizer.json"
 DIGITS_PIXEL_MAX = 16.0  # sklearn's digits are counts 0..16 of a 4x4 block

@@ -45,8 +45,8 @@ import torch
 
 from components.config import ConfigError, bounds
 from components.data.manifest import DataError, sha256, write_manifest
-from components.data.shards import write_shards
 from components.data.splits import SPLITS, stratified_split
+from components.data.writer import write_shards
 
 GRAPH = "graph.npz"
 NODE_SOURCES = ("sbm", "karate", "planetoid")

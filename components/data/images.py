@@ -50,15 +50,9 @@ import numpy as np
 from components.config import ConfigError, bounds
 from components.data import features, transforms
 from components.data.manifest import DataError, sha256, write_manifest
-from components.data.shards import (
-    IMAGE_EXTENSIONS,
-    SPLITS,
-    STATS,
-    SplitWriter,
-    _HashingReader,
-    write_shards,
-)
-from components.data.splits import stratified_split
+from components.data.shards import IMAGE_EXTENSIONS, _HashingReader
+from components.data.splits import SPLITS, stratified_split
+from components.data.writer import STATS, SplitWriter, write_shards
 
 IMAGE_FIELD = "jpg;jpeg;png;webp;npy"  # one of these per sample (webdataset's alternatives syntax)
 FIELDS = (IMAGE_FIELD, "cls")

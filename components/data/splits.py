@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from components.data.manifest import DataError
-from components.data.shards import SPLITS
+
+SPLITS = ("train", "val", "test")  # every dataset's splits, in this order
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float,

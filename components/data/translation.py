@@ -40,10 +40,10 @@ import numpy as np
 
 from components.config import ConfigError, bounds
 from components.data.manifest import DataError, sha256, write_manifest
-from components.data.shards import SplitWriter, write_stats
+from components.data.splits import SPLITS
 from components.data.tokenizer import Tokenizer, normalize
+from components.data.writer import SplitWriter, write_stats
 
-SPLITS = ("train", "val", "test")
 TOKENIZER = "tokenizer.json"
 STRATA = ("small", "round", "inner_zero", "full", "other")
 ENCODE_CHUNK = 20_000  # pairs encoded at a time (the tokenizer's threads share a chunk)

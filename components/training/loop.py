@@ -54,10 +54,11 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from components.config import to_dict, train_config_from_dict
+from components.config import to_dict
 from components.data import transforms
 from components.data.shards import ShardDataset, localize, padding, read_stats
 from components.models import get_family
+from components.params import train_config_from_dict
 from components.training import checkpoint as ckpt
 from components.training import storage
 from components.training.meter import StepMeter, TrainingDiverged

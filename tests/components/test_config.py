@@ -1,15 +1,8 @@
 import pytest
 
-from components.config import (
-    ConfigError,
-    TrainConfig,
-    load_all,
-    load_params,
-    parse,
-    train_config,
-    tune_config,
-)
+from components.config import ConfigError, TrainConfig, parse
 from components.models import FAMILIES
+from components.params import load_all, load_params, train_config, tune_config
 from tests.conftest import REPO
 
 

@@ -8,8 +8,8 @@ checkpoints and Ray results under a ``file://`` storage root, and logs to MLflow
 
 from __future__ import annotations
 
-import json
 import itertools
+import json
 import os
 import shlex
 import subprocess
@@ -108,8 +108,8 @@ def test_resnet_train_runs_as_a_ray_job_across_two_worker_nodes(cluster, project
     assert len(published) == 1 and published[0].read_text() == (project / "data/shards/digits/stats.json").read_text()
 
     # The model the two workers trained together is the one exported, and it learned.
-    from components.config import train_config_from_dict
     from components.models import get_family
+    from components.params import train_config_from_dict
     from components.training.checkpoint import load_exported
 
     weights, meta = load_exported(project / "models" / "resnet" / "train")

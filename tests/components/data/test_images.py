@@ -19,7 +19,8 @@ from PIL import Image
 from components.config import ConfigError, parse
 from components.data import images, transforms
 from components.data.manifest import DataError, verify_manifest
-from components.data.shards import ShardDataset, iter_shard, read_stats, write_shards
+from components.data.shards import ShardDataset, iter_shard, read_stats
+from components.data.writer import write_shards
 
 
 def build(tmp_path: Path, **cfg) -> tuple[Path, dict, dict]:

@@ -179,7 +179,7 @@ def test_tar_sink_writes_what_webdataset_writes(tmp_path):
     import numpy as np
     import webdataset as wds
 
-    from components.data.shards import TarSink
+    from components.data.writer import TarSink
 
     samples = [{"__key__": f"train{i:07d}", "src.npy": np.arange(i % 7, dtype=np.int16),
                 "input.npy": np.ones((3, 4), np.uint8), "f.npy": np.asfortranarray(np.ones((2, 3))),

@@ -10,13 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from components.config import (
-    OptimizerConfig,
-    ScheduleConfig,
-    TrainConfig,
-    to_dict,
-    train_config_from_dict,
-)
+from components.config import OptimizerConfig, ScheduleConfig, TrainConfig, to_dict
 from components.models import (
     FAMILIES,
     clip,
@@ -29,6 +23,7 @@ from components.models import (
     vae,
 )
 from components.models import transformer as T
+from components.params import train_config_from_dict
 from components.training import checkpoint as ckpt
 from components.training.loop import train_loop_per_worker
 

@@ -94,7 +94,7 @@ def test_guidance_extrapolates_from_the_unconditional_output():
 def test_one_training_step_and_the_ema(repo_params):
     import copy
 
-    from components.config import train_config
+    from components.params import train_config
 
     raw = copy.deepcopy(repo_params)
     raw["train"]["diffusion"]["model"].update(width=16, groups=4)

@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from components.config import ConfigError, parse, train_config
+from components.config import ConfigError, parse
 from components.models import gan
 from components.models.common import ema_update
+from components.params import train_config
 from tests.conftest import bound
 
 

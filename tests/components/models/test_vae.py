@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from components.config import ConfigError, parse, train_config
+from components.config import ConfigError, parse
 from components.data.shards import read_stats
 from components.models import vae
+from components.params import train_config
 
 
 def cfg_of(**kw) -> vae.Config:

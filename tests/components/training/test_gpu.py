@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.config import family_name, to_dict, train_config
+from components.config import to_dict
+from components.params import family_name, train_config
 from components.training.loop import train_loop_per_worker
 from tests.conftest import Recorder, dataset_shards
 

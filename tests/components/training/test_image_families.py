@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from components.config import OptimizerConfig, ScheduleConfig, TrainConfig, parse, to_dict
+from components.config import (
+    OptimizerConfig,
+    ScheduleConfig,
+    TrainConfig,
+    parse,
+    to_dict,
+)
 from components.data import images
 from components.models import diffusion, gan, resnet, vae
 from components.training import checkpoint as ckpt

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from components.config import ScheduleConfig, TrainConfig, to_dict
-from components.data.shards import write_shards
+from components.data.writer import write_shards
 from components.models import resnet
 from components.training import checkpoint as ckpt
 from components.training.loop import (

@@ -13,10 +13,10 @@ from components.config import (
     ScheduleConfig,
     TrainConfig,
     to_dict,
-    train_config_from_dict,
 )
 from components.data.shards import ShardDataset
 from components.models import resnet
+from components.params import train_config_from_dict
 from components.training import checkpoint as ckpt
 from components.training.loop import train_loop_per_worker
 from tests.conftest import Recorder

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from components.data.manifest import DataError
-from components.data.shards import STATS, localize, publish, read_stats
+from components.data.shards import localize, publish, read_stats
+from components.data.writer import STATS
 from components.training import checkpoint as ckpt
 from components.training import storage
 from components.training.launch import probe_address
@@ -27,8 +28,7 @@ from components.training.loop import (
     train_loop_per_worker,
 )
 from tests.components.training.test_loop import tiny_train
-from tests.conftest import Recorder
-from tests.conftest import free_port, numbered_shards
+from tests.conftest import Recorder, free_port, numbered_shards
 
 
 @pytest.fixture(params=["path", "file", "memory"])

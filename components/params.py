@@ -1,0 +1,133 @@
+"""params.yaml as the stages read it: the whole file validated, and each section parsed into its
+typed config, including the sections that only a family or dataset module can parse.
+
+``components/config.py`` holds the dataclasses and the parser and imports no project module;
+this module is the one that knows the registries (``components/models``, ``components/data``),
+so no module that a family or dataset imports needs it, and the import graph has no circle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.config import (
+    ConfigError,
+    RegisterConfig,
+    RuntimeConfig,
+    TrainConfig,
+    TuneConfig,
+    parse,
+)
+from components.data import get_dataset
+from components.models import get_family
+
+
+@dataclass
+class Algorithm:
+    """``algorithms.<name>``: which model family (a module of ``components/models``) trains on
+    which dataset (a section of ``data``). One family may serve several algorithms: ``gnn`` on a
+    community graph, ``gnn_graphs`` (family gnn) on graph classification."""
+    dataset: str
+    family: str = ""  # "" = the algorithm's own name; dvc.yaml reads it, so params.yaml spells it out
+
+
+@dataclass
+class Params:
+    """The whole of ``params.yaml``."""
+    algorithms: dict[str, Algorithm]
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    data: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    tune: dict[str, Any] = field(default_factory=dict)
+    register: RegisterConfig = field(default_factory=RegisterConfig)
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Read params.yaml as plain data; a YAML syntax error names the file and line."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: not found; run from the repository root or pass --params")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_all(raw: dict[str, Any], algorithms: list[str] | None = None, datasets: list[str] | None = None) -> Params:
+    """Validate params.yaml: its structure, and the sections of ``algorithms`` and ``datasets``
+    in full (default: every one, so a typo anywhere fails before any work).
+
+    A full check imports every family and dataset module to parse their sections (seconds of
+    start-up), so a stage checks the whole file's shape and in full only what it reads; the
+    first stage of every cold ``dvc repro`` (ingest) checks everything.
+    """
+    params = parse(Params, raw, "params")
+    for name, algo in params.algorithms.items():
+        if algo.dataset not in params.data:
+            raise ConfigError(f"data.{algo.dataset}: algorithms.{name} uses it but the section is missing")
+        if algorithms is not None and name not in algorithms:
+            continue
+        get_family(algo.family or name, path=f"algorithms.{name}" + (".family" if algo.family else ""))
+        train_config(raw, name)
+        tune_config(raw, name)
+    for name in params.data:
+        if datasets is None or name in datasets:
+            dataset_config(raw, name)
+    return params
+
+
+def dataset_module(raw: dict[str, Any], name: str):
+    """The dataset module of ``data.<name>``: its ``type`` key, else the section's own name
+    (``data.community: {type: graphs, source: sbm}`` and ``data.karate: {type: graphs, ...}``
+    are two datasets of one module)."""
+    section = (raw.get("data") or {}).get(name) or {}
+    kind = section.get("type", name) if isinstance(section, dict) else name
+    return get_dataset(kind, f"data.{name}" + (".type" if kind != name else ""))
+
+
+def dataset_config(raw: dict[str, Any], name: str) -> Any:
+    """``data.<name>`` parsed into its dataset module's Config."""
+    section = (raw.get("data") or {}).get(name)
+    if isinstance(section, dict):
+        section = {k: v for k, v in section.items() if k != "type"}
+    return parse(dataset_module(raw, name).Config, section, f"data.{name}")
+
+
+def family_name(raw: dict[str, Any], algo: str) -> str:
+    """The model family of ``algorithms.<algo>`` (its ``family`` key, else its own name)."""
+    entry = (raw.get("algorithms") or {}).get(algo)
+    return (entry.get("family") if isinstance(entry, dict) else None) or algo
+
+
+def train_config(raw: dict[str, Any], algo: str) -> TrainConfig:
+    """``train.<algo>`` with its ``model`` subsection parsed into the family's Config."""
+    section = (raw.get("train") or {}).get(algo)
+    if section is None:
+        raise ConfigError(f"train.{algo}: section is missing from params.yaml")
+    cfg = parse(TrainConfig, section, f"train.{algo}")
+    family = get_family(family_name(raw, algo), path=f"train.{algo}")
+    cfg.model = parse(family.Config, section.get("model"), f"train.{algo}.model")
+    return cfg
+
+
+def tune_config(raw: dict[str, Any], algo: str) -> TuneConfig:
+    section = (raw.get("tune") or {}).get(algo)
+    if section is None:
+        raise ConfigError(f"tune.{algo}: section is missing from params.yaml")
+    return parse(TuneConfig, section, f"tune.{algo}")
+
+
+def runtime_config(raw: dict[str, Any]) -> RuntimeConfig:
+    return parse(RuntimeConfig, raw.get("runtime"), "runtime")
+
+
+def train_config_from_dict(family: str, data: dict[str, Any]) -> TrainConfig:
+    """Rebuild a TrainConfig of model family ``family`` from its ``to_dict`` form (checkpoints, Ray configs)."""
+    return train_config({"train": {family: data}}, family)
