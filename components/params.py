@@ -100,6 +100,14 @@ def dataset_config(raw: dict[str, Any], name: str) -> Any:
     return parse(dataset_module(raw, name).Config, section, f"data.{name}")
 
 
+def dataset_name(raw: dict[str, Any], algo: str) -> str:
+    """The dataset (a ``data`` section) that ``algorithms.<algo>`` trains on."""
+    entry = (raw.get("algorithms") or {}).get(algo)
+    if not isinstance(entry, dict) or not entry.get("dataset"):
+        raise ConfigError(f"algorithms.{algo}.dataset: missing; name the data section it trains on")
+    return entry["dataset"]
+
+
 def family_name(raw: dict[str, Any], algo: str) -> str:
     """The model family of ``algorithms.<algo>`` (its ``family`` key, else its own name)."""
     entry = (raw.get("algorithms") or {}).get(algo)

@@ -114,9 +114,9 @@ def closure(roots: list[str], root: Path = ROOT) -> list[str]:
 def algorithm_modules(raw: dict[str, Any], algo: str) -> list[str]:
     """The family and dataset modules the registries hand ``algo``, by the names in params."""
     from components.models import get_family
-    from components.params import dataset_module, family_name
+    from components.params import dataset_module, dataset_name, family_name
 
-    dataset = raw["algorithms"][algo]["dataset"]
+    dataset = dataset_name(raw, algo)
     return [get_family(family_name(raw, algo)).__name__, dataset_module(raw, dataset).__name__]
 
 

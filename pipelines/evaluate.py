@@ -20,7 +20,7 @@ import time
 
 from components import tracking
 from components.models import get_family
-from components.params import family_name, train_config_from_dict
+from components.params import dataset_name, family_name, train_config_from_dict
 from components.training.checkpoint import load_exported
 from components.training.storage import written_whole
 from pipelines import lineage
@@ -39,7 +39,7 @@ def main() -> None:
     algo = args.algo
     fname = family_name(raw, algo)
     family = get_family(fname)
-    shard_dir = layout.shards(raw["algorithms"][algo]["dataset"])
+    shard_dir = layout.shards(dataset_name(raw, algo))
     with contextlib.ExitStack() as outputs:  # both folders appear whole at the end, or not at all
         plot_dir = outputs.enter_context(written_whole(layout.plots("eval", algo)))
         report_dir = outputs.enter_context(written_whole(layout.report(algo).parent))

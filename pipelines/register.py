@@ -18,7 +18,7 @@ from components import tracking
 from components.config import RegisterConfig, parse
 from components.data.shards import read_stats
 from components.models import get_family
-from components.params import family_name, train_config_from_dict
+from components.params import dataset_name, family_name, train_config_from_dict
 from pipelines import lineage
 from pipelines.layout import load, run_stage, stage_args
 
@@ -149,7 +149,7 @@ def main() -> None:
 
     client = tracking.MlflowClient()
     commit = trained_commit(client, meta.get("mlflow_run_id", ""), layout.root)
-    dataset = raw["algorithms"][algo]["dataset"]
+    dataset = dataset_name(raw, algo)
     data_stats = read_stats(layout.shards(dataset))
     # One trained model, scored one way and served by the same code, is one version: a register
     # interrupted after creating it is finished by the next run instead of leaving a second copy.

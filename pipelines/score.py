@@ -21,7 +21,7 @@ from pathlib import Path
 
 from components import scoring, tracking
 from components.config import ConfigError
-from components.params import family_name, runtime_config
+from components.params import dataset_name, family_name, runtime_config
 from components.training import launch
 from pipelines.layout import load, quiet_third_parties, run_stage
 
@@ -62,7 +62,7 @@ def main() -> None:
             print(f"{rank:>3}  cosine {row['cosine']:.4f}  {row['shard']}/{row['key']}"
                   + (f"  label {row['label']}" if "label" in row else ""))
         return
-    data = args.data or layout.shards(raw["algorithms"][algo]["dataset"])
+    data = args.data or layout.shards(dataset_name(raw, algo))
     quiet_third_parties()
     launch.init_ray(runtime.ray_num_cpus)
     print(f"score {algo}: {pinned} over {data} ({args.split}) with {args.actors} actor(s) -> {out}", flush=True)

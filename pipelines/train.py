@@ -24,6 +24,7 @@ from components.config import ConfigError, TrainConfig, to_dict
 from components.evaluation import plots
 from components.models import get_family
 from components.params import (
+    dataset_name,
     family_name,
     runtime_config,
     train_config,
@@ -64,7 +65,7 @@ def main() -> None:
     fname = family_name(raw, algo)
     cfg, lineage_tags = with_winner(train_config(raw, algo), fname, algo, layout)
     family = get_family(fname)
-    dataset = raw["algorithms"][algo]["dataset"]
+    dataset = dataset_name(raw, algo)
     shard_dir = layout.shards(dataset)
     data_version = lineage.data_version(shard_dir)
     runtime = runtime_config(raw)

@@ -28,7 +28,13 @@ from components import tracking
 from components.config import to_dict
 from components.evaluation import plots
 from components.models import get_family
-from components.params import family_name, runtime_config, train_config, tune_config
+from components.params import (
+    dataset_name,
+    family_name,
+    runtime_config,
+    train_config,
+    tune_config,
+)
 from components.training import launch
 from components.training import sweep as sha
 from components.training.loop import HISTORY, read_rows
@@ -73,7 +79,7 @@ def main() -> None:
     # fixed, so that the run key, like the stage, ignores them.
     base = {**to_dict(cfg), "epochs": tcfg.epochs, "checkpoint_every": tcfg.epochs, "num_workers": 0, "tuned": False}
     trials = sha.draw(tcfg.space, base, tcfg.samples_per_schedule, tcfg.seed)
-    dataset = raw["algorithms"][algo]["dataset"]
+    dataset = dataset_name(raw, algo)
     shard_dir = layout.shards(dataset)
     data_version = lineage.data_version(shard_dir)
     runtime = runtime_config(raw)
