@@ -20,7 +20,6 @@ an interrupted sweep goes on where it stopped.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import yaml
 
@@ -37,33 +36,10 @@ from components.params import (
 )
 from components.training import launch
 from components.training import sweep as sha
-from components.training.loop import HISTORY, read_rows
+from components.training import sweep_record as record
 from components.training.storage import written_whole
 from pipelines import dag, lineage
 from pipelines.layout import load, quiet_third_parties, run_stage, stage_args
-
-
-def summary_of(result: sha.Sweep, tcfg: Any) -> dict[str, Any]:
-    """``sweep.json``: what the sweep found, with nothing that differs between two runs of it."""
-    metric, win, base = result.metric, result.winner, result.baseline()
-    gain = result.gain()
-
-    def last(o: sha.Outcome) -> float:
-        return o.at[o.epochs][metric] if o.at else float("nan")
-
-    return {
-        "metric": metric, "mode": result.mode,
-        "winner": {"trial": win.trial.name, **win.trial.overrides(), "epochs": win.epochs, metric: last(win)},
-        "baseline": {"trial": base.trial.name, **base.trial.overrides(), "epochs": base.epochs, "status": base.status,
-                     metric: last(base)},
-        # Both at the last rung the baseline reached: what the sweep bought over params.yaml's own config.
-        "same_budget": gain,
-        "trials": len(result.outcomes), "rungs": [list(s) for s in result.steps],
-        "epochs_spent": result.epochs_spent, "epochs_if_all_ran_to_the_end": len(result.outcomes) * tcfg.epochs,
-        "outcomes": [{"trial": o.trial.name, "schedule": o.trial.schedule, "lr": o.trial.lr, "warmup": o.trial.warmup,
-                      "status": o.status, "epochs": o.epochs, metric: last(o), "error": o.error}
-                     for o in result.outcomes],
-    }
 
 
 def main() -> None:
@@ -90,19 +66,11 @@ def main() -> None:
     runs_root = f"{storage}/runs/{algo}/tune-{key}"  # same key: an interrupted sweep resumes its trials
 
     uri = tracking.configure(layout.root)
-    client = tracking.MlflowClient()
-    exp = tracking.experiment_id(algo, layout.root)
-    parent = client.create_run(exp, run_name=f"tune-{key}", tags={
-        "stage": "tune", "algo": algo, "git_commit": lineage.git_commit(layout.root),
-        "data_version": data_version, "dvc_data_md5": lineage.dvc_md5(layout.root, f"data/shards/{dataset}")})
-    tracking.log_batch(client, parent.info.run_id, params=tracking.params_of({"base": base, "sweep": to_dict(tcfg)}))
-    run_ids = {}
-    for t in trials:
-        run = client.create_run(exp, run_name=f"{t.name} {t.schedule} lr {t.lr:.3g}", tags={
-            "mlflow.parentRunId": parent.info.run_id, "stage": "tune", "algo": algo, "trial": t.name,
-            "status": "running", **({"baseline": "params.yaml's own config"} if t.name == "t00" else {})})
-        tracking.log_batch(client, run.info.run_id, params=tracking.params_of(t.apply(base)))
-        run_ids[t.name] = run.info.run_id
+    runs = record.SweepRuns(
+        tracking.MlflowClient(), tracking.experiment_id(algo, layout.root), algo, f"tune-{key}", tags={
+            "git_commit": lineage.git_commit(layout.root), "data_version": data_version,
+            "dvc_data_md5": lineage.dvc_md5(layout.root, f"data/shards/{dataset}")},
+        params={"base": base, "sweep": to_dict(tcfg)}, trials=trials, base=base)
 
     steps = sha.plan(len(trials), tcfg.grace_period, tcfg.reduction_factor, tcfg.epochs)
     print(f"tune {algo}: {len(trials)} trials (params.yaml's own + {tcfg.samples_per_schedule} x "
@@ -112,79 +80,43 @@ def main() -> None:
 
     def run_rung(live: list[sha.Trial], epochs: int) -> dict:
         return launch.sweep_rung(
-            [{**vars(t), "run_id": run_ids[t.name]} for t in live], epochs, algo=algo, family=fname, base=base,
+            [{**vars(t), "run_id": runs.run_ids[t.name]} for t in live], epochs, algo=algo, family=fname, base=base,
             data_dir=worker_shards, runs_root=runs_root, storage_path=f"{storage}/ray",
             name=f"{algo}-tune-{key}-to-{epochs}", max_concurrent=tcfg.max_concurrent,
             workers_per_trial=tcfg.workers_per_trial, uri=uri, train_fraction=tcfg.train_fraction, metric=metric)
-
-    def decided(epochs: int, kept: list[sha.Outcome], stopped: list[sha.Outcome]) -> None:
-        for o in stopped:  # its run is over: the next rungs go on without it
-            client.set_tag(run_ids[o.trial.name], "status", sha.STOPPED)
-            client.set_terminated(run_ids[o.trial.name], "KILLED")
-        names = ", ".join(f"{o.trial.name} {o.at[epochs][metric]:.4f}" for o in kept)
-        print(f"tune {algo}: at {epochs} epochs " + (f"{len(kept)} go on ({names}), {len(stopped)} stopped"
-                                                    if stopped else f"the winner is {kept[0].trial.name} ({names})"),
-              flush=True)
 
     t0 = time.perf_counter()
     try:
         result = sha.successive_halving(
             trials, run_rung, grace_period=tcfg.grace_period, reduction_factor=tcfg.reduction_factor,
-            epochs=tcfg.epochs, metric=metric, mode=mode, on_rung=decided)
+            epochs=tcfg.epochs, metric=metric, mode=mode,
+            on_rung=lambda epochs, kept, stopped: runs.decided(epochs, kept, stopped, metric))
     except RuntimeError as exc:
-        client.set_terminated(parent.info.run_id, "FAILED")
+        runs.failed()
         raise SystemExit(f"error: tune.{algo}: {exc}; nothing was chosen") from None
     except BaseException:
-        client.set_terminated(parent.info.run_id, "FAILED")
+        runs.failed()
         raise
     wall = time.perf_counter() - t0
-    for o in result.outcomes:
-        if o.status != sha.STOPPED:
-            client.set_tag(run_ids[o.trial.name], "status", o.status)
-            client.set_terminated(run_ids[o.trial.name], "FAILED" if o.status == sha.FAILED else "FINISHED")
+    runs.trials_done(result)
 
-    win, summary = result.winner, summary_of(result, tcfg)
+    win, summary = result.winner, record.summary_of(result, tcfg.epochs)
     layout.tuned(algo).parent.mkdir(parents=True, exist_ok=True)
     layout.tuned(algo).write_text(
         f"# train.{algo} overrides chosen by the tune stage's sweep (train.{algo}.tuned: true trains with them)\n"
         + yaml.safe_dump(win.trial.overrides(), sort_keys=True))
     lineage.write_json(layout.sweep(algo), summary)
-
-    rows = []
-    for o in result.outcomes:
-        last = o.at.get(o.epochs, {})
-        rows.append({"trial": o.trial.name, "schedule": o.trial.schedule, "lr": o.trial.lr, "warmup": o.trial.warmup,
-                     "status": o.status, "epochs": o.epochs, "val_loss": last.get("val_loss", float("nan")),
-                     metric: last.get(metric, float("nan"))})  # last column: what dvc plots draws
+    tables, figure = record.tables_and_figure(result, runs_root, f"{algo}: {len(trials)} trials, winner "
+                                              f"{win.trial.name} ({win.trial.schedule}, lr {win.trial.lr:.3g})")
     with written_whole(layout.plots("tune", algo)) as plot_dir:
-        lineage.write_csv(plot_dir / "trials.csv", rows)
-        curves = {o.trial.name: read_rows(f"{runs_root}/{o.trial.name}/{HISTORY}") for o in result.outcomes}
-        lineage.write_csv(plot_dir / "lr.csv", [{"trial": f"{o.trial.name}-{o.trial.schedule}", "step": r["step"],
-                                                 "lr": r["lr"]} for o in result.outcomes for r in curves[o.trial.name]])
-        figure = [{"trial": o.trial.name, "schedule": o.trial.schedule, "lr": o.trial.lr, "steps": curves[o.trial.name],
-                   "at": {e: m.get(metric, float("nan")) for e, m in o.at.items()},
-                   "winner": o is win, "baseline": o.trial.name == "t00"} for o in result.outcomes]
-        plots.save(plots.sweep(figure, metric, f"{algo}: {len(trials)} trials, winner {win.trial.name} "
-                                              f"({win.trial.schedule}, lr {win.trial.lr:.3g})"), plot_dir / "sweep.png")
-        for name in ("sweep.png", "trials.csv"):
-            client.log_artifact(parent.info.run_id, str(plot_dir / name))
-    client.log_artifact(parent.info.run_id, str(layout.sweep(algo)))
-
-    gain = summary["same_budget"]
-    metrics = {"best_trial": win.trial.name, "best_schedule": win.trial.schedule, "best_lr": win.trial.lr,
-               "best_warmup": win.trial.warmup, f"best_{metric}": win.at[win.epochs][metric],
-               "baseline_epochs": gain["epochs"], f"baseline_{metric}": gain["baseline"],
-               f"winner_{metric}_at_baseline_epochs": gain["winner"], "trials": len(trials),
-               "early_stopped": sum(o.status == sha.STOPPED for o in result.outcomes),
-               "failed": sum(o.status == sha.FAILED for o in result.outcomes),
-               "epochs_spent": result.epochs_spent, "wall_time_s": wall, "mlflow_run_id": parent.info.run_id}
+        for name, rows in tables.items():
+            lineage.write_csv(plot_dir / name, rows)
+        plots.save(figure, plot_dir / "sweep.png")
+        artifacts = [plot_dir / "sweep.png", plot_dir / "trials.csv", layout.sweep(algo)]
+        metrics = record.stage_metrics(result, summary, wall, runs.parent_id)
+        runs.finish(metrics, win, artifacts)
     lineage.write_json(layout.metrics("tune", algo), metrics)
-    tracking.log_batch(client, parent.info.run_id, metrics=[
-        tracking.Metric(k, float(v), int(time.time() * 1000), 0) for k, v in metrics.items()
-        if isinstance(v, (int, float))], tags={
-            "best_trial": win.trial.name, "best_schedule": win.trial.schedule, "best_lr": repr(win.trial.lr),
-            "best_warmup": repr(win.trial.warmup), "best_run_id": run_ids[win.trial.name]})
-    client.set_terminated(parent.info.run_id, "FINISHED")
+    gain = summary["same_budget"]
     print(f"tune {algo}: winner {win.trial.name} {win.trial.schedule} lr {win.trial.lr:.4g} warm-up "
           f"{win.trial.warmup}: {metric} {win.at[win.epochs][metric]:.4f} at {win.epochs} epochs; params.yaml's own "
           f"{gain['baseline']:.4f} vs the winner's {gain['winner']:.4f} at {gain['epochs']} epochs; "
