@@ -1,6 +1,7 @@
 """The model card: a registered version's description in MLflow (rendered as markdown on the
 version page) and ``card/README.md`` of its artifacts: what trained it, on which data and code,
-what the sweep chose, its test metrics with their floors and ceilings, and how to load it."""
+what the sweep chose, its test metrics with their floors and ceilings, and how to load it. And
+the evaluation report's account of the sweep (:func:`sweep_account`, :func:`sweep_section`)."""
 
 from __future__ import annotations
 
@@ -49,11 +50,11 @@ def sweep_rows(sweep: dict, algo: str) -> list[str]:
     if not sweep["tuned"]:
         return [f"| Hyperparameters | params.yaml's own (train.{algo}.tuned: false); the sweep's winner was {w['trial']} |"]
     run = f", tune run `{sweep['tune_run_id']}`" if sweep.get("tune_run_id") else ""
-    return [f"| Hyperparameters | the sweep's winner {w['trial']} of {sweep['trials']} trials{run}: "
-            f"{w['schedule']['name']}, peak lr {w['lr']:.4g}, warm-up {w['schedule']['warmup']} |",
-            f"| What the sweep bought | {m} on val after {same['epochs']} epochs: {same['winner']:.4f} against "
+    return [(f"| Hyperparameters | the sweep's winner {w['trial']} of {sweep['trials']} trials{run}: "
+            f"{w['schedule']['name']}, peak lr {w['lr']:.4g}, warm-up {w['schedule']['warmup']} |"),
+            (f"| What the sweep bought | {m} on val after {same['epochs']} epochs: {same['winner']:.4f} against "
             f"{same['baseline']:.4f} for params.yaml's own {sweep['baseline']['schedule']['name']}, "
-            f"lr {sweep['baseline']['lr']:.4g} |"]
+            f"lr {sweep['baseline']['lr']:.4g} |")]
 
 
 def model_card(family: Any, algo: str, version_meta: dict, test: dict, primary: str, mode: str, *,
@@ -78,8 +79,8 @@ def model_card(family: Any, algo: str, version_meta: dict, test: dict, primary: 
         f"| Data version | {data_version} (DVC md5 of the shards {dvc_md5}) |",
         *data_rows(data or {}),
         f"| Git commit | {commit} |",
-        f"| Key params | {', '.join(f'{k} {v}' for k, v in keys.items())}; optimizer {train['optimizer']['name']}, "
-        f"schedule {train['schedule']['name']} (warm-up {train['schedule'].get('warmup', 0)}) |",
+        (f"| Key params | {', '.join(f'{k} {v}' for k, v in keys.items())}; optimizer {train['optimizer']['name']}, "
+        f"schedule {train['schedule']['name']} (warm-up {train['schedule'].get('warmup', 0)}) |"),
         *sweep_rows(sweep or {}, algo),
         f"| Model | `{json.dumps(model)}` |",
         f"| Primary metric | {primary} ({'higher' if mode == 'max' else 'lower'} is better) |",
@@ -94,10 +95,46 @@ def model_card(family: Any, algo: str, version_meta: dict, test: dict, primary: 
         family.usage(algo),
         "",
         "## Aliases",
-        f"`champion`: the best version of {algo} so far on test {primary}; `challenger`: the newest "
-        f"version that did not beat it. Load either with `models:/{algo}@<alias>`.",
+        (f"`champion`: the best version of {algo} so far on test {primary}; `challenger`: the newest "
+        f"version that did not beat it. Load either with `models:/{algo}@<alias>`."),
     ]
     if images:
         lines += ["", "## Images", "Artifacts of this version's run, under `card/`: "
                   + ", ".join(f"`{name}`" for name in images) + ", and the evaluation report `card/evaluate.md`."]
     return "\n".join(lines)
+
+
+def sweep_account(sweep: dict, meta: dict) -> dict:
+    """The sweep's winner against params.yaml's own config (``sweep``: its ``sweep.json``), and
+    whether the trained model used the winner (``meta``: its exported ``config.json`` says)."""
+    if not sweep:
+        return {"tuned": False}
+    win, train = sweep["winner"], meta["train"]
+    used = (train["lr"] == win["lr"] and train["schedule"]["name"] == win["schedule"]["name"]
+            and train["schedule"]["warmup"] == win["schedule"]["warmup"])
+    return {"tuned": used, "metric": sweep["metric"], "trials": sweep["trials"], "winner": win,
+            "baseline": sweep["baseline"], "same_budget": sweep["same_budget"], "epochs_spent": sweep["epochs_spent"],
+            "tune_run_id": meta.get("tune_run_id", "")}
+
+
+def sweep_section(s: dict, algo: str) -> str:
+    """The report's account of the sweep: what was trained, and what it bought on val."""
+    if "winner" not in s:
+        return "## Hyperparameters\nNo sweep ran: trained with params.yaml's own schedule.\n"
+    w, b, same, m = s["winner"], s["baseline"], s["same_budget"], s["metric"]
+    trained = (f"the sweep's winner {w['trial']}: {w['schedule']['name']} schedule, peak lr {w['lr']:.4g}, "
+               f"warm-up {w['schedule']['warmup']}" if s["tuned"] else
+               f"params.yaml's own schedule (train.{algo}.tuned: false; the sweep's winner was {w['trial']})")
+    return "\n".join([
+        "## Hyperparameters: what the sweep bought",
+        f"Trained with {trained}.",
+        "",
+        f"| on val, {same['epochs']} epochs of the sweep | {m} |", "|---|---|",
+        (f"| params.yaml's own ({b['schedule']['name']}, lr {b['lr']:.4g}, warm-up {b['schedule']['warmup']}) "
+         f"| {same['baseline']:.4f} |"),
+        (f"| the winner ({w['schedule']['name']}, lr {w['lr']:.4g}, warm-up {w['schedule']['warmup']}) "
+         f"| {same['winner']:.4f} |"),
+        "",
+        (f"{s['trials']} trials by successive halving, {s['epochs_spent']} epochs in all; the winner reached "
+         f"{w[m]:.4f} at {w['epochs']} epochs. Both rows are at the last rung params.yaml's own config reached."),
+        ""])

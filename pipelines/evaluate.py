@@ -18,7 +18,7 @@ import json
 import math
 import time
 
-from components import tracking
+from components import modelcard, tracking
 from components.models import get_family
 from components.params import dataset_name, family_name, train_config_from_dict
 from components.training.checkpoint import load_exported
@@ -44,9 +44,11 @@ def main() -> None:
         plot_dir = outputs.enter_context(written_whole(layout.plots("eval", algo)))
         report_dir = outputs.enter_context(written_whole(layout.report(algo).parent))
         summary = evaluate(algo, fname, family, layout, shard_dir, plot_dir, report_dir / layout.report(algo).name)
-        summary["sweep"] = sweep_summary(layout, algo)
+        sweep = json.loads(layout.sweep(algo).read_text()) if layout.sweep(algo).exists() else {}
+        trained = json.loads((layout.model(algo, "train") / "config.json").read_text())
+        summary["sweep"] = modelcard.sweep_account(sweep, trained)
         with open(report_dir / layout.report(algo).name, "a") as report:
-            report.write("\n" + sweep_section(summary["sweep"], algo))
+            report.write("\n" + modelcard.sweep_section(summary["sweep"], algo))
         tracking.configure(layout.root)
         client = tracking.MlflowClient()
         run = client.create_run(tracking.experiment_id(algo, layout.root), run_name="evaluate",
@@ -64,44 +66,6 @@ def main() -> None:
     print(f"evaluate {algo}: selected {selected}; report {layout.report(algo).relative_to(layout.root)}")
     if selected is None:
         raise SystemExit(f"error: no valid {algo} candidate (non-finite metrics); nothing can be registered")
-
-
-def sweep_summary(layout, algo: str) -> dict:
-    """The sweep's winner against params.yaml's own config (``sweep.json``), and whether the
-    trained model used the winner (its exported config says)."""
-    sweep = json.loads(layout.sweep(algo).read_text()) if layout.sweep(algo).exists() else {}
-    meta = json.loads((layout.model(algo, "train") / "config.json").read_text())
-    if not sweep:
-        return {"tuned": False}
-    win, train = sweep["winner"], meta["train"]
-    used = (train["lr"] == win["lr"] and train["schedule"]["name"] == win["schedule"]["name"]
-            and train["schedule"]["warmup"] == win["schedule"]["warmup"])
-    return {"tuned": used, "metric": sweep["metric"], "trials": sweep["trials"], "winner": win,
-            "baseline": sweep["baseline"], "same_budget": sweep["same_budget"], "epochs_spent": sweep["epochs_spent"],
-            "tune_run_id": meta.get("tune_run_id", "")}
-
-
-def sweep_section(s: dict, algo: str) -> str:
-    """The report's account of the sweep: what was trained, and what it bought on val."""
-    if "winner" not in s:
-        return "## Hyperparameters\nNo sweep ran: trained with params.yaml's own schedule.\n"
-    w, b, same, m = s["winner"], s["baseline"], s["same_budget"], s["metric"]
-    trained = (f"the sweep's winner {w['trial']}: {w['schedule']['name']} schedule, peak lr {w['lr']:.4g}, "
-               f"warm-up {w['schedule']['warmup']}" if s["tuned"] else
-               f"params.yaml's own schedule (train.{algo}.tuned: false; the sweep's winner was {w['trial']})")
-    return "\n".join([
-        "## Hyperparameters: what the sweep bought",
-        f"Trained with {trained}.",
-        "",
-        f"| on val, {same['epochs']} epochs of the sweep | {m} |", "|---|---|",
-        f"| params.yaml's own ({b['schedule']['name']}, lr {b['lr']:.4g}, warm-up {b['schedule']['warmup']}) "
-        f"| {same['baseline']:.4f} |",
-        f"| the winner ({w['schedule']['name']}, lr {w['lr']:.4g}, warm-up {w['schedule']['warmup']}) "
-        f"| {same['winner']:.4f} |",
-        "",
-        f"{s['trials']} trials by successive halving, {s['epochs_spent']} epochs in all; the winner reached "
-        f"{w[m]:.4f} at {w['epochs']} epochs. Both rows are at the last rung params.yaml's own config reached.",
-        ""])
 
 
 def evaluate(algo: str, fname: str, family, layout, shard_dir, plot_dir, report_path) -> dict:
