@@ -127,14 +127,13 @@ def test_tar_members_reads_what_tarfile_writes(fmt):
 # ---------------------------------------------------------------------------- token-budget batches
 
 def token_epoch(shards, world_size, loader_workers, epoch, **batching):
-    """Per rank: the source ids of each batch (one id per sample) and the batches' token counts."""
+    """Per rank, for each batch: the source ids (one id per sample), its tokens and its padded cells."""
     per_rank = []
     for rank in range(world_size):
         ds = ShardDataset(shards, "train", rank=rank, world_size=world_size, shuffle=True, seed=3, **batching)
         ds.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=loader_workers)
-        per_rank.append([(src[:, 0].tolist(), int((src != 0).sum() + (tgt != 0).sum()), padding((src, tgt)))
-                         for src, tgt in loader])
+        per_rank.append([(src[:, 0].tolist(), *padding((src, tgt))) for src, tgt in loader])
     return per_rank
 
 
@@ -157,12 +156,12 @@ def test_token_budget_batches_every_sample_once_with_equal_steps_and_little_padd
         assert steps.pop() * world_size >= total / budget  # no batch holds much more than the budget on average
         tokens = [t for batches in per_rank for _, t, _ in batches]
         assert sum(tokens) == total and max(tokens) < 1.4 * budget
-        real, cells = (sum(p[k] for batches in per_rank for *_, p in batches) for k in (0, 1))
+        real, cells = (sum(b[k] for batches in per_rank for b in batches) for k in (1, 2))
         assert 1 - real / cells < 0.15  # bucketed by length: little padding
     # Fixed-size batches of the same mean token count pad far more.
     mean = total / n
     fixed = token_epoch(shards, world_size, loader_workers, 0, batch_size=round(budget / mean))
-    real, cells = (sum(p[k] for batches in fixed for *_, p in batches) for k in (0, 1))
+    real, cells = (sum(b[k] for batches in fixed for b in batches) for k in (1, 2))
     assert 1 - real / cells > 0.3
 
 
