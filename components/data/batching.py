@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from fractions import Fraction
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -32,16 +33,18 @@ POOL_BATCHES = 256  # batches' worth of samples sorted together: more -> less pa
 
 
 def apportion(total: int, weights: Sequence[float], caps: Sequence[int]) -> list[int]:
-    """``total`` split into integers in proportion to ``weights`` (largest remainder), each at
-    most its cap and at least 1 where its cap allows; ``sum(caps) >= total`` is the caller's."""
+    """``total`` split into integers in proportion to ``weights`` (largest remainder, in exact
+    arithmetic), each at most its cap and at least 1 where its cap allows and ``total`` suffices;
+    ``sum(caps) >= total`` is the caller's."""
     if sum(caps) < total:
         raise ValueError(f"cannot deal {total} over caps {list(caps)}")
-    weight = sum(weights) or 1.0
-    share = [min(cap, max(1 if cap else 0, int(total * w / weight))) for w, cap in zip(weights, caps)]
+    weight = sum(Fraction(w) for w in weights) or Fraction(1)
+    exact = [total * Fraction(w) / weight for w in weights]
+    share = [min(cap, max(1 if cap else 0, math.floor(e))) for e, cap in zip(exact, caps)]
     # Too many (the floor of 1): take from the largest; too few: give where the remainder is largest.
     while sum(share) > total:
         share[max(range(len(share)), key=lambda i: share[i])] -= 1
-    order = sorted(range(len(share)), key=lambda i: share[i] - total * weights[i] / weight)
+    order = sorted(range(len(share)), key=lambda i: share[i] - exact[i])
     while sum(share) < total:
         for i in order:
             if sum(share) < total and share[i] < caps[i]:

@@ -454,16 +454,11 @@ class ShardDataset(IterableDataset):
         if n < total:
             raise DataError(f"split {self.split!r}: rank {self.rank} has {n} samples, too few for {total} batches; "
                             f"use fewer workers or a larger samples_per_shard")
-        if self.batch_tokens:
-            share = batching.apportion(total, [_tokens(e) for e in entries], counts)
-            if any(c and not s for c, s in zip(counts, share)):
-                raise DataError(f"split {self.split!r}: rank {self.rank}'s {total} batches of batch_tokens "
-                                f"{self.batch_tokens} are fewer than its {num_workers} loader workers with data; "
-                                f"lower batch_tokens or loader_workers")
-            return share[worker]
-        share = [total * c // n for c in counts]
-        for w in sorted(range(num_workers), key=lambda w: -(total * counts[w] % n))[: total - sum(share)]:
-            share[w] += 1
+        share = batching.apportion(total, [_tokens(e) for e in entries] if self.batch_tokens else counts, counts)
+        if any(c and not s for c, s in zip(counts, share)):
+            size = f"batch_tokens {self.batch_tokens}" if self.batch_tokens else f"batch_size {self.batch_size}"
+            raise DataError(f"split {self.split!r}: rank {self.rank}'s {total} batches of {size} are fewer than its "
+                            f"{sum(map(bool, counts))} loader workers with data; lower {size.split()[0]} or loader_workers")
         return share[worker]
 
     def _stream(self, entries: list[dict]) -> Iterator[tuple[str, str, tuple]]:
@@ -527,7 +522,7 @@ class ShardDataset(IterableDataset):
             return self._transformed(stream, rng) if self.transform is not None else (s for _, _, s in stream)
         n = _count(entries)
         if self.batch_tokens:
-            return self._token_batches(stream, entries, self._batches_for_worker(worker, num_workers), rng)
+            return self._token_batches(stream, n, _tokens(entries), self._batches_for_worker(worker, num_workers), rng)
         sizes = np.diff(np.linspace(0, n, self._batches_for_worker(worker, num_workers) + 1).round()).astype(int)
         if self.transform is not None:  # decoded one by one, augmented a batch at a time (the same pixels)
             return self._batches(stream, sizes.tolist(), lambda batch: self._image_batch(batch, rng))
@@ -538,14 +533,13 @@ class ShardDataset(IterableDataset):
         generator = torch.Generator().manual_seed(zlib.crc32(stream_seed.encode()))
         return self._batches(samples, sizes.tolist(), lambda batch: self._collate(batch, generator))
 
-    def _token_batches(self, stream: Iterator[tuple[str, str, tuple]], entries: list[dict], n_batches: int,
+    def _token_batches(self, stream: Iterator[tuple[str, str, tuple]], count: int, tokens: float, n_batches: int,
                        rng: random.Random) -> Iterator[tuple]:
         samples = (sample for _, _, sample in stream)
-        count = _count(entries)
         if not count:
             return
         pool = max(self.shuffle_buffer, batching.POOL_BATCHES * math.ceil(count / n_batches))
-        for batch in batching.token_batches(samples, batches=n_batches, count=count, tokens=_tokens(entries),
+        for batch in batching.token_batches(samples, batches=n_batches, count=count, tokens=tokens,
                                             length=sequence_lengths, pool=pool, rng=rng):
             yield collate(batch)
         for _ in samples:  # runs the last shard's checks (sha256, sample count) after its last sample

@@ -58,18 +58,22 @@ _NPY_HEADERS: dict[tuple[str, tuple[int, ...]], bytes] = {}
 
 def _npy_bytes(value: np.ndarray) -> bytes:
     """``value`` in numpy's ``.npy`` format; its header (numpy's own) is made once per dtype and shape."""
-    out = io.BytesIO()
     if value.dtype.hasobject or not value.flags.c_contiguous:
-        np.lib.format.write_array(out, value)
-        return out.getvalue()
+        return _npy_written(value)
     key = (value.dtype.str, value.shape)
     header = _NPY_HEADERS.get(key)
     if header is None:
-        np.lib.format.write_array(out, value)
-        header = out.getvalue()[:len(out.getvalue()) - value.nbytes]
+        written = _npy_written(value)
+        header = written[:len(written) - value.nbytes]
         if len(_NPY_HEADERS) < 4096:
             _NPY_HEADERS[key] = header
     return header + value.tobytes()
+
+
+def _npy_written(value: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.lib.format.write_array(out, value)
+    return out.getvalue()
 
 
 def _field_bytes(field: str, value: Any) -> bytes:

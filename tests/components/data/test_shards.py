@@ -42,6 +42,15 @@ def test_fewer_shards_than_workers_is_a_clear_error(tmp_path):
         ShardDataset(shards, "train", rank=0, world_size=3, shuffle=True)
 
 
+def test_fewer_batches_than_loader_workers_with_data_is_a_clear_error(tmp_path):
+    shards = numbered_shards(tmp_path, 45, 16)  # 3 shards of 15: with 2 loader workers both hold data
+    ds = ShardDataset(shards, "train", rank=0, world_size=1, shuffle=True, batch_size=45)
+    assert ds.num_batches() == 1
+    with pytest.raises(DataError, match="1 batches of batch_size 45 are fewer than its 2 loader workers with data"):
+        list(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2))
+    assert len(list(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=0))) == 1  # one worker: fine
+
+
 @pytest.mark.parametrize("world_size, loader_workers", [(2, 0), (3, 0), (4, 2)])
 def test_unshuffled_split_is_dealt_by_sample_in_order_and_cached(tmp_path, world_size, loader_workers):
     shards = numbered_shards(tmp_path, 45, 16)  # 3 shards of 15: whole shards would give one of 2 ranks twice the work
