@@ -19,6 +19,7 @@ import math
 import time
 
 from components import modelcard, tracking
+from components.evaluation import plots
 from components.models import get_family
 from components.params import dataset_name, family_name, train_config_from_dict
 from components.training.checkpoint import load_exported
@@ -94,7 +95,11 @@ def evaluate(algo: str, fname: str, family, layout, shard_dir, plot_dir, report_
         test = scalars(test_full)
         finite = all(math.isfinite(v) for v in (*val[name].values(), *test.values()))
         results[name] = {**test, **{f"val_{k}": v for k, v in val[name].items()}, "valid": finite}
-        sections.append(family.report(test_full, f"{algo} ({name} candidate), test split", plot_dir, name))
+        report = family.report(test_full, f"{algo} ({name} candidate), test split", name,
+                               str(layout.plots("eval", algo).relative_to(layout.root)))
+        for file, figure in report.figures.items():
+            plots.save(figure, plot_dir / file)
+        sections.append(report.markdown)
         print(f"evaluate {algo}/{name}: test {family.PRIMARY_METRIC} {test[family.PRIMARY_METRIC]:.4f}, "
               f"val {family.PRIMARY_METRIC} {val[name][family.PRIMARY_METRIC]:.4f} ({time.perf_counter() - t0:.1f}s)",
               flush=True)

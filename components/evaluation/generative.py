@@ -192,3 +192,13 @@ def table(result: dict) -> str:
     return ("| metric | model | floor: train images as samples (mean ± std, 10 draws) | ceiling: noise | better |\n"
             "|---|---|---|---|---|\n"
             + "\n".join(rows) + "\n")
+
+
+def sample_grid(result: dict, title: str, key: str = "grid"):
+    """The figure of ``result[key]``, samples (rows, columns, [C,] H, W): one row per class
+    (labelled from ``result["classes"]``) where the samples are conditional."""
+    from components.evaluation import plots
+
+    grid = np.asarray(result[key])
+    labels = result["classes"] if "class_accuracy" in result and key == "grid" else None
+    return plots.image_grid(grid.reshape(-1, *grid.shape[2:]), grid.shape[0], title, labels)

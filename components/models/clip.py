@@ -36,6 +36,7 @@ from components.config import ConfigError, bounds
 from components.data.tokenizer import EOS, PAD, Tokenizer
 from components.models import resnet
 from components.models.common import bind_images
+from components.models.contract import Report
 
 PAPER = "Radford et al. 2021, Learning Transferable Visual Models From Natural Language Supervision (arXiv:2103.00020)"
 PRIMARY_METRIC, PRIMARY_MODE = "zero_shot_accuracy", "max"  # test digits, prompt templates never seen in training
@@ -359,13 +360,14 @@ def evaluate(model: CLIP, cfg: Config, shard_dir, split: str, detail: bool = Tru
     return result
 
 
-def report(result: dict, title: str, plot_dir, name: str) -> str:
-    """Zero-shot confusion, an image–caption similarity matrix and the image embeddings as images."""
+def report(result: dict, title: str, name: str, where: str) -> Report:
+    """Retrieval and zero-shot metrics as markdown; an image–caption similarity matrix, the
+    zero-shot confusion and the image embeddings as figures."""
     from components.evaluation import plots
 
-    plots.save(plots.similarity(result["similarity"], result["images"], result["captions"],
-                                f"{title}: cosine similarity, 16 test images x their captions"),
-               plot_dir / f"similarity_{name}.png")
+    caption = f"{title}: cosine similarity, 16 test images x their captions"
+    figures = {f"similarity_{name}.png": plots.similarity(result["similarity"], result["images"], result["captions"],
+                                                          caption)}
     lines = [f"## {title}\n",
              f"{result['num_samples']} test images, {result['unique_captions']} distinct captions; InfoNCE "
              f"{result['loss']:.4f}, learned temperature {result['temperature']:.4f} (logit scale "
@@ -374,15 +376,15 @@ def report(result: dict, title: str, plot_dir, name: str) -> str:
              *(f"| {d.replace('_', ' ')} | " + " | ".join(f"{result[f'{d}_r{k}']:.4f}" for k in (1, 5, 10)) + " |"
                for d in ("image_to_text", "text_to_image")), ""]
     if "zero_shot_accuracy" in result:
-        plots.save(plots.confusion(np.array(result["confusion_matrix"]), f"{title}: zero-shot accuracy "
-                                   f"{result['zero_shot_accuracy']:.4f}"), plot_dir / f"zero_shot_confusion_{name}.png")
-        plots.save(plots.latent_projection(result["embeddings"], result["labels"], f"{title}: image embeddings (PCA)"),
-                   plot_dir / f"embeddings_{name}.png")
+        figures[f"zero_shot_confusion_{name}.png"] = plots.confusion(
+            np.array(result["confusion_matrix"]), f"{title}: zero-shot accuracy {result['zero_shot_accuracy']:.4f}")
+        figures[f"embeddings_{name}.png"] = plots.latent_projection(result["embeddings"], result["labels"],
+                                                                    f"{title}: image embeddings (PCA)")
         lines.append(f"Zero-shot top-1 {result['zero_shot_accuracy']:.4f} (macro-F1 {result['zero_shot_macro_f1']:.4f}) "
                      f"with prompt templates never seen in training; linear probe on frozen image embeddings "
                      f"{result['linear_probe_accuracy']:.4f}.\n")
-    lines.append(f"Images: `plots/eval/{plot_dir.name}/{{similarity,zero_shot_confusion,embeddings}}_{name}.png`\n")
-    return "\n".join(lines)
+    lines.append(f"Images: `{where}/{{similarity,zero_shot_confusion,embeddings}}_{name}.png`\n")
+    return Report("\n".join(lines), figures)
 
 
 # ------------------------------------------------------------------------------------ serving

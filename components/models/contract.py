@@ -11,11 +11,21 @@ through the contract end to end on tiny data.
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, ClassVar, Literal, Protocol
 
 Mode = Literal["max", "min"]
 MODES = ("max", "min")
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a family's ``report`` gives the evaluate stage, which writes it: a markdown section,
+    and figures (matplotlib) by file name, ``<what>_<name>.png`` for the candidate ``name``."""
+
+    markdown: str
+    figures: dict[str, Any] = field(default_factory=dict)
 
 
 class Family(Protocol):
@@ -51,8 +61,9 @@ class Family(Protocol):
     def evaluate(self, model: Any, cfg: Any, shard_dir: Any, split: str, detail: bool = True) -> dict:
         """The evaluate stage's metrics on a split; ``detail``: the costly extras (test of the selected)."""
 
-    def report(self, result: dict, title: str, plot_dir: Any, name: str) -> str:
-        """Markdown of ``result``; its figures are written to ``plot_dir`` as ``*_<name>.png``."""
+    def report(self, result: dict, title: str, name: str, where: str) -> Report:
+        """``result`` (of ``evaluate``) as markdown and figures for the candidate ``name``; the
+        markdown names a figure as ``<where>/<file>``, where the stage writes it. Writes nothing."""
 
     def predict(self, model: Any, inputs: Any, cfg: Any) -> Any:
         """The registered model's pyfunc: raw inputs (``serving_example``'s shape) to outputs."""

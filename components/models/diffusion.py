@@ -39,6 +39,7 @@ from components.models.common import (
     generation_requests,
     generation_signature,
 )
+from components.models.contract import Report
 from components.training.steps import SupervisedStep
 
 PAPER = ("Ho et al. 2020, Denoising Diffusion Probabilistic Models (arXiv:2006.11239); DDIM: Song et al. 2021 "
@@ -408,44 +409,46 @@ def evaluate(model: Diffusion, cfg: Config, shard_dir, split: str, detail: bool 
         if cfg.conditional and cfg.guidance_scale != 1.0:
             plain = score(steps=cfg.eval_steps, guidance_scale=1.0)
             result["unguided_class_accuracy"], result["unguided_fid"] = plain["class_accuracy"], plain["fid"]
+    rows = cfg.num_classes if cfg.conditional else 8
     grid_labels = torch.arange(cfg.num_classes).repeat_interleave(10) if cfg.conditional else None
-    result["grid"] = model.sample(len(grid_labels) if grid_labels is not None else 80, 1234, grid_labels).numpy()
+    grid = model.sample(rows * 10, 1234, grid_labels).numpy()
+    result["grid"] = grid.reshape(rows, 10, *grid.shape[1:])
+    result["classes"] = list(map(str, range(cfg.num_classes)))
     trajectory: list = []
     model.sample(cfg.num_classes if cfg.conditional else 8, 99, torch.arange(cfg.num_classes) if cfg.conditional
                  else None, steps=cfg.eval_steps, trajectory=trajectory)
     picks = np.linspace(0, len(trajectory) - 1, 8).round().astype(int)
-    result["trajectory"] = torch.stack([trajectory[i] for i in picks], 1).flatten(0, 1).numpy()  # (rows*8, C, H, W)
+    result["trajectory"] = torch.stack([trajectory[i] for i in picks], 1).numpy()  # (rows, 8, C, H, W)
     return result
 
 
-def report(result: dict, title: str, plot_dir, name: str) -> str:
+def report(result: dict, title: str, name: str, where: str) -> Report:
     from components.evaluation import generative, plots
 
-    rows = result["grid"].shape[0] // 10
-    conditional = "class_accuracy" in result
-    plots.save(plots.image_grid(result["grid"], rows, f"{title}\nDDIM-{result['eval_steps']} FID {result['fid']:.2f} "
-                                f"(floor {result['fid_floor']:.2f}, noise {result['fid_ceiling']:.1f})",
-                                [str(c) for c in range(rows)] if conditional else None),
-               plot_dir / f"samples_{name}.png")
-    traj_rows = result["trajectory"].shape[0] // 8
-    plots.save(plots.image_grid(result["trajectory"], traj_rows, f"{title}:\npredicted x0, noise (left) to sample (right)"), plot_dir / f"trajectory_{name}.png")
+    figures = {
+        f"samples_{name}.png": generative.sample_grid(result, f"{title}\nDDIM-{result['eval_steps']} FID "
+                                                      f"{result['fid']:.2f} (floor {result['fid_floor']:.2f}, noise "
+                                                      f"{result['fid_ceiling']:.1f})"),
+        f"trajectory_{name}.png": generative.sample_grid(result, f"{title}:\npredicted x0, noise (left) to sample "
+                                                         f"(right)", key="trajectory")}
     quality = result.get("quality_by_steps", [])
     sweep = ""
     if quality:
-        plots.save(plots.quality_by_steps(quality, result["fid_floor"], f"{title}: sample quality by sampler and steps"),
-                   plot_dir / f"quality_by_steps_{name}.png")
+        figures[f"quality_by_steps_{name}.png"] = plots.quality_by_steps(
+            quality, result["fid_floor"], f"{title}: sample quality by sampler and steps")
         lines = "\n".join(f"| {q['sampler']} | {q['steps']} | {q['fid']:.3f} | {q['kid']:.4f} | {q['precision']:.3f} | "
                           f"{q['recall']:.3f} | {q['coverage']:.3f} |" for q in quality)
         sweep = (f"| sampler | steps | FID | KID | precision | recall | coverage |\n|---|---|---|---|---|---|---|\n"
-                 f"{lines}\n\nQuality by steps: `plots/eval/{plot_dir.name}/quality_by_steps_{name}.png`\n\n")
+                 f"{lines}\n\nQuality by steps: `{where}/quality_by_steps_{name}.png`\n\n")
     classes = ""
-    if conditional:
+    if "class_accuracy" in result:
         classes = (f"Class accuracy with guidance w = {result['guidance_scale']}: {result['class_accuracy']:.4f}"
                    + (f" (without: {result['unguided_class_accuracy']:.4f}, FID {result['unguided_fid']:.3f})"
                       if "unguided_class_accuracy" in result else "") + "; ")
-    return (f"## {title}\n\n{result['num_samples']} EMA samples per row against as many test images; the primary "
-            f"metrics are DDIM-{result['eval_steps']}.\n\n{generative.table(result)}\n{classes}classes covered "
-            f"{result['classes_covered']:.0f}/10.\n\n{sweep}Images: `plots/eval/{plot_dir.name}/{{samples,trajectory}}_{name}.png`\n")
+    return Report(f"## {title}\n\n{result['num_samples']} EMA samples per row against as many test images; the "
+                  f"primary metrics are DDIM-{result['eval_steps']}.\n\n{generative.table(result)}\n{classes}classes "
+                  f"covered {result['classes_covered']:.0f}/{len(result['classes'])}.\n\n{sweep}Images: "
+                  f"`{where}/{{samples,trajectory}}_{name}.png`\n", figures)
 
 
 # ------------------------------------------------------------------------------------ serving

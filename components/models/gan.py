@@ -45,6 +45,7 @@ from components.models.common import (
     generation_requests,
     generation_signature,
 )
+from components.models.contract import Report
 from components.training import optim, schedules
 
 PAPER = ("Goodfellow et al. 2014, Generative Adversarial Nets (arXiv:1406.2661); DCGAN: Radford et al. 2016 "
@@ -401,28 +402,26 @@ def evaluate(model: GAN, cfg: Config, shard_dir, split: str, detail: bool = True
                                       bounds=True)
     result["generator_fid"] = generative.score_samples(  # without EMA, for comparison
         shard_dir, split, lambda n, y: model.sample(n, seed, y, ema=False), _classes(cfg))["fid"]
-    per_row = 10
+    per_row, rows = 10, cfg.num_classes if cfg.conditional else 8
     grid_labels = torch.arange(cfg.num_classes).repeat_interleave(per_row) if cfg.conditional else None
-    result["grid"] = model.sample(per_row * (cfg.num_classes if cfg.conditional else 8), seed=1234,
-                                  labels=grid_labels).cpu().numpy()
+    grid = model.sample(per_row * rows, seed=1234, labels=grid_labels).cpu().numpy()
+    result["grid"], result["classes"] = grid.reshape(rows, per_row, *grid.shape[1:]), list(map(str, range(cfg.num_classes)))
     return result
 
 
-def report(result: dict, title: str, plot_dir, name: str) -> str:
-    from components.evaluation import generative, plots
+def report(result: dict, title: str, name: str, where: str) -> Report:
+    from components.evaluation import generative
 
-    rows = result["grid"].shape[0] // 10
-    labels = [str(c) for c in range(rows)] if "class_accuracy" in result else None
-    plots.save(plots.image_grid(result["grid"], rows, f"{title}\nFID {result['fid']:.2f} "
-                                f"(floor {result['fid_floor']:.2f}, noise {result['fid_ceiling']:.1f})", labels),
-               plot_dir / f"samples_{name}.png")
     classes = (f"class accuracy of conditional samples {result['class_accuracy']:.4f}; "
                if "class_accuracy" in result else "")
-    return (f"## {title}\n\n{result['num_samples']} samples of the EMA generator against as many test images.\n\n"
-            f"{generative.table(result)}\n{classes}classes covered {result['classes_covered']:.0f}/10, "
-            f"class balance {result['class_balance']:.3f}; FID without EMA {result['generator_fid']:.3f}.\n\n"
-            f"Samples (one row per class): `plots/eval/{plot_dir.name}/samples_{name}.png`; D(x) and D(G(z)) per "
-            f"step: `plots/train/{plot_dir.name}/d_real.csv`, `d_fake.csv`.\n")
+    figure = generative.sample_grid(result, f"{title}\nFID {result['fid']:.2f} (floor {result['fid_floor']:.2f}, "
+                                            f"noise {result['fid_ceiling']:.1f})")
+    return Report(f"## {title}\n\n{result['num_samples']} samples of the EMA generator against as many test images."
+                  f"\n\n{generative.table(result)}\n{classes}classes covered {result['classes_covered']:.0f}/"
+                  f"{len(result['classes'])}, class balance {result['class_balance']:.3f}; FID without EMA "
+                  f"{result['generator_fid']:.3f}.\n\nSamples (one row per class): `{where}/samples_{name}.png`; D(x) "
+                  f"and D(G(z)) per step: `d_real.csv` and `d_fake.csv` in the train stage's plots.\n",
+                  {f"samples_{name}.png": figure})
 
 
 # ------------------------------------------------------------------------------------ serving

@@ -31,6 +31,7 @@ from torch_geometric.utils import dropout_edge
 
 from components.config import ConfigError, bounds
 from components.data.graphs import check_edge_index
+from components.models.contract import Report
 
 PAPER = ("Kipf & Welling 2017 (GCN, arXiv:1609.02907); Hamilton et al. 2017 (GraphSAGE, arXiv:1706.02216); "
          "Veličković et al. 2018 (GAT, arXiv:1710.10903); Xu et al. 2019 (GIN, arXiv:1810.00826)")
@@ -208,24 +209,24 @@ def evaluate(model: GNN, cfg: Config, shard_dir, split: str, detail: bool = True
     return result
 
 
-def report(result: dict, title: str, plot_dir, name: str) -> str:
-    """Confusion matrix and embedding projection as images; per-class accuracy as markdown."""
+def report(result: dict, title: str, name: str, where: str) -> Report:
+    """Per-class accuracy as markdown; the confusion matrix and an embedding projection as figures."""
     from components.evaluation import plots
 
     what = "nodes" if result["task"] == "node" else "graphs"
-    plots.save(plots.confusion(np.array(result["confusion_matrix"]), f"{title}: accuracy {result['accuracy']:.4f}"),
-               plot_dir / f"confusion_{name}.png")
-    plots.save(plots.latent_projection(result["embeddings"], result["labels"],
-                                       f"{title}: {result['conv'].upper()} embeddings of test {what} (PCA)"),
-               plot_dir / f"embeddings_{name}.png")
+    figures = {f"confusion_{name}.png": plots.confusion(np.array(result["confusion_matrix"]),
+                                                        f"{title}: accuracy {result['accuracy']:.4f}"),
+               f"embeddings_{name}.png": plots.latent_projection(
+                   result["embeddings"], result["labels"],
+                   f"{title}: {result['conv'].upper()} embeddings of test {what} (PCA)")}
     g = result["graph"]
     graph = (f"Graph: {g['num_nodes']} nodes, {g['num_edges'] // 2} edges, homophily {g['homophily']:.3f} "
              f"(the fraction of edges inside a class).\n\n" if g else "")
     rows = "\n".join(f"| {c} | {a:.4f} |" for c, a in result["per_class_accuracy"].items())
-    return (f"## {title}\n\n{graph}{result['num_samples']} test {what}: accuracy {result['accuracy']:.4f}, macro-F1 "
-            f"{result['macro_f1']:.4f}, NLL {result['nll']:.4f}, ECE {result['ece']:.4f}\n\n"
-            f"| class | accuracy |\n|---|---|\n{rows}\n\n"
-            f"Images: `plots/eval/{plot_dir.name}/{{confusion,embeddings}}_{name}.png`\n")
+    return Report(f"## {title}\n\n{graph}{result['num_samples']} test {what}: accuracy {result['accuracy']:.4f}, "
+                  f"macro-F1 {result['macro_f1']:.4f}, NLL {result['nll']:.4f}, ECE {result['ece']:.4f}\n\n"
+                  f"| class | accuracy |\n|---|---|\n{rows}\n\nImages: `{where}/{{confusion,embeddings}}_{name}.png`\n",
+                  figures)
 
 
 # ------------------------------------------------------------------------------------ serving

@@ -25,6 +25,7 @@ from torch import nn
 
 from components.config import ConfigError, bounds
 from components.models.common import bind_images
+from components.models.contract import Report
 
 PAPER = "He et al. 2016, Deep Residual Learning for Image Recognition (arXiv:1512.03385)"
 PRIMARY_METRIC = "accuracy"  # test top-1; register compares it
@@ -327,15 +328,15 @@ def evaluate(model: nn.Module, cfg: Config, shard_dir, split: str, detail: bool 
     return classification_report(np.concatenate(probs), np.concatenate(labels))
 
 
-def report(result: dict, title: str, plot_dir, name: str) -> str:
-    """The confusion matrix as an image in ``plot_dir``; per-class accuracy as markdown."""
+def report(result: dict, title: str, name: str, where: str) -> Report:
+    """Per-class accuracy as markdown; the confusion matrix as a figure."""
     from components.evaluation import plots
 
-    plots.save(plots.confusion(np.array(result["confusion_matrix"]), f"{title}: test accuracy "
-                               f"{result['accuracy']:.4f}"), plot_dir / f"confusion_{name}.png")
+    figure = plots.confusion(np.array(result["confusion_matrix"]), f"{title}: test accuracy {result['accuracy']:.4f}")
     rows = "\n".join(f"| {c} | {a:.4f} |" for c, a in result["per_class_accuracy"].items())
-    return (f"## {title}\n\naccuracy {result['accuracy']:.4f}, NLL {result['nll']:.4f}, ECE {result['ece']:.4f}\n\n"
-            f"| class | accuracy |\n|---|---|\n{rows}\n\nConfusion matrix: `plots/eval/{plot_dir.name}/confusion_{name}.png`\n")
+    return Report(f"## {title}\n\naccuracy {result['accuracy']:.4f}, NLL {result['nll']:.4f}, ECE {result['ece']:.4f}"
+                  f"\n\n| class | accuracy |\n|---|---|\n{rows}\n\nConfusion matrix: `{where}/confusion_{name}.png`\n",
+                  {f"confusion_{name}.png": figure})
 
 
 def signature(cfg: Config):

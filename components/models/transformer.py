@@ -43,6 +43,7 @@ from torch import nn
 from components.config import ConfigError, bounds
 from components.data.shards import pad_sequences
 from components.data.tokenizer import BOS, EOS, PAD, Tokenizer
+from components.models.contract import Report
 
 PAPER = "Vaswani et al. 2017, Attention Is All You Need (arXiv:1706.03762)"
 PRIMARY_METRIC = "exact_match"  # test exact match of beam-search translations; register compares it
@@ -445,17 +446,17 @@ def evaluate(model: nn.Module, cfg: Config, shard_dir, split: str, detail: bool 
     return translation.evaluate({"beam": decoder(cfg.beam_size), "greedy": decoder(1)}, batches, STRATA)
 
 
-def report(result: dict, title: str, plot_dir, name: str) -> str:
-    """Exact match by source length (and by stratum, where the data has strata) as images in
-    ``plot_dir``; metrics, exact match per stratum and the best/worst translations as markdown."""
-    from components.evaluation import plots, translation
+def report(result: dict, title: str, name: str, where: str) -> Report:
+    """Metrics, exact match per stratum and the best/worst translations as markdown; exact match
+    by source length (and by stratum, where the data has strata) as figures."""
+    from components.evaluation import translation
 
-    plots.save(translation.exact_match_figure(result, f"{title}: exact match by source length"),
-               plot_dir / f"exact_match_by_length_{name}.png")
+    figures = {f"exact_match_by_length_{name}.png":
+               translation.exact_match_figure(result, f"{title}: exact match by source length")}
     if "by_stratum" in result:
-        plots.save(translation.exact_match_figure(result, f"{title}: exact match by number structure", "by_stratum",
-                                             "stratum"), plot_dir / f"exact_match_by_stratum_{name}.png")
-    return translation.markdown(result, title)
+        figures[f"exact_match_by_stratum_{name}.png"] = translation.exact_match_figure(
+            result, f"{title}: exact match by number structure", "by_stratum", "stratum")
+    return Report(translation.markdown(result, title), figures)
 
 
 def signature(cfg: Config):

@@ -31,6 +31,7 @@ from torch import nn
 
 from components.config import ConfigError, bounds
 from components.models.common import base_resolution, bind_images
+from components.models.contract import Report
 
 PAPER = "Kingma & Welling 2014, Auto-Encoding Variational Bayes (arXiv:1312.6114)"
 PRIMARY_METRIC, PRIMARY_MODE = "iwae", "max"  # test log p(x) estimate in nats; register compares it
@@ -298,29 +299,27 @@ def sample(model: VAE, n: int, seed: int, labels: torch.Tensor | None = None) ->
     return model.mean(model.decode(z, labels if model.cfg.conditional else None))
 
 
-def report(result: dict, title: str, plot_dir, name: str) -> str:
+def report(result: dict, title: str, name: str, where: str) -> Report:
     from components.evaluation import generative, plots
 
     pairs = np.stack([result["originals"], result["reconstructions"]], 1).reshape(-1, *result["originals"].shape[1:])
-    plots.save(plots.image_grid(pairs, 4, f"{title}: inputs (odd columns) and reconstructions"),
-               plot_dir / f"reconstructions_{name}.png")
-    plots.save(plots.image_grid(result["samples"], 8, f"{title}: prior samples, FID {result['fid']:.2f} "
-                                f"(floor {result['fid_floor']:.2f}, noise {result['fid_ceiling']:.1f})"),
-               plot_dir / f"samples_{name}.png")
-    dims = result["traversal_dims"]
-    plots.save(plots.image_grid(result["traversal"], 2, f"{title}: latent traversal −3..3",
-                                [f"z{d}" for d in dims]), plot_dir / f"traversal_{name}.png")
-    plots.save(plots.latent_projection(result["latents"], result["labels"], f"{title}: test latents (PCA of μ)"),
-               plot_dir / f"latents_{name}.png")
+    figures = {
+        f"reconstructions_{name}.png": plots.image_grid(pairs, 4, f"{title}: inputs (odd columns) and reconstructions"),
+        f"samples_{name}.png": plots.image_grid(result["samples"], 8, f"{title}: prior samples, FID {result['fid']:.2f} "
+                                                f"(floor {result['fid_floor']:.2f}, noise {result['fid_ceiling']:.1f})"),
+        f"traversal_{name}.png": plots.image_grid(result["traversal"], 2, f"{title}: latent traversal −3..3",
+                                                  [f"z{d}" for d in result["traversal_dims"]]),
+        f"latents_{name}.png": plots.latent_projection(result["latents"], result["labels"],
+                                                       f"{title}: test latents (PCA of μ)")}
     active = f"{result['active_units']}/{result['latent_dim']}"
     classes = f", class accuracy {result['class_accuracy']:.4f}" if "class_accuracy" in result else ""
-    return (f"## {title}\n\nIn nats per image, {result['num_samples']} test images: ELBO {result['elbo']:.2f}, "
-            f"IWAE log p(x) {result['iwae']:.2f} (k = {result['iwae_samples']}), reconstruction "
-            f"{result['recon_nats']:.2f}, KL {result['kl']:.2f}; reconstruction MSE {result['recon_mse']:.4f}; "
-            f"active units {active} (KL > threshold).\n\nAnomaly detection by −ELBO, AUROC: noise "
-            f"{result['auroc_noise']:.3f}, quarter turn {result['auroc_rotation']:.3f}.\n\n"
-            f"Prior samples through the shared evaluator{classes}:\n\n{generative.table(result)}\n"
-            f"Images: `plots/eval/{plot_dir.name}/{{reconstructions,samples,traversal,latents}}_{name}.png`\n")
+    return Report(f"## {title}\n\nIn nats per image, {result['num_samples']} test images: ELBO {result['elbo']:.2f}, "
+                  f"IWAE log p(x) {result['iwae']:.2f} (k = {result['iwae_samples']}), reconstruction "
+                  f"{result['recon_nats']:.2f}, KL {result['kl']:.2f}; reconstruction MSE {result['recon_mse']:.4f}; "
+                  f"active units {active} (KL > threshold).\n\nAnomaly detection by −ELBO, AUROC: noise "
+                  f"{result['auroc_noise']:.3f}, quarter turn {result['auroc_rotation']:.3f}.\n\n"
+                  f"Prior samples through the shared evaluator{classes}:\n\n{generative.table(result)}\n"
+                  f"Images: `{where}/{{reconstructions,samples,traversal,latents}}_{name}.png`\n", figures)
 
 
 # ------------------------------------------------------------------------------------ serving

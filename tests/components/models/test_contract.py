@@ -9,6 +9,7 @@ import types
 from pathlib import Path
 
 import pytest
+from matplotlib.figure import Figure
 
 from components.config import OptimizerConfig, ScheduleConfig, TrainConfig, to_dict
 from components.models import (
@@ -23,6 +24,7 @@ from components.models import (
     vae,
 )
 from components.models import transformer as T
+from components.models.contract import Report
 from components.params import train_config_from_dict
 from components.training import checkpoint as ckpt
 from components.training.loop import train_loop_per_worker
@@ -120,8 +122,11 @@ def test_a_family_runs_through_the_whole_contract_on_tiny_data(name, request, tm
     model.eval()
     result = family.evaluate(model, bound, shards, "test", detail=True)  # what the evaluate stage reports
     assert family.PRIMARY_METRIC in result and all(metric in result for metric, _ in family.SELECT_BY)
-    markdown = family.report(result, "test", tmp_path / "plots", "tiny")
-    assert isinstance(markdown, str) and markdown
+    report = family.report(result, "test", "tiny", "plots/eval/x")
+    assert isinstance(report, Report) and report.markdown.startswith("## test")
+    assert report.figures and all(name.endswith("_tiny.png") and isinstance(fig, Figure)
+                                  for name, fig in report.figures.items())
+    assert not list(tmp_path.rglob("*.png"))  # report writes nothing; the evaluate stage writes the figures
     example = family.serving_example(bound)
     out = family.predict(model, example, bound)
     assert len(out) > 0

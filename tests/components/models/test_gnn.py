@@ -157,8 +157,10 @@ def test_evaluate_reports_accuracy_macro_f1_and_embeddings(community_shards, fam
         n = read_stats(shards)["splits"]["test"]["samples"]
         assert result["num_samples"] == n and result["embeddings"].shape == (n, 16)
         assert result["macro_f1"] == pytest.approx(macro_f1(np.array(result["confusion_matrix"])))
-        text = gnn.report(result, "t", tmp_path, cfg.task)
-        assert "macro-F1" in text and (tmp_path / f"embeddings_{cfg.task}.png").stat().st_size > 5000
+        report = gnn.report(result, "t", cfg.task, "plots/eval/gnn")
+        text = report.markdown
+        assert "macro-F1" in text and f"plots/eval/gnn/{{confusion,embeddings}}_{cfg.task}.png" in text
+        assert sorted(report.figures) == [f"confusion_{cfg.task}.png", f"embeddings_{cfg.task}.png"]
         assert ("homophily" in text) == (cfg.task == "node")
 
 
