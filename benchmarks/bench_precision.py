@@ -68,7 +68,7 @@ def time_steps(raw: dict, algo: str, precision: str, steps: int, device: torch.d
             t0 = time.perf_counter()
         out = step(batch, i)
     sync(device)
-    return (time.perf_counter() - t0) / steps * 1000, float(out["loss"].detach()), batch
+    return (time.perf_counter() - t0) / steps * 1000, float(out.loss), batch
 
 
 def time_accelerate(raw: dict, algo: str, steps: int, device: torch.device) -> tuple[float, float]:

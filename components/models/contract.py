@@ -48,7 +48,8 @@ class Family(Protocol):
         """The ``nn.Module`` of a bound config."""
 
     # Training: ``training_step`` under the shared optimisation step, or a ``Step`` class of the
-    # family's own (``components/training/steps.py``: a GAN's two optimizers).
+    # family's own whose call returns a ``StepResult`` (``components/training/steps.py``: a GAN's
+    # two optimizers).
     def training_step(self, model: Any, batch: tuple, cfg: Any, label_smoothing: float = 0.0,
                       progress: float = 0.0) -> dict:
         """``loss`` (and optionally ``correct``, ``count``, ``log``) of one batch."""
@@ -56,7 +57,8 @@ class Family(Protocol):
     # Validation per epoch: sums of ``eval_step`` over the val split, or ``validate`` for a
     # metric that is not a sum over batches (FID).
     def eval_step(self, model: Any, batch: tuple) -> dict:
-        """Sums over a batch (``loss``, ``count``, ...), all-reduced into exact means."""
+        """Sums over a batch (``loss``, ``count``, ...), all-reduced into exact means per ``count``;
+        the mean of ``correct`` is reported as ``accuracy``."""
 
     def evaluate(self, model: Any, cfg: Any, shard_dir: Any, split: str, detail: bool = True) -> dict:
         """The evaluate stage's metrics on a split; ``detail``: the costly extras (test of the selected)."""

@@ -40,7 +40,7 @@ from components.models.common import (
     generation_signature,
 )
 from components.models.contract import Report
-from components.training.steps import SupervisedStep
+from components.training.steps import StepResult, SupervisedStep
 
 PAPER = ("Ho et al. 2020, Denoising Diffusion Probabilistic Models (arXiv:2006.11239); DDIM: Song et al. 2021 "
          "(arXiv:2010.02502); classifier-free guidance: Ho & Salimans 2022 (arXiv:2207.12598)")
@@ -346,7 +346,7 @@ def training_step(model: Diffusion, batch: tuple[torch.Tensor, torch.Tensor], cf
 class Step(SupervisedStep):
     """The shared supervised step, then the EMA of the denoiser (with a warm-up of its decay)."""
 
-    def __call__(self, batch: tuple, step: int) -> dict[str, Any]:
+    def __call__(self, batch: tuple, step: int) -> StepResult:
         out = super().__call__(batch, step)
         ema_update(self.core.ema, self.core.denoiser, self.core.cfg.ema_decay, step=step)
         return out

@@ -47,6 +47,7 @@ from components.models.common import (
 )
 from components.models.contract import Report
 from components.training import optim, schedules
+from components.training.steps import StepResult
 
 PAPER = ("Goodfellow et al. 2014, Generative Adversarial Nets (arXiv:1406.2661); DCGAN: Radford et al. 2016 "
          "(arXiv:1511.06434); spectral norm and projection D: Miyato et al. 2018 (arXiv:1802.05957, 1802.05637)")
@@ -309,7 +310,7 @@ class Step:
         _broadcast_buffers(net, self.world_size)
         return norm
 
-    def __call__(self, batch: tuple[torch.Tensor, torch.Tensor], step: int) -> dict[str, Any]:
+    def __call__(self, batch: tuple[torch.Tensor, torch.Tensor], step: int) -> StepResult:
         G, D, m = self.model.generator, self.model.discriminator, self.m
         real, labels = batch
         real = real * 2 - 1
@@ -351,7 +352,7 @@ class Step:
             D.requires_grad_(True)
             ema_update(self.model.ema, G, m.ema_decay, step=step // m.n_critic)
         log.update(self.last_g)
-        return {"loss": loss.detach(), "count": torch.tensor(len(real)), "log": log}
+        return StepResult(loss.detach(), torch.tensor(len(real)), log=log)
 
     def _d_outputs(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
         """D(x) and D(G(z)): probabilities for the logistic losses, raw outputs for the others."""

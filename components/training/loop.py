@@ -321,12 +321,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
                 step += 1
                 seen += len(batch[-1])  # the targets: one per sample (images, sentence pairs, seed nodes, graphs)
                 if step % cfg.log_every == 0 or step == 1:
-                    row = meter.row(step, epoch, out["log"])
+                    row = meter.row(step, epoch, out.log)
                     if ctx.rank == 0:
                         rows.append(row)
                 for hook in batch_hooks:
                     hook.on_batch(epoch, step - first_step, steps_per_epoch[epoch], step, total_steps)
-            log = out["log"] if first_step < step else {}
+            log = out.log if first_step < step else {}
             totals = meter.totals(step, epoch, log)
             if train_ds.records_tokens:
                 totals = torch.cat([totals, totals.new_tensor([tokens, cells])])

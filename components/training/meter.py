@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from components.training.steps import StepResult
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the run stops and nothing from it is registered."""
@@ -34,10 +36,9 @@ class StepMeter:
         self.checked = 0  # every step up to this one is known finite
         self.has_correct = False
 
-    def add(self, out: dict[str, Any]) -> None:
+    def add(self, out: StepResult) -> None:
         """Add one step's ``loss`` (a mean over ``count``), ``count`` and ``correct``: no host sync."""
-        loss, count = out["loss"].detach(), out["count"]
-        correct = out.get("correct")
+        loss, count, correct = out.loss.detach(), out.count, out.correct
         self.has_correct |= correct is not None
         # Three tiny kernels; a count or correct still on the host is a scalar operand, not a copy.
         self.sums[0] += loss.double() * count

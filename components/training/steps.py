@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -15,12 +16,24 @@ from torch import nn
 from components.training import optim, schedules
 
 
+@dataclass
+class StepResult:
+    """What one optimisation step gives the loop, every value still on the device: the loop
+    adds ``loss``, ``correct`` and ``count`` into the epoch's sums and reads ``log`` every
+    ``log_every`` steps (a read waits for the GPU, so a step reads nothing itself)."""
+
+    loss: torch.Tensor  # the batch's mean loss (detached)
+    count: torch.Tensor | int  # what the mean is over: samples, or tokens of a sentence batch
+    correct: torch.Tensor | None = None  # correct predictions (classifiers): the epoch's train_accuracy
+    log: dict[str, Any] = field(default_factory=dict)  # lr and scalars of the step rows (floats or 0-d tensors)
+
+
 class SupervisedStep:
     """One optimizer and one LR schedule over ``family.training_step``'s loss; DDP through Ray Train.
 
     The contract a family's own ``Step`` follows:
     ``Step(model, cfg: TrainConfig, family, total_steps, autocast)``, ``distribute(world_size)``
-    (after resume), ``__call__(batch, step) -> {"loss", "count", ["correct"], "log": {name: float or 0-d tensor}}``
+    (after resume), ``__call__(batch, step) -> StepResult``
     (forward passes inside ``autocast()``, backward outside; nothing read from the device:
     no ``.item()``, ``float()`` or ``if`` on a tensor), ``state_dict()`` /
     ``load_state_dict()`` (everything a resume needs but the weights).
@@ -43,7 +56,7 @@ class SupervisedStep:
             import ray.train.torch
             self.model = ray.train.torch.prepare_model(self.model, move_to_device=False)
 
-    def __call__(self, batch: tuple, step: int) -> dict[str, Any]:
+    def __call__(self, batch: tuple, step: int) -> StepResult:
         lr = self.lr_at(step)
         optim.set_lr(self.optimizer, lr)
         with self.autocast():
@@ -58,9 +71,10 @@ class SupervisedStep:
         if self.cfg.grad_clip > 0:
             log["grad_norm"] = nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
-        if "correct" in out:
-            log["accuracy"] = out["correct"].double() / torch.as_tensor(out["count"]).clamp(min=1)
-        return {**out, "log": log}
+        correct = out.get("correct")
+        if correct is not None:
+            log["accuracy"] = correct.double() / torch.as_tensor(out["count"]).clamp(min=1)
+        return StepResult(loss.detach(), out["count"], correct, log)
 
     def state_dict(self) -> dict:
         return self.optimizer.state_dict()

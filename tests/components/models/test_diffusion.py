@@ -104,7 +104,7 @@ def test_one_training_step_and_the_ema(repo_params):
     step = diffusion.Step(model, cfg, diffusion, total_steps=10)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     out = step((torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))), 0)
-    assert math.isfinite(out["log"]["loss"])
+    assert math.isfinite(out.log["loss"])
     after = model.state_dict()
     assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith("denoiser."))
     assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith("ema."))

@@ -123,9 +123,9 @@ def test_one_step_updates_both_networks_and_the_ema(train_cfg, loss):
     step = gan.Step(model, train_cfg, gan, total_steps=10)
     batch = (torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,)))
     out = step(batch, 0)
-    assert all(math.isfinite(v) for v in out["log"].values())
-    assert {"loss", "g_loss", "d_real", "d_fake", "lr", "lr_d"} <= set(out["log"])
-    assert ("gradient_penalty" in out["log"]) == (loss == "wgan_gp")
+    assert all(math.isfinite(v) for v in out.log.values())
+    assert {"loss", "g_loss", "d_real", "d_fake", "lr", "lr_d"} <= set(out.log)
+    assert ("gradient_penalty" in out.log) == (loss == "wgan_gp")
     after = model.state_dict()
     for prefix in ("generator.", "discriminator.", "ema."):
         changed = [k for k in after if k.startswith(prefix) and not torch.equal(after[k], before[k])]
@@ -149,7 +149,7 @@ def test_two_optimizers_follow_their_own_learning_rates(train_cfg):
     train_cfg.model.d_lr_scale = 4.0
     step = gan.Step(gan.build(train_cfg.model), train_cfg, gan, total_steps=10)
     out = step((torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))), 0)
-    assert out["log"]["lr_d"] == pytest.approx(4 * out["log"]["lr"])
+    assert out.log["lr_d"] == pytest.approx(4 * out.log["lr"])
     assert step.opt_d.param_groups[0]["lr"] == pytest.approx(4 * step.opt_g.param_groups[0]["lr"])
     state = step.state_dict()
     fresh = gan.Step(gan.build(train_cfg.model), train_cfg, gan, total_steps=10)

@@ -6,17 +6,18 @@ import pytest
 import torch
 
 from components.training.meter import StepMeter, TrainingDiverged
+from components.training.steps import StepResult
 
 
 def run(losses, log_every=5):
     meter = StepMeter(torch.device("cpu"), "resnet", "lower train.resnet.lr")
     rows = []
     for i, loss in enumerate(losses):
-        out = {"loss": torch.tensor(loss), "count": torch.tensor(4), "correct": torch.tensor(3)}
+        out = StepResult(torch.tensor(loss), torch.tensor(4), torch.tensor(3))
         meter.add(out)
         step = i + 1
         if step % log_every == 0 or step == 1:
-            rows.append(meter.row(step, 0, {"lr": 0.1, "loss": out["loss"], "grad_norm": torch.tensor(2.0)}))
+            rows.append(meter.row(step, 0, {"lr": 0.1, "loss": out.loss, "grad_norm": torch.tensor(2.0)}))
     return meter, rows
 
 
@@ -42,13 +43,13 @@ def test_a_non_finite_loss_stops_the_run_at_the_next_read_naming_the_steps(bad):
 
 def test_a_non_finite_value_in_a_row_stops_the_run():
     meter = StepMeter(torch.device("cpu"), "gan", "lower train.gan.lr")
-    meter.add({"loss": torch.tensor(1.0), "count": 2})
+    meter.add(StepResult(torch.tensor(1.0), 2))
     with pytest.raises(TrainingDiverged, match=r"gan: g_loss became nan at step 1"):
         meter.row(1, 0, {"lr": 0.1, "g_loss": torch.tensor(math.nan)})
 
 
 def test_the_end_of_epoch_read_finds_what_no_row_saw():
     meter, _ = run([0.5] * 12)
-    meter.add({"loss": torch.tensor(math.inf), "count": torch.tensor(4)})
+    meter.add(StepResult(torch.tensor(math.inf), torch.tensor(4)))
     with pytest.raises(TrainingDiverged, match=r"between steps 11 and 13"):
         meter.totals(13, 0, {"lr": 0.1})
