@@ -32,7 +32,13 @@ from components.params import (
 )
 from components.training import checkpoint as ckpt
 from components.training import launch
-from components.training.loop import EPOCHS, HISTORY, TrainingDiverged, read_rows
+from components.training.loop import (
+    EPOCHS,
+    HISTORY,
+    LoopConfig,
+    TrainingDiverged,
+    read_rows,
+)
 from components.training.progress import Progress
 from components.training.storage import written_whole
 from pipelines import dag, lineage
@@ -89,9 +95,9 @@ def main() -> None:
               f"(tune run {lineage_tags['tune_run_id'][:8]})" if cfg.tuned else "params.yaml's own schedule")
     print(f"train {algo}: {cfg.epochs} epochs, {max(cfg.num_workers, 1)} worker(s) "
           f"({'local mode' if cfg.num_workers == 0 else 'DDP'}) with {chosen}; run dir {run_dir}", flush=True)
-    config = {"algo": algo, "family": fname, "train": to_dict(cfg), "data_dir": worker_shards, "run_dir": run_dir,
-              "hooks": [tracking.MlflowHook(uri, run.info.run_id),
-                        launch.RayTrainReport(cfg.checkpoint_every, cfg.epochs), Progress(cfg.epochs, family.VAL_METRIC)]}
+    config = LoopConfig(algo, cfg, worker_shards, run_dir, family=fname, hooks=(
+        tracking.MlflowHook(uri, run.info.run_id), launch.RayTrainReport(cfg.checkpoint_every, cfg.epochs),
+        Progress(cfg.epochs, family.VAL_METRIC)))
     t0 = time.perf_counter()
     try:
         launch.fit(config, num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, storage_path=f"{storage}/ray",

@@ -9,13 +9,15 @@ on one laptop, one process already uses every core through intra-op threads.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from components.training import checkpoint as ckpt
-from components.training.loop import train_loop_per_worker
+from components.training.loop import LoopConfig, train_loop_per_worker
 
 
 class RayTrainReport:
@@ -189,7 +191,7 @@ def root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def fit(config: dict[str, Any], *, num_workers: int, use_gpu: bool, storage_path: str, name: str,
+def fit(config: LoopConfig | Mapping[str, Any], *, num_workers: int, use_gpu: bool, storage_path: str, name: str,
         max_failures: int = 0, ray_num_cpus: int = 0, callbacks: list | None = None,
         workers_param: str = "") -> dict[str, float]:
     """One Ray Train run of the shared loop; returns the metrics of its last reported epoch.
@@ -202,14 +204,15 @@ def fit(config: dict[str, Any], *, num_workers: int, use_gpu: bool, storage_path
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    loop = dataclasses.replace(LoopConfig.of(config), distributed=True)
     if num_workers > 0:
         init_ray(ray_num_cpus)
-        check_resources(num_workers, use_gpu, workers_param or f"train.{config['algo']}.num_workers")
+        check_resources(num_workers, use_gpu, workers_param or f"train.{loop.algo}.num_workers")
     if "://" not in storage_path:
         Path(storage_path).mkdir(parents=True, exist_ok=True)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={**config, "distributed": True},
+        train_loop_config=loop.as_dict(),
         scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                                resources_per_worker=None if use_gpu else {"CPU": 1}),
         run_config=ray.train.RunConfig(
@@ -241,14 +244,15 @@ def _sweep_trial(config: dict[str, Any], *, algo: str, family: str, base: dict[s
     t = config["trial"]
     trial = Trial(t["name"], t["schedule"], t["lr"], t["warmup"])
     hooks = [tracking.MlflowHook(uri, t["run_id"])] if t.get("run_id") else []
-    loop = {"algo": algo, "family": family, "train": trial.apply(base), "data_dir": data_dir,
-            "run_dir": f"{runs_root}/{trial.name}", "max_epochs": config["epochs"], "train_fraction": train_fraction}
+    loop = LoopConfig.of({"algo": algo, "family": family, "train": trial.apply(base), "data_dir": data_dir,
+                          "run_dir": f"{runs_root}/{trial.name}", "max_epochs": config["epochs"],
+                          "train_fraction": train_fraction})
     if workers_per_trial == 0:
-        train_loop_per_worker({**loop, "hooks": [TuneReport(), *hooks], "single_thread": True})
+        train_loop_per_worker(dataclasses.replace(loop, hooks=(TuneReport(), *hooks), single_thread=True))
     else:
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        fit({**loop, "hooks": [RayTrainReport(), *hooks]}, num_workers=workers_per_trial, use_gpu=base["use_gpu"],
+        fit(dataclasses.replace(loop, hooks=(RayTrainReport(), *hooks)), num_workers=workers_per_trial, use_gpu=base["use_gpu"],
             storage_path=storage_path, name=f"{algo}-{trial.name}-to-{config['epochs']}",
             callbacks=[TuneReportCallback()], workers_param=f"tune.{algo}.workers_per_trial")
 

@@ -7,10 +7,12 @@ import torch
 from components.config import ScheduleConfig, TrainConfig, to_dict
 from components.data.writer import write_shards
 from components.models import resnet
+from components.params import train_config_from_dict
 from components.training import checkpoint as ckpt
 from components.training.loop import (
     EPOCHS,
     HISTORY,
+    LoopConfig,
     TrainingDiverged,
     train_loop_per_worker,
 )
@@ -22,6 +24,22 @@ def tiny_train(epochs=2, **kw) -> dict:
                       schedule=ScheduleConfig(name="cosine", warmup=0.1), **kw)
     cfg.model = resnet.Config(depth=8)
     return to_dict(cfg)
+
+
+def test_loop_config_names_an_unknown_or_missing_key_and_types_its_fields(tmp_path):
+    with pytest.raises(TypeError, match=r"unknown keys \['epochs'\]; missing keys \['run_dir'\]; the loop takes"):
+        LoopConfig.of({"algo": "resnet", "train": tiny_train(), "data_dir": tmp_path, "epochs": 3})
+    config = LoopConfig.of({"algo": "resnet", "train": tiny_train(), "data_dir": tmp_path, "run_dir": tmp_path,
+                            "hooks": [Recorder()]})
+    assert isinstance(config.train, TrainConfig) and isinstance(config.train.model, resnet.Config)
+    assert config.data_dir == str(tmp_path) and isinstance(config.hooks, tuple) and LoopConfig.of(config) is config
+    assert LoopConfig.of(config.as_dict()) == config  # what Ray Train hands a worker reads back the same
+
+
+def test_a_typed_train_config_is_copied_not_bound_in_place(digits_shards, tmp_path):
+    cfg = train_config_from_dict("resnet", tiny_train(1))
+    train_loop_per_worker(LoopConfig("resnet", cfg, str(digits_shards), str(tmp_path)))
+    assert cfg.model == resnet.Config(depth=8) and not cfg.model.mean  # bind fills mean and std in the loop's copy
 
 
 def test_trains_checkpoints_and_logs(digits_shards, tmp_path):
