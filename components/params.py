@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
@@ -46,6 +47,40 @@ class Params:
     register: RegisterConfig = field(default_factory=RegisterConfig)
 
 
+@dataclass(frozen=True)
+class AlgorithmParams:
+    """What the stages of ``algorithms.<name>`` read of params.yaml, parsed and validated."""
+    name: str
+    family: str  # its model family (a module of components/models)
+    dataset: str  # the data section it trains on
+    train: TrainConfig  # train.<name>, its model section parsed by the family
+    tune: TuneConfig
+    runtime: RuntimeConfig
+    register: RegisterConfig
+    raw: dict[str, Any]  # the file as read: what a stage's lineage hashes of it (dvc.yaml's params)
+
+
+@dataclass(frozen=True)
+class DatasetParams:
+    """What the data stages of ``data.<name>`` read of params.yaml."""
+    name: str
+    module: ModuleType  # its dataset module (a module of components/data)
+    config: Any  # data.<name>, parsed into the module's Config
+    raw: dict[str, Any]
+
+
+def algorithm(raw: dict[str, Any], name: str) -> AlgorithmParams:
+    """``algorithms.<name>`` and every section its stages read, parsed."""
+    return AlgorithmParams(name, family_name(raw, name), dataset_name(raw, name), train_config(raw, name),
+                           tune_config(raw, name), runtime_config(raw),
+                           parse(RegisterConfig, raw.get("register"), "register"), raw)
+
+
+def dataset(raw: dict[str, Any], name: str) -> DatasetParams:
+    """``data.<name>``, parsed by its dataset module."""
+    return DatasetParams(name, dataset_module(raw, name), dataset_config(raw, name), raw)
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     """Read params.yaml as plain data; a YAML syntax error names the file and line."""
     path = Path(path)
@@ -74,7 +109,7 @@ def load_all(raw: dict[str, Any], algorithms: list[str] | None = None, datasets:
             raise ConfigError(f"data.{algo.dataset}: algorithms.{name} uses it but the section is missing")
         if algorithms is not None and name not in algorithms:
             continue
-        get_family(algo.family or name, path=f"algorithms.{name}" + (".family" if algo.family else ""))
+        get_family(family_name(raw, name), path=f"algorithms.{name}" + (".family" if algo.family else ""))
         train_config(raw, name)
         tune_config(raw, name)
     for name in params.data:

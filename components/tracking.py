@@ -220,6 +220,26 @@ def registered_version(name: str, key: str):
     return client.get_model_version(name, max(found, key=lambda v: int(v.version)).version)
 
 
+def log_model(experiment: str, algo: str, key: str, run_name: str, *, metrics: dict[str, float],
+              card: list[Path], **pyfunc: Any) -> str:
+    """Log a pyfunc model (``pyfunc``: ``mlflow.pyfunc.log_model``'s arguments) in a new run of
+    ``experiment`` tagged ``register_key = key``, with its test ``metrics`` and the ``card`` files
+    (images, the report) as artifacts; returns its model URI. Runs of an interrupted log with the
+    same key are marked KILLED first."""
+    client = MlflowClient()
+    for run in client.search_runs([experiment], f"tags.{REGISTER_KEY} = '{key}' and attributes.status = 'RUNNING'"):
+        client.set_terminated(run.info.run_id, "KILLED")
+        print(f"register {algo}: run {run.info.run_id} of an interrupted register marked KILLED")
+    with mlflow.start_run(experiment_id=experiment, run_name=run_name,
+                          tags={"stage": "register", "algo": algo, REGISTER_KEY: key}):
+        mlflow.log_metrics({f"test_{k}": float(v) for k, v in metrics.items()})
+        for file in card:
+            mlflow.log_artifact(str(file), artifact_path="card")
+        info = mlflow.pyfunc.log_model(name="model", **pyfunc)
+        failpoint("register:logged")
+    return info.model_uri
+
+
 def register(model_uri: str, name: str, *, tags: dict[str, str], description: str,
              metric: str, value: float, mode: str, min_improvement: float = 0.0,
              version=None) -> tuple[Any, str, Any]:

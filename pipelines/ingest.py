@@ -7,18 +7,16 @@ in ``components/data``.
 
 from __future__ import annotations
 
-from components.params import dataset_config, dataset_module
 from components.training.storage import written_whole
-from pipelines.layout import load, run_stage, stage_args
+from pipelines.layout import load_data, run_stage, stage_args
 
 
 def main() -> None:
     args = stage_args(__doc__, with_algo=False, with_dataset=True)
-    raw, layout = load(args, everything=True)  # the first stage of a cold repro: a typo anywhere stops it
-    cfg = dataset_config(raw, args.dataset)
-    out = layout.raw(args.dataset)
+    data, layout = load_data(args, everything=True)  # the first stage of a cold repro: a typo anywhere stops it
+    out = layout.raw(data.name)
     with written_whole(out) as tmp:
-        manifest = dataset_module(raw, args.dataset).ingest(cfg, tmp)
+        manifest = data.module.ingest(data.config, tmp)
     print(f"ingest {args.dataset}: {manifest['num_samples']} samples, split {manifest['split_sizes']} -> {out}")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from components.config import ConfigError
 from components.data.manifest import DataError
-from components.params import load_all, load_params
+from components.params import AlgorithmParams, DatasetParams, algorithm, dataset, load_all, load_params
 
 
 @dataclass(frozen=True)
@@ -75,22 +75,24 @@ def stage_args(description: str, with_algo: bool = True, with_dataset: bool = Fa
     return parser.parse_args()
 
 
-def load(args: argparse.Namespace, everything: bool = False) -> tuple[dict, Layout]:
-    """Read params.yaml and validate what the stage reads (``everything``: every section); a bad
-    value stops the stage before any work."""
+def load(args: argparse.Namespace) -> tuple[AlgorithmParams, Layout]:
+    """Read params.yaml and validate what the stage of ``args.algo`` reads; a bad value stops the
+    stage before any work."""
     raw = load_params(args.params)
-    algo = getattr(args, "algo", None)
-    if everything:
-        load_all(raw)
-    elif algo is not None:
-        entry = (raw.get("algorithms") or {}).get(algo)
-        if not isinstance(entry, dict):
-            raise ConfigError(f"algorithms.{algo}: no such algorithm in {args.params}; "
-                              f"valid: {sorted(raw.get('algorithms') or {})}")
-        load_all(raw, algorithms=[algo], datasets=[entry.get("dataset")])
-    else:
-        load_all(raw, algorithms=[], datasets=[args.dataset])
-    return raw, Layout(Path(args.params).resolve().parent)
+    algo = args.algo
+    entry = (raw.get("algorithms") or {}).get(algo)
+    if not isinstance(entry, dict):
+        raise ConfigError(f"algorithms.{algo}: no such algorithm in {args.params}; "
+                          f"valid: {sorted(raw.get('algorithms') or {})}")
+    load_all(raw, algorithms=[algo], datasets=[entry.get("dataset")])
+    return algorithm(raw, algo), Layout(Path(args.params).resolve().parent)
+
+
+def load_data(args: argparse.Namespace, everything: bool = False) -> tuple[DatasetParams, Layout]:
+    """Read params.yaml and validate ``data.<args.dataset>`` (``everything``: every section)."""
+    raw = load_params(args.params)
+    load_all(raw) if everything else load_all(raw, algorithms=[], datasets=[args.dataset])
+    return dataset(raw, args.dataset), Layout(Path(args.params).resolve().parent)
 
 
 def run_stage(main) -> None:

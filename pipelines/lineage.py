@@ -109,3 +109,19 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 def write_json(path: Path, data: Any) -> None:
     """Write ``path`` whole: a temporary sibling renamed over it (a reader never sees half a file)."""
     storage.write_text(str(path), json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def trained_commit(client: Any, run_id: str, root: Path) -> str:
+    """The commit of the code that trained a model, as its train run (``run_id``) recorded it (a
+    commit made since, or outputs a repro rewrote, do not change it); this checkout's when the
+    run has none."""
+    from mlflow.exceptions import MlflowException
+
+    if run_id:
+        try:
+            commit = client.get_run(run_id).data.tags.get("git_commit")
+        except MlflowException:  # the run is in another store (a copied registry): fall back
+            commit = None
+        if commit and commit != "unknown":
+            return commit
+    return git_commit(root)

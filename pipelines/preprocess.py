@@ -7,20 +7,18 @@ Reads ``data.<dataset>`` and ``data/raw/<dataset>/``; writes ``data/shards/<data
 from __future__ import annotations
 
 from components.data.manifest import verify_manifest
-from components.params import dataset_config, dataset_module
 from components.training.storage import written_whole
-from pipelines.layout import load, run_stage, stage_args
+from pipelines.layout import load_data, run_stage, stage_args
 
 
 def main() -> None:
     args = stage_args(__doc__, with_algo=False, with_dataset=True)
-    raw, layout = load(args)
-    cfg = dataset_config(raw, args.dataset)
+    data, layout = load_data(args)
     raw_dir = layout.raw(args.dataset)
     manifest = verify_manifest(raw_dir, fix=f"re-create it with `dvc repro --force ingest-{args.dataset}`")
     out = layout.shards(args.dataset)
     with written_whole(out) as tmp:
-        stats = dataset_module(raw, args.dataset).preprocess(cfg, raw_dir, tmp, manifest)
+        stats = data.module.preprocess(data.config, raw_dir, tmp, manifest)
     for name, s in stats["splits"].items():
         print(f"preprocess {args.dataset}/{name}: {s['samples']} samples in {len(s['shards'])} shards")
 

@@ -21,7 +21,6 @@ from pathlib import Path
 
 from components import scoring, tracking
 from components.config import ConfigError
-from components.params import dataset_name, family_name, runtime_config
 from components.training import launch
 from pipelines.layout import load, quiet_third_parties, run_stage
 
@@ -47,10 +46,10 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    raw, layout = load(args)
+    p, layout = load(args)
     algo = args.algo
-    runtime = runtime_config(raw)
-    scoring.task_of(family_name(raw, algo))  # a family batch scoring does not cover stops here
+    runtime = p.runtime
+    scoring.task_of(p.family)  # a family batch scoring does not cover stops here
     uri = tracking.configure(layout.root)
     model_uri = args.model or f"models:/{algo}@{tracking.CHAMPION}"
     version = scoring.resolve_version(model_uri)  # pin it: an alias that moves mid-run changes nothing
@@ -62,7 +61,7 @@ def main() -> None:
             print(f"{rank:>3}  cosine {row['cosine']:.4f}  {row['shard']}/{row['key']}"
                   + (f"  label {row['label']}" if "label" in row else ""))
         return
-    data = args.data or layout.shards(dataset_name(raw, algo))
+    data = args.data or layout.shards(p.dataset)
     quiet_third_parties()
     launch.init_ray(runtime.ray_num_cpus)
     print(f"score {algo}: {pinned} over {data} ({args.split}) with {args.actors} actor(s) -> {out}", flush=True)

@@ -13,25 +13,14 @@ the stage runs again, and a code change trains afresh.
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
-
-import yaml
 
 from components import tracking
-from components.config import ConfigError, TrainConfig, to_dict
+from components.config import to_dict
 from components.evaluation import plots
 from components.models import get_family
-from components.params import (
-    dataset_name,
-    family_name,
-    runtime_config,
-    train_config,
-    train_config_from_dict,
-)
 from components.training import checkpoint as ckpt
-from components.training import launch
+from components.training import launch, sweep_record
 from components.training.loop import (
     EPOCHS,
     HISTORY,
@@ -45,40 +34,20 @@ from pipelines import dag, lineage
 from pipelines.layout import load, quiet_third_parties, run_stage, stage_args
 
 
-def with_winner(cfg: TrainConfig, fname: str, algo: str, layout) -> tuple[TrainConfig, dict[str, Any]]:
-    """``cfg`` with the sweep's winning schedule, peak LR and warm-up (``train.<algo>.tuned``), and
-    lineage tags naming the tune run that chose them; ``cfg`` itself when not tuned."""
-    if not cfg.tuned:
-        return cfg, {"tuned": "false"}
-    path = layout.tuned(algo)
-    if not path.exists():
-        raise ConfigError(f"{path.relative_to(layout.root)} is missing: run `dvc repro tune-{algo}` (or the whole "
-                          f"pipeline) first, or set train.{algo}.tuned: false to train params.yaml's own schedule")
-    best = yaml.safe_load(path.read_text())
-    data = to_dict(cfg)
-    tuned = train_config_from_dict(fname, {**data, "lr": best["lr"], "schedule": {**data["schedule"], **best["schedule"]}})
-    # Which run chose them (not a stage dependency: a re-run sweep with the same winner leaves train alone).
-    sweep = json.loads(layout.metrics("tune", algo).read_text()) if layout.metrics("tune", algo).exists() else {}
-    return tuned, {"tuned": "true", "tune_run_id": str(sweep.get("mlflow_run_id", "")),
-                   "tune_trial": str(sweep.get("best_trial", ""))}
-
-
 def main() -> None:
     args = stage_args(__doc__)
     quiet_third_parties()
-    raw, layout = load(args)
-    algo = args.algo
-    fname = family_name(raw, algo)
-    cfg, lineage_tags = with_winner(train_config(raw, algo), fname, algo, layout)
-    family = get_family(fname)
-    dataset = dataset_name(raw, algo)
-    shard_dir = layout.shards(dataset)
-    data_version = lineage.data_version(shard_dir)
-    runtime = runtime_config(raw)
-    storage = layout.storage_root(runtime.storage_root)
-    worker_shards = layout.worker_shards(dataset, data_version, runtime.storage_root)
+    p, layout = load(args)
+    algo = p.name
+    cfg, lineage_tags = sweep_record.with_winner(p.train, p.family, algo, layout.tuned(algo),
+                                                 layout.metrics("tune", algo),
+                                                 str(layout.tuned(algo).relative_to(layout.root)))
+    family = get_family(p.family)
+    data_version = lineage.data_version(layout.shards(p.dataset))
+    storage = layout.storage_root(p.runtime.storage_root)
+    worker_shards = layout.worker_shards(p.dataset, data_version, p.runtime.storage_root)
     # The stage's code deps, as dvc.yaml lists them: resuming is for interrupted runs of the same code.
-    code = lineage.code_version(layout.root, dag.code_deps("train", raw, algo, layout.root))
+    code = lineage.code_version(layout.root, dag.code_deps("train", p.raw, algo, layout.root))
     key = lineage.run_key(algo, to_dict(cfg), data_version, code)
     run_dir = f"{storage}/runs/{algo}/train-{key}"
 
@@ -88,21 +57,21 @@ def main() -> None:
     run = client.create_run(exp, run_name=f"train-{key}", tags={
         "stage": "train", "algo": algo, "git_commit": lineage.git_commit(layout.root),
         "data_version": data_version,
-        "dvc_data_md5": lineage.dvc_md5(layout.root, f"data/shards/{dataset}"),
+        "dvc_data_md5": lineage.dvc_md5(layout.root, f"data/shards/{p.dataset}"),
         "num_workers": str(cfg.num_workers), **lineage_tags})
     tracking.log_batch(client, run.info.run_id, params=tracking.params_of(to_dict(cfg)))
     chosen = (f"the sweep's {cfg.schedule.name} schedule, lr {cfg.lr:.4g}, warm-up {cfg.schedule.warmup} "
               f"(tune run {lineage_tags['tune_run_id'][:8]})" if cfg.tuned else "params.yaml's own schedule")
     print(f"train {algo}: {cfg.epochs} epochs, {max(cfg.num_workers, 1)} worker(s) "
           f"({'local mode' if cfg.num_workers == 0 else 'DDP'}) with {chosen}; run dir {run_dir}", flush=True)
-    config = LoopConfig(algo, cfg, worker_shards, run_dir, family=fname, hooks=(
+    config = LoopConfig(algo, cfg, worker_shards, run_dir, family=p.family, hooks=(
         tracking.MlflowHook(uri, run.info.run_id), launch.RayTrainReport(cfg.checkpoint_every, cfg.epochs),
         Progress(cfg.epochs, family.VAL_METRIC)))
     t0 = time.perf_counter()
     try:
         launch.fit(config, num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, storage_path=f"{storage}/ray",
-                   name=f"{algo}-train-{key}", ray_num_cpus=runtime.ray_num_cpus,
-                   max_failures=runtime.max_failures)
+                   name=f"{algo}-train-{key}", ray_num_cpus=p.runtime.ray_num_cpus,
+                   max_failures=p.runtime.max_failures)
     except BaseException as exc:
         client.set_terminated(run.info.run_id, "FAILED")
         if isinstance(exc, TrainingDiverged):
@@ -112,17 +81,14 @@ def main() -> None:
 
     out = layout.model(algo, "train")
     last = ckpt.export_latest(f"{run_dir}/checkpoints", out, {
-        "algo": algo, "family": fname, "candidate": "train", "data_version": data_version, "mlflow_run_id": run.info.run_id,
+        "algo": algo, "family": p.family, "candidate": "train", "data_version": data_version, "mlflow_run_id": run.info.run_id,
         **{k: v for k, v in lineage_tags.items() if k != "tuned"}})
 
     steps = read_rows(f"{run_dir}/{HISTORY}")
     epochs = read_rows(f"{run_dir}/{EPOCHS}")
     with written_whole(layout.plots("train", algo)) as plot_dir:
-        # One table per curve (step, value): dvc.yaml plots the directory with x = step, y = the last column.
-        for col in (k for k in (steps[0] if steps else {}) if k not in ("step", "epoch")):
-            lineage.write_csv(plot_dir / f"{col}.csv", [{"step": r["step"], col: r[col]} for r in steps if col in r])
-        for col in (k for k in (epochs[0] if epochs else {}) if k.startswith("val_")):  # epoch 0 validates
-            lineage.write_csv(plot_dir / f"{col}.csv", [{"step": e["step"], col: e[col]} for e in epochs if col in e])
+        for name, rows in plots.curve_tables(steps, epochs).items():
+            lineage.write_csv(plot_dir / name, rows)
         plots.save(plots.training_curves(steps, epochs, f"{algo}: train", [family.VAL_METRIC, "val_accuracy"]),
                    plot_dir / "curves.png")
         client.log_artifact(run.info.run_id, str(plot_dir / "curves.png"))

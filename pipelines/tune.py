@@ -21,19 +21,10 @@ from __future__ import annotations
 
 import time
 
-import yaml
-
 from components import tracking
 from components.config import to_dict
 from components.evaluation import plots
 from components.models import get_family
-from components.params import (
-    dataset_name,
-    family_name,
-    runtime_config,
-    train_config,
-    tune_config,
-)
 from components.training import launch
 from components.training import sweep as sha
 from components.training import sweep_record as record
@@ -45,23 +36,18 @@ from pipelines.layout import load, quiet_third_parties, run_stage, stage_args
 def main() -> None:
     args = stage_args(__doc__)
     quiet_third_parties()
-    raw, layout = load(args)
-    algo = args.algo
-    cfg, tcfg = train_config(raw, algo), tune_config(raw, algo)
-    fname = family_name(raw, algo)
-    family = get_family(fname)
+    p, layout = load(args)
+    algo, tcfg = p.name, p.tune
+    family = get_family(p.family)
     metric, mode = family.VAL_METRIC, family.VAL_MODE  # what the rungs compare
     # Every trial's schedule spans the sweep's budget; keys it does not read (dag.TRAIN_ONLY) are
     # fixed, so that the run key, like the stage, ignores them.
-    base = {**to_dict(cfg), "epochs": tcfg.epochs, "checkpoint_every": tcfg.epochs, "num_workers": 0, "tuned": False}
+    base = {**to_dict(p.train), "epochs": tcfg.epochs, "checkpoint_every": tcfg.epochs, "num_workers": 0, "tuned": False}
     trials = sha.draw(tcfg.space, base, tcfg.samples_per_schedule, tcfg.seed)
-    dataset = dataset_name(raw, algo)
-    shard_dir = layout.shards(dataset)
-    data_version = lineage.data_version(shard_dir)
-    runtime = runtime_config(raw)
-    storage = layout.storage_root(runtime.storage_root)
-    worker_shards = layout.worker_shards(dataset, data_version, runtime.storage_root)
-    code = lineage.code_version(layout.root, dag.code_deps("tune", raw, algo, layout.root))
+    data_version = lineage.data_version(layout.shards(p.dataset))
+    storage = layout.storage_root(p.runtime.storage_root)
+    worker_shards = layout.worker_shards(p.dataset, data_version, p.runtime.storage_root)
+    code = lineage.code_version(layout.root, dag.code_deps("tune", p.raw, algo, layout.root))
     key = lineage.run_key(algo, base, to_dict(tcfg), data_version, code)
     runs_root = f"{storage}/runs/{algo}/tune-{key}"  # same key: an interrupted sweep resumes its trials
 
@@ -69,18 +55,18 @@ def main() -> None:
     runs = record.SweepRuns(
         tracking.MlflowClient(), tracking.experiment_id(algo, layout.root), algo, f"tune-{key}", tags={
             "git_commit": lineage.git_commit(layout.root), "data_version": data_version,
-            "dvc_data_md5": lineage.dvc_md5(layout.root, f"data/shards/{dataset}")},
+            "dvc_data_md5": lineage.dvc_md5(layout.root, f"data/shards/{p.dataset}")},
         params={"base": base, "sweep": to_dict(tcfg)}, trials=trials, base=base)
 
     steps = sha.plan(len(trials), tcfg.grace_period, tcfg.reduction_factor, tcfg.epochs)
     print(f"tune {algo}: {len(trials)} trials (params.yaml's own + {tcfg.samples_per_schedule} x "
           f"{tcfg.space.schedule}), rungs (epochs, trials) {steps}: {sha.epochs_spent(steps)} epochs against "
           f"{len(trials) * tcfg.epochs} for all to the end", flush=True)
-    launch.init_ray(runtime.ray_num_cpus)
+    launch.init_ray(p.runtime.ray_num_cpus)
 
     def run_rung(live: list[sha.Trial], epochs: int) -> dict:
         return launch.sweep_rung(
-            [{**vars(t), "run_id": runs.run_ids[t.name]} for t in live], epochs, algo=algo, family=fname, base=base,
+            [{**vars(t), "run_id": runs.run_ids[t.name]} for t in live], epochs, algo=algo, family=p.family, base=base,
             data_dir=worker_shards, runs_root=runs_root, storage_path=f"{storage}/ray",
             name=f"{algo}-tune-{key}-to-{epochs}", max_concurrent=tcfg.max_concurrent,
             workers_per_trial=tcfg.workers_per_trial, uri=uri, train_fraction=tcfg.train_fraction, metric=metric)
@@ -102,9 +88,7 @@ def main() -> None:
 
     win, summary = result.winner, record.summary_of(result, tcfg.epochs)
     layout.tuned(algo).parent.mkdir(parents=True, exist_ok=True)
-    layout.tuned(algo).write_text(
-        f"# train.{algo} overrides chosen by the tune stage's sweep (train.{algo}.tuned: true trains with them)\n"
-        + yaml.safe_dump(win.trial.overrides(), sort_keys=True))
+    layout.tuned(algo).write_text(record.winner_yaml(win.trial, algo))
     lineage.write_json(layout.sweep(algo), summary)
     tables, figure = record.tables_and_figure(result, runs_root, f"{algo}: {len(trials)} trials, winner "
                                               f"{win.trial.name} ({win.trial.schedule}, lr {win.trial.lr:.3g})")

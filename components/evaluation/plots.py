@@ -17,6 +17,16 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 
+def curve_tables(steps: Sequence[dict], epochs: Sequence[dict]) -> dict[str, list[dict]]:
+    """One table per curve, ``<name>.csv`` -> rows (step, value), for ``dvc plots`` (x = step, y =
+    the last column): every per-step value, and every per-epoch ``val_*`` metric."""
+    tables = {f"{col}.csv": [{"step": r["step"], col: r[col]} for r in steps if col in r]
+              for col in (k for k in (steps[0] if steps else {}) if k not in ("step", "epoch"))}
+    tables.update({f"{col}.csv": [{"step": e["step"], col: e[col]} for e in epochs if col in e]
+                   for col in (k for k in (epochs[0] if epochs else {}) if k.startswith("val_"))})  # epoch 0 validates
+    return tables
+
+
 def training_curves(steps: Sequence[dict], epochs: Sequence[dict], title: str,
                     val_keys: Sequence[str] | None = None) -> Figure:
     """Whatever a family logs: losses per step (and val loss per epoch), the other per-step
