@@ -12,7 +12,7 @@
   and text→image logits, the matching pair being the target.
 
 Under DDP the logits span the global batch: every Ray worker gathers all workers' embeddings
-(:func:`gather`), its own entering with gradients, and computes the loss of the whole
+(``clip_loss.gather``), its own entering with gradients, and computes the loss of the whole
 global batch. Each rank's copy of a slot sends its gradient back to the slot's owner (an
 all-reduce in backward), so with DDP's averaging, values and gradients equal those of one
 process on the concatenated batch (tested), and negatives come from every worker.
@@ -20,7 +20,6 @@ process on the concatenated batch (tested), and negatives come from every worker
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,13 +27,18 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from components.config import ConfigError, bounds
 from components.data.tokenizer import EOS, PAD, Tokenizer
 from components.models import resnet
+
+# The family's evaluate and validate live beside the model, in clip_eval.
+from components.models.clip_eval import evaluate as evaluate
+from components.models.clip_eval import tokens_of
+from components.models.clip_eval import validate as validate
+from components.models.clip_loss import contrastive_loss, gather
 from components.models.common import bind_images
 from components.models.contract import Report
 
@@ -43,7 +47,6 @@ PRIMARY_METRIC, PRIMARY_MODE = "zero_shot_accuracy", "max"  # test digits, promp
 SELECT_BY = (("zero_shot_accuracy", "max"), ("loss", "min"))
 VAL_METRIC, VAL_MODE = "val_zero_shot_accuracy", "max"
 MAX_LOGIT_SCALE = 100.0
-EVAL_FIELDS = ("jpg;jpeg;png;webp;npy", "tokens.npy", "cls", "caption.txt")  # the image, encoded as the data has it
 
 
 @dataclass
@@ -172,49 +175,6 @@ def bind(cfg: Config, stats: dict, data_dir) -> Config:
                    zero_shot_templates=list(stats.get("zero_shot_templates", [])))
 
 
-# ---------------------------------------------------------------------------- the loss, across workers
-
-class _GatherRows(torch.autograd.Function):
-    """All ranks' rows in rank order; backward sums every rank's gradient for this rank's rows."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        world, rank = dist.get_world_size(), dist.get_rank()
-        size = torch.tensor([len(x)], device=x.device)
-        sizes = [torch.zeros_like(size) for _ in range(world)]
-        dist.all_gather(sizes, size)
-        sizes = [int(s) for s in sizes]
-        longest = max(sizes)  # ranks may hold a sample more or less: pad to gather, then cut
-        padded = x.new_zeros((longest, *x.shape[1:]))
-        padded[:len(x)] = x
-        parts = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded.contiguous())
-        ctx.sizes, ctx.rank, ctx.longest = sizes, rank, longest
-        return torch.cat([p[:s] for p, s in zip(parts, sizes)])
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        padded = grad.new_zeros((len(ctx.sizes), ctx.longest, *grad.shape[1:]))
-        for r, (start, size) in enumerate(zip(np.cumsum([0, *ctx.sizes[:-1]]), ctx.sizes)):
-            padded[r, :size] = grad[start:start + size]
-        dist.all_reduce(padded)
-        return padded[ctx.rank, :ctx.sizes[ctx.rank]]
-
-
-def gather(x: torch.Tensor) -> torch.Tensor:
-    """Every worker's rows (this one's with gradients); ``x`` itself outside a process group."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    return _GatherRows.apply(x)
-
-
-def contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric InfoNCE over matched rows of normalised embeddings; returns (loss, logits image→text)."""
-    logits = scale * image @ text.T
-    target = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2, logits
-
-
 # ---------------------------------------------------------------------------- training
 
 def _one_caption(tokens: torch.Tensor) -> torch.Tensor:
@@ -251,113 +211,6 @@ def eval_step(model: nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
     n = len(logits)
     correct = (logits.argmax(1) == torch.arange(n, device=logits.device)).sum()
     return {"loss": loss * n, "correct": correct, "count": torch.tensor(n)}
-
-
-# ---------------------------------------------------------------------------- evaluation
-
-def _tokens(model: CLIP, texts: list[str]) -> torch.Tensor:
-    from components.data.captions import encode
-
-    if model.tokenizer is None:
-        raise ValueError("the model has no tokenizer; build it from a config bound to the data (train saves one)")
-    return torch.from_numpy(encode(model.tokenizer, texts, model.cfg.max_len)).long()
-
-
-@torch.no_grad()
-def class_embeddings(model: CLIP, class_names: list[str], templates: list[str]) -> torch.Tensor:
-    """(classes, d): per class, the normalised mean of its prompts' normalised text embeddings
-    (the prompt ensemble of Radford et al. 2021, section 3.1.4)."""
-    prompts = [t.format(digit=name) for name in class_names for t in templates]
-    emb = _embed_texts(model, _tokens(model, prompts)).view(len(class_names), len(templates), -1)
-    return F.normalize(emb.mean(1), dim=-1)
-
-
-@functools.lru_cache(maxsize=4)
-def _read_split(shard_dir: str, split: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, list[str]]:
-    """A whole split's images, tokens, labels and first captions; read once per process (validate runs
-    every epoch). Callers must not modify the tensors."""
-    from components.data.shards import ShardDataset
-
-    batches = list(ShardDataset(shard_dir, split, batch_size=1 << 16, fields=EVAL_FIELDS))
-    images = torch.cat([b[0] for b in batches])
-    tokens = torch.cat([b[1] for b in batches]).long()
-    return images, tokens, torch.cat([b[2] for b in batches]).numpy(), [c for b in batches for c in b[3]]
-
-
-# Evaluation embeds on the model's device (the GPU, while training on one) and hands back CPU
-# float32, which the metrics (numpy, scikit-learn) read.
-@torch.no_grad()
-def _embed_images(model: CLIP, images: torch.Tensor) -> torch.Tensor:
-    device = next(model.parameters()).device
-    return torch.cat([model.encode_image(chunk.to(device)).float().cpu() for chunk in images.split(512)])
-
-
-@torch.no_grad()
-def _embed_texts(model: CLIP, tokens: torch.Tensor) -> torch.Tensor:
-    device = next(model.parameters()).device
-    return model.encode_text(tokens.to(device)).float().cpu()
-
-
-def zero_shot(model: CLIP, image_emb: torch.Tensor, cfg: Config) -> np.ndarray:
-    """Class probabilities of each image against the class prompts (softmax of scaled cosines)."""
-    classes = class_embeddings(model, cfg.class_names, cfg.zero_shot_templates)
-    return torch.softmax(model.scale().cpu() * image_emb @ classes.T, 1).numpy()
-
-
-def recall_at(similarity: np.ndarray, relevant: np.ndarray, ks=(1, 5, 10)) -> dict[int, float]:
-    """Fraction of queries (rows) with a relevant item among their top k; ``relevant`` (Q, N) bool."""
-    order = np.argsort(-similarity, axis=1, kind="stable")
-    hits = np.take_along_axis(relevant, order, axis=1)
-    return {k: float(hits[:, :k].any(1).mean()) for k in ks}
-
-
-@torch.no_grad()
-def validate(model: CLIP, cfg: Config, data_dir) -> dict[str, float]:
-    """Zero-shot accuracy on val (the held-out templates) and the InfoNCE of the whole val split."""
-    model.eval()
-    images, tokens, labels, _ = _read_split(str(data_dir), "val")
-    image = _embed_images(model, images)
-    loss, _ = contrastive_loss(image, _embed_texts(model, tokens[:, 0]), model.scale().cpu())
-    out = {"loss": float(loss), "logit_scale": float(model.scale())}
-    if cfg.class_names and cfg.zero_shot_templates and (labels >= 0).all():
-        out["zero_shot_accuracy"] = float((zero_shot(model, image, cfg).argmax(1) == labels).mean())
-    return out
-
-
-@torch.no_grad()
-def evaluate(model: CLIP, cfg: Config, shard_dir, split: str, detail: bool = True) -> dict:
-    """Zero-shot accuracy (unseen templates), image↔text recall@1/5/10, a linear probe on frozen
-    image embeddings (fitted on train), the InfoNCE and the learned temperature."""
-    from sklearn.linear_model import LogisticRegression
-
-    from components.evaluation.classification import classification_report
-
-    model.eval()
-    images, tokens, labels, captions = _read_split(str(shard_dir), split)
-    image = _embed_images(model, images)
-    text = _embed_texts(model, tokens[:, 0])
-    loss, _ = contrastive_loss(image, text, model.scale().cpu())
-    result: dict[str, Any] = {"loss": float(loss), "logit_scale": float(model.scale()),
-                              "temperature": 1 / float(model.scale()), "num_samples": len(labels)}
-    # Many images share a caption ("a bold seven"): a retrieved item counts when its caption is the query's.
-    same = np.array(captions)[:, None] == np.array(captions)[None, :]
-    sim = (image @ text.T).numpy()
-    for k, v in recall_at(sim, same).items():
-        result[f"image_to_text_r{k}"] = v
-    for k, v in recall_at(sim.T, same).items():
-        result[f"text_to_image_r{k}"] = v
-    result["unique_captions"] = int(len(set(captions)))
-    if cfg.class_names and cfg.zero_shot_templates and (labels >= 0).all():
-        report = classification_report(zero_shot(model, image, cfg), labels)
-        result.update({f"zero_shot_{k}" if k in ("accuracy", "macro_f1", "nll", "ece", "min_class_accuracy") else k: v
-                       for k, v in report.items()})
-        train_images, _, train_labels, _ = _read_split(str(shard_dir), "train")
-        probe = LogisticRegression(max_iter=2000, C=1.0).fit(_embed_images(model, train_images).numpy(), train_labels)
-        result["linear_probe_accuracy"] = float((probe.predict(image.numpy()) == labels).mean())
-        result["labels"] = labels
-    result.update(embeddings=image.numpy(), images=images[:16].numpy(), captions=captions[:16],
-                  similarity=sim[:16, :16])
-    return result
 
 
 def report(result: dict, title: str, name: str, where: str) -> Report:
@@ -421,7 +274,7 @@ def predict(model: CLIP, inputs: Any, cfg: Config, mode: str = "score") -> np.nd
         texts = columns["text"]
         if not all(isinstance(t, str) for t in texts):
             raise ValueError("text: expected strings")
-        out["text"] = model.encode_text(_tokens(model, texts))
+        out["text"] = model.encode_text(tokens_of(model, texts))
     if mode == "embed_image":
         return out["image"].numpy()
     if mode == "embed_text":

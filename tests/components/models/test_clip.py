@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from components.config import ConfigError, parse
 from components.data.tokenizer import BOS, EOS, Tokenizer
-from components.models import clip
+from components.models import clip, clip_eval, clip_loss
 
 CAPTIONS = ["a bold seven", "a thin one", "the digit four, wide", "an upright zero", "a narrow two",
             "a photo of a bold nine", "three", "the number five drawn thin"]
@@ -30,19 +30,19 @@ def batch(n: int = 8, seed: int = 0, cfg: clip.Config | None = None) -> tuple[to
     cfg = cfg or tiny_cfg()
     g = torch.Generator().manual_seed(seed)
     model = clip.build(cfg)
-    return torch.rand(n, 1, 8, 8, generator=g), clip._tokens(model, (CAPTIONS * 2)[:n])
+    return torch.rand(n, 1, 8, 8, generator=g), clip_eval.tokens_of(model, (CAPTIONS * 2)[:n])
 
 
 def test_loss_is_cross_entropy_on_the_similarity_matrix_both_ways():
     g = torch.Generator().manual_seed(0)
     image, text = F.normalize(torch.randn(6, 4, generator=g), dim=1), F.normalize(torch.randn(6, 4, generator=g), dim=1)
     scale = torch.tensor(10.0)
-    loss, logits = clip.contrastive_loss(image, text, scale)
+    loss, logits = clip_loss.contrastive_loss(image, text, scale)
     sim = (image @ text.T) * 10
     manual_i2t = -torch.log_softmax(sim, 1).diagonal().mean()
     manual_t2i = -torch.log_softmax(sim, 0).diagonal().mean()
     assert torch.allclose(loss, (manual_i2t + manual_t2i) / 2, atol=1e-6) and torch.allclose(logits, sim)
-    perfect = clip.contrastive_loss(image, image, torch.tensor(100.0))[0]
+    perfect = clip_loss.contrastive_loss(image, image, torch.tensor(100.0))[0]
     assert perfect < loss  # matched pairs lower it
 
 
@@ -60,7 +60,7 @@ def test_temperature_starts_at_007_and_is_clamped_at_100():
 def test_text_is_pooled_at_eos_and_never_sees_the_padding():
     torch.manual_seed(0)
     model = clip.build(tiny_cfg()).eval()
-    tokens = clip._tokens(model, ["a bold seven", "a thin one"])
+    tokens = clip_eval.tokens_of(model, ["a bold seven", "a thin one"])
     assert (tokens[:, 0] == BOS).all() and all(EOS in row.tolist() for row in tokens)
     base = model.encode_text(tokens)
     junk = tokens.clone()

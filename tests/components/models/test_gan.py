@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from components.config import ConfigError, parse
-from components.models import gan
+from components.models import gan, gan_step
 from components.models.common import ema_update
 from components.params import train_config
 from tests.conftest import bound
@@ -33,41 +33,41 @@ def train_cfg(repo_params):
 
 def test_minimax_value_at_d_one_half_everywhere_is_minus_two_log_two():
     half = torch.zeros(16)  # logit 0 -> D = 1/2
-    value = -gan.d_loss("minimax", half, half)  # V(D, G) = E log D(x) + E log(1 - D(G(z)))
+    value = -gan_step.d_loss("minimax", half, half)  # V(D, G) = E log D(x) + E log(1 - D(G(z)))
     assert value.item() == pytest.approx(-2 * math.log(2))
-    assert gan.g_loss("minimax", half).item() == pytest.approx(-math.log(2))  # E log(1 - 1/2)
-    assert gan.g_loss("non_saturating", half).item() == pytest.approx(math.log(2))  # -E log 1/2
+    assert gan_step.g_loss("minimax", half).item() == pytest.approx(-math.log(2))  # E log(1 - 1/2)
+    assert gan_step.g_loss("non_saturating", half).item() == pytest.approx(math.log(2))  # -E log 1/2
 
 
 def test_the_non_saturating_loss_keeps_a_gradient_where_minimax_saturates():
     grads = {}
     for kind in ("minimax", "non_saturating"):
         logit = torch.tensor([-10.0], requires_grad=True)  # D is sure the sample is fake
-        gan.g_loss(kind, logit).backward()
+        gan_step.g_loss(kind, logit).backward()
         grads[kind] = abs(logit.grad.item())
     assert grads["minimax"] < 1e-4 and grads["non_saturating"] > 0.99
 
 
 def test_least_squares_hinge_and_wasserstein_losses_on_known_outputs():
     real, fake = torch.tensor([1.0, 0.5]), torch.tensor([0.0, -0.5])
-    assert gan.d_loss("least_squares", real, fake).item() == pytest.approx(0.5 * 0.125 + 0.5 * 0.125)
-    assert gan.g_loss("least_squares", fake).item() == pytest.approx(0.5 * (1 + 2.25) / 2)
-    assert gan.d_loss("hinge", real, fake).item() == pytest.approx(0.25 + 0.75)
-    assert gan.d_loss("hinge", torch.tensor([2.0]), torch.tensor([-2.0])).item() == 0.0  # beyond the margin
-    assert gan.d_loss("wgan_gp", real, fake).item() == pytest.approx(-0.25 - 0.75)
-    assert gan.g_loss("hinge", fake).item() == pytest.approx(0.25)
+    assert gan_step.d_loss("least_squares", real, fake).item() == pytest.approx(0.5 * 0.125 + 0.5 * 0.125)
+    assert gan_step.g_loss("least_squares", fake).item() == pytest.approx(0.5 * (1 + 2.25) / 2)
+    assert gan_step.d_loss("hinge", real, fake).item() == pytest.approx(0.25 + 0.75)
+    assert gan_step.d_loss("hinge", torch.tensor([2.0]), torch.tensor([-2.0])).item() == 0.0  # beyond the margin
+    assert gan_step.d_loss("wgan_gp", real, fake).item() == pytest.approx(-0.25 - 0.75)
+    assert gan_step.g_loss("hinge", fake).item() == pytest.approx(0.25)
     # one-sided label smoothing moves only the real target
-    smoothed = gan.d_loss("minimax", torch.zeros(4), torch.zeros(4), real_target=0.9)
+    smoothed = gan_step.d_loss("minimax", torch.zeros(4), torch.zeros(4), real_target=0.9)
     assert smoothed.item() == pytest.approx(2 * math.log(2))  # BCE at p = 1/2 is log 2 for any target
 
 
 def test_gradient_penalty_of_a_linear_critic_is_the_squared_distance_of_its_norm_from_one():
     w = torch.tensor([2.0, -2.0, 1.0])  # ||w|| = 3: the gradient is w everywhere
     real, fake = torch.randn(32, 3), torch.randn(32, 3)
-    gp = gan.gradient_penalty(lambda x: x @ w, real, fake)
+    gp = gan_step.gradient_penalty(lambda x: x @ w, real, fake)
     assert gp.item() == pytest.approx((3 - 1) ** 2)
     unit = w / 3
-    assert gan.gradient_penalty(lambda x: x @ unit, real, fake).item() == pytest.approx(0.0, abs=1e-10)
+    assert gan_step.gradient_penalty(lambda x: x @ unit, real, fake).item() == pytest.approx(0.0, abs=1e-10)
 
 
 def test_spectral_norm_bounds_the_largest_singular_value_of_every_discriminator_layer():
@@ -114,7 +114,7 @@ def test_conditioning_reaches_both_networks():
     assert not torch.allclose(d(x, torch.zeros(4, dtype=torch.long)), d(x, torch.ones(4, dtype=torch.long)))
 
 
-@pytest.mark.parametrize("loss", gan.LOSSES)
+@pytest.mark.parametrize("loss", gan_step.LOSSES)
 def test_one_step_updates_both_networks_and_the_ema(train_cfg, loss):
     train_cfg.model.loss = loss
     torch.manual_seed(0)

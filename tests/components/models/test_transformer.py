@@ -16,6 +16,7 @@ from components.data import translation
 from components.data.shards import ShardDataset, read_shard, read_stats
 from components.data.tokenizer import BOS, EOS, PAD, Tokenizer
 from components.models import transformer as T
+from components.models import transformer_decoding as D
 from components.training.loop import train_loop_per_worker
 
 TEXTS = ["three hundred and forty-two", "dreihundertzweiundvierzig", "seventeen", "siebzehn",
@@ -109,14 +110,14 @@ def test_cached_incremental_decoding_equals_the_full_forward(positional):
 def test_beam_search_with_beam_one_equals_greedy():
     m, rng = model(), np.random.default_rng(3)
     src = F.pad(ids(rng, 5, 8), (0, 3), value=PAD)
-    g = T.greedy(m, src, max_len=12)
-    b = T.beam_search(m, src, beam_size=1, max_len=12)
+    g = D.greedy(m, src, max_len=12)
+    b = D.beam_search(m, src, beam_size=1, max_len=12)
     assert torch.equal(g, b[:, :g.shape[1]]) and (b[:, g.shape[1]:] == PAD).all()
 
 
 def test_length_penalty_is_gnmt():
-    assert T.length_penalty(torch.tensor(1.0), 0.0).item() == 1.0
-    assert T.length_penalty(torch.tensor(7.0), 0.6).item() == pytest.approx((12 / 6) ** 0.6)
+    assert D.length_penalty(torch.tensor(1.0), 0.0).item() == 1.0
+    assert D.length_penalty(torch.tensor(7.0), 0.6).item() == pytest.approx((12 / 6) ** 0.6)
 
 
 def test_shift_adds_bos_and_eos():
