@@ -37,7 +37,7 @@ def bound(model_cfg, stats: dict = DIGITS_STATS):
     """An image family's model config with its sizes and classes taken from ``stats`` (digits)."""
     from components.models.common import bind_images
 
-    return bind_images(model_cfg, stats, "test")
+    return bind_images(model_cfg, stats)
 
 
 def numbered_shards(directory: Path, n: int, per_shard: int, split: str = "train") -> Path:

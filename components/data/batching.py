@@ -23,8 +23,8 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from fractions import Fraction
 from collections.abc import Callable, Iterator, Sequence
+from fractions import Fraction
 from typing import Any
 
 import numpy as np

@@ -168,7 +168,7 @@ def bind(cfg: Config, stats: dict, data_dir) -> Config:
     if "tokenizer" not in assets or "max_len" not in stats:
         raise ConfigError(f"{data_dir}: these shards have no captions and tokenizer; CLIP needs an image-caption "
                           f"dataset (a data section of type captions)")
-    bind_images(cfg, stats, "clip")
+    bind_images(cfg, stats)
     tok = Tokenizer.load(Path(data_dir) / assets["tokenizer"])
     return replace(cfg, vocab_size=len(tok), max_len=stats["max_len"], tokenizer=tok.to_dict(),
                    class_names=list(stats.get("class_names", [])),
@@ -204,7 +204,7 @@ def training_step(model: nn.Module, batch: tuple, cfg: Config, label_smoothing: 
 
 
 @torch.no_grad()
-def eval_step(model: nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
+def eval_step(model: nn.Module, batch: tuple, cfg: Config) -> dict[str, torch.Tensor]:
     tokens = batch[1].long()
     image, text, scale = model(batch[0], tokens[:, 0] if tokens.dim() == 3 else tokens)
     loss, logits = contrastive_loss(image, text, scale)

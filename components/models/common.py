@@ -15,29 +15,30 @@ from components.config import ConfigError
 MAX_SAMPLES = 10_000  # per pyfunc request
 
 
-def bind_images(cfg: Any, stats: dict, algo: str) -> Any:
+def bind_images(cfg: Any, stats: dict) -> Any:
     """Fill the model's ``in_channels``, ``image_size`` and ``num_classes`` from ``stats.json``
     where they are 0, check them where params.yaml sets them, and re-validate the config (an
-    architecture may not fit every size)."""
+    architecture may not fit every size). Messages name keys of the model section; the loop
+    prefixes the algorithm's (``train.<algo>.model``)."""
     classes, shape = stats.get("num_classes"), stats.get("input_shape")
     if classes is not None and hasattr(cfg, "num_classes"):  # CLIP has no class count of its own
         if cfg.num_classes == 0:
             cfg.num_classes = int(classes)
         elif classes != cfg.num_classes:
             raise ConfigError(f"num_classes: the data has {classes} classes, the model {cfg.num_classes}; "
-                              f"set train.{algo}.model.num_classes: {classes} (or 0: from the data)")
+                              f"set num_classes: {classes} (or 0: from the data)")
     if shape is not None:
         have = (cfg.in_channels or shape[0], cfg.image_size or shape[-1])
         if [have[0], have[1], have[1]] != list(shape):
             raise ConfigError(f"in_channels/image_size: the data's images are {tuple(shape)}, the model's are "
-                              f"{(have[0], have[1], have[1])}; set train.{algo}.model.in_channels and image_size "
+                              f"{(have[0], have[1], have[1])}; set in_channels and image_size "
                               f"to 0 (from the data) or to {shape[0]} and {shape[-1]}")
         cfg.in_channels, cfg.image_size = int(shape[0]), int(shape[-1])
     if hasattr(cfg, "validate"):
         try:
             cfg.validate()
         except ConfigError as exc:
-            raise ConfigError(f"train.{algo}.model.{exc} (the size comes from the data)") from None
+            raise ConfigError(f"{exc} (the size comes from the data)") from None
     return cfg
 
 

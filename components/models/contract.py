@@ -42,7 +42,8 @@ class Family(Protocol):
     VAL_MODE: ClassVar[Mode]
 
     def bind(self, cfg: Any, stats: dict, data_dir: Any) -> Any:
-        """``cfg`` with its data-derived fields filled (or checked) from ``stats.json`` and the shards."""
+        """``cfg`` with its data-derived fields filled (or checked) from ``stats.json`` and the shards;
+        a ConfigError names keys of the model section (the loop prefixes ``train.<algo>.model``)."""
 
     def build(self, cfg: Any) -> Any:
         """The ``nn.Module`` of a bound config."""
@@ -56,7 +57,7 @@ class Family(Protocol):
 
     # Validation per epoch: sums of ``eval_step`` over the val split, or ``validate`` for a
     # metric that is not a sum over batches (FID).
-    def eval_step(self, model: Any, batch: tuple) -> dict:
+    def eval_step(self, model: Any, batch: tuple, cfg: Any) -> dict:
         """Sums over a batch (``loss``, ``count``, ...), all-reduced into exact means per ``count``;
         the mean of ``correct`` is reported as ``accuracy``."""
 
@@ -85,7 +86,7 @@ CALLS: dict[str, tuple[tuple, dict]] = {
     "bind": ((0, 0, 0), {}),
     "build": ((0,), {}),
     "training_step": ((0, 0, 0), {"label_smoothing": 0.0, "progress": 0.0}),
-    "eval_step": ((0, 0), {}),
+    "eval_step": ((0, 0, 0), {}),
     "evaluate": ((0, 0, 0, 0), {"detail": True}),
     "report": ((0, 0, 0, 0), {}),
     "predict": ((0, 0, 0), {}),

@@ -275,7 +275,7 @@ def build(cfg: Config) -> Diffusion:
 
 
 def bind(cfg: Config, stats: dict, data_dir) -> Config:
-    bind_images(cfg, stats, "diffusion")
+    bind_images(cfg, stats)
     check_evaluator(stats, data_dir, "diffusion")
     return cfg
 

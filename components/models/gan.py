@@ -210,7 +210,7 @@ def build(cfg: Config) -> GAN:
 
 def bind(cfg: Config, stats: dict, data_dir) -> Config:
     """Check the images and class count against the shards; the evaluator must be there."""
-    bind_images(cfg, stats, "gan")
+    bind_images(cfg, stats)
     check_evaluator(stats, data_dir, "gan")
     return cfg
 

@@ -177,10 +177,10 @@ def training_step(model: nn.Module, batch: tuple, cfg: Config, label_smoothing: 
 
 
 @torch.no_grad()
-def eval_step(model: nn.Module, batch: tuple) -> dict[str, torch.Tensor]:
+def eval_step(model: nn.Module, batch: tuple, cfg: Config) -> dict[str, torch.Tensor]:
     """Sums over the batch's seed nodes (or graphs), for exact means over all workers."""
     model = getattr(model, "module", model)
-    logits, target = _logits(model, batch, model.cfg)
+    logits, target = _logits(model, batch, cfg)
     return {"loss": F.cross_entropy(logits, target, reduction="sum"), "correct": (logits.argmax(1) == target).sum(),
             "count": torch.tensor(target.numel())}
 

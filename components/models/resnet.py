@@ -246,7 +246,7 @@ def build(cfg: Config) -> nn.Module:
 def bind(cfg: Config, stats: dict, data_dir) -> Config:
     """Image size, channels and classes from the shards (or checked against them), and the
     train split's per-channel mean and std for the input normalisation."""
-    bind_images(cfg, stats, "resnet")
+    bind_images(cfg, stats)
     if cfg.normalize and "mean" in stats:
         cfg.mean, cfg.std = [float(m) for m in stats["mean"]], [max(float(s), 1e-6) for s in stats["std"]]
     return cfg
@@ -279,7 +279,7 @@ def training_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], cf
 
 
 @torch.no_grad()
-def eval_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+def eval_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
     """Sums over a batch, so that workers can all-reduce them into exact means."""
     images, labels = batch
     logits = model(images)

@@ -294,7 +294,7 @@ def training_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], cf
 
 
 @torch.no_grad()
-def eval_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+def eval_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
     """Sums over target tokens (teacher forcing), so workers can all-reduce exact means."""
     return _teacher_forced(model, batch, 0.0, "sum")
 

@@ -176,7 +176,7 @@ def build(cfg: Config) -> VAE:
 
 
 def bind(cfg: Config, stats: dict, data_dir) -> Config:
-    bind_images(cfg, stats, "vae")
+    bind_images(cfg, stats)
     return cfg
 
 
@@ -197,10 +197,10 @@ def training_step(model: VAE, batch: tuple[torch.Tensor, torch.Tensor], cfg: Con
 
 
 @torch.no_grad()
-def eval_step(model: VAE, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+def eval_step(model: VAE, batch: tuple[torch.Tensor, torch.Tensor], cfg: Config) -> dict[str, torch.Tensor]:
     """Sums of −ELBO (β = 1: the true bound), reconstruction and KL, for exact means over ranks."""
     x = batch[0]
-    rec, kl, _ = elbo_terms(model, x, _labels(model.cfg, batch))
+    rec, kl, _ = elbo_terms(model, x, _labels(cfg, batch))
     kl_sum = kl.sum(1)
     return {"loss": (kl_sum - rec).sum(), "recon": -rec.sum(), "kl": kl_sum.sum(), "count": torch.tensor(len(x))}
 

@@ -42,7 +42,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from components.config import TrainConfig, to_dict
+from components.config import ConfigError, TrainConfig, to_dict
 from components.data import transforms
 from components.data.shards import ShardDataset, localize, padding, read_stats
 from components.models import get_family
@@ -141,15 +141,16 @@ def speed_up(core: nn.Module, family: Any, cfg: Any) -> None:
 
 
 @torch.no_grad()
-def evaluate_split(model: nn.Module, family: Any, dataset: ShardDataset, ctx: _Context,
+def evaluate_split(model: nn.Module, family: Any, cfg: Any, dataset: ShardDataset, ctx: _Context,
                    precision: str) -> dict[str, float]:
-    """Mean loss and accuracy over a whole split, exact across ranks."""
+    """Mean loss and accuracy over a whole split (``family.eval_step`` with the model config
+    ``cfg``), exact across ranks."""
     model.eval()
     totals: dict[str, torch.Tensor] = {}
     loader = torch.utils.data.DataLoader(dataset, batch_size=None)
     for batch in loader:
         with _autocast(precision, ctx.device):
-            out = family.eval_step(model, _to(batch, ctx.device))
+            out = family.eval_step(model, _to(batch, ctx.device), cfg)
         for k, v in out.items():
             totals[k] = totals.get(k, 0) + torch.as_tensor(v).detach().to(ctx.device, torch.float64)
     keys = sorted(totals)
@@ -244,7 +245,10 @@ class _Run:
 
         # Data-derived model fields (a tokenizer's vocabulary, the class count) are bound here and
         # saved in every checkpoint's config, so an exported model rebuilds without the data.
-        cfg.model = family.bind(cfg.model, read_stats(self.data_dir), self.data_dir)
+        try:
+            cfg.model = family.bind(cfg.model, read_stats(self.data_dir), self.data_dir)
+        except ConfigError as exc:  # the family names the model section's keys; the algorithm's section is this
+            raise ConfigError(f"train.{config.algo}.model: {exc}") from None
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.core = family.build(cfg.model).to(ctx.device)
         speed_up(self.core, family, cfg)
@@ -340,7 +344,7 @@ class _Run:
         if hasattr(self.family, "validate"):
             self.core.eval()
             return self.family.validate(self.core, self.cfg.model, self.data_dir)
-        return evaluate_split(self.core, self.family, self.val_ds, self.ctx, self.precision)
+        return evaluate_split(self.core, self.family, self.cfg.model, self.val_ds, self.ctx, self.precision)
 
     def fit(self) -> dict[str, float]:
         cfg, ctx = self.cfg, self.ctx

@@ -113,6 +113,15 @@ def test_bind_takes_counts_from_the_data_and_refuses_the_wrong_task(community_sh
         gnn.bind(gnn.Config(), read_stats(digits_shards), digits_shards)
 
 
+def test_a_bind_error_names_the_algorithms_section_not_the_familys(families_shards, tmp_path):
+    from components.training.loop import train_loop_per_worker
+
+    cfg = train_cfg(gnn.Config(task="graph", num_classes=7), 1)  # gnn_graphs: an algorithm of family gnn
+    with pytest.raises(ConfigError, match=r"^train\.gnn_graphs\.model: num_classes: the data has 5, the model 7"):
+        train_loop_per_worker({"algo": "gnn_graphs", "family": "gnn", "train": cfg, "data_dir": str(families_shards),
+                               "run_dir": str(tmp_path)})
+
+
 def test_full_batch_on_one_worker_and_sampled_batches_on_several():
     assert gnn.loader_options(gnn.Config(), 1) == {}
     assert gnn.loader_options(gnn.Config(fanout=[4, 3]), 2) == {"fanout": [4, 3]}

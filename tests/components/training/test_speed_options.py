@@ -118,10 +118,11 @@ def test_ray_ddp_reports_the_checkpointed_epochs_and_validates_every_sample_once
     assert reports == [{"epochs": [1, 1], "checkpoint": True}, {"epochs": [2, 2], "checkpoint": True}]
 
     state, meta = ckpt.load(ckpt.latest(tmp_path / "run" / "checkpoints"))
-    model = resnet.build(train_config_from_dict("resnet", meta["config"]).model)
+    bound = train_config_from_dict("resnet", meta["config"]).model
+    model = resnet.build(bound)
     model.load_state_dict(state["model"])
     val = ShardDataset(digits_shards, "val", batch_size=256)
-    single = evaluate_split(model, resnet, val, _Context(False, False), "fp32")
+    single = evaluate_split(model, resnet, bound, val, _Context(False, False), "fp32")
     assert metrics["val_accuracy"] == pytest.approx(single["accuracy"], abs=1e-12)
     assert metrics["val_loss"] == pytest.approx(single["loss"], rel=1e-5)
 
