@@ -14,6 +14,27 @@ def test_every_section_of_params_yaml_loads(repo_params):
     assert tune_config(repo_params, "resnet").space.schedule
 
 
+def test_an_algorithms_params_come_parsed_and_typed(repo_params):
+    import dataclasses
+
+    from components.config import RuntimeConfig, TuneConfig
+    from components.models import gnn
+    from components.params import algorithm, dataset
+
+    p = algorithm(repo_params, "gnn_graphs")  # an algorithm of another's family: gnn
+    assert (p.name, p.family, p.dataset) == ("gnn_graphs", "gnn", repo_params["algorithms"]["gnn_graphs"]["dataset"])
+    assert isinstance(p.train.model, gnn.Config) and p.train.model.task == "graph"
+    assert isinstance(p.tune, TuneConfig) and isinstance(p.runtime, RuntimeConfig) and p.raw is repo_params
+    assert algorithm(repo_params, "resnet").family == "resnet"  # no family key: the algorithm's own name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.family = "resnet"
+    data = dataset(repo_params, p.dataset)
+    assert data.module.__name__ == "components.data.graphs" and data.name == p.dataset
+    missing = _with(repo_params, "algorithms.resnet", {"family": "resnet"})
+    with pytest.raises(ConfigError, match="algorithms.resnet.dataset: missing"):
+        algorithm(missing, "resnet")
+
+
 def _with(repo_params, path: str, value):
     import copy
 
