@@ -60,7 +60,9 @@ def test_more_workers_than_the_local_cluster_has_fail_at_once_naming_the_paramet
     proc = stage(root, env, "pipelines.train", "--algo", ALGO, "--params", str(root / "params-64.yaml"), timeout=240)
     elapsed = time.perf_counter() - t0
     line = one_line_error(proc)
-    assert elapsed < 30, f"{elapsed:.0f} s to fail"  # Ray Train alone waits 4 x 60 s
+    # At once: Ray Train alone would wait 4 x 60 s for the workers. About 20 s here (a local Ray's
+    # start); CI's 2 busy cores have taken 36 s, so the bound is what tells the two apart.
+    assert elapsed < 120, f"{elapsed:.0f} s to fail"
     assert f"train.{ALGO}.num_workers" in line and "64 workers" in line and "CPUs" in line and "GPUs" in line, line
 
 
