@@ -28,7 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from components.config import TrainConfig
-from components.data import transforms
 from components.data.shards import ShardDataset, read_stats
 from components.models import get_family
 from components.params import family_name, train_config
@@ -46,8 +45,7 @@ def family_batch(raw: dict, algo: str, device: torch.device, shards: Path | None
     options = family.loader_options(cfg.model, 1) if hasattr(family, "loader_options") else {}
     ds = ShardDataset(shards, "train", batch_size=cfg.batch_size, uint8_images=True, **options)
     batch = tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in next(iter(ds)))
-    if ds.pixel_max:
-        batch = transforms.scale(batch, ds.pixel_max)
+    batch = ds.batcher.on_device(batch)
     return cfg, family, batch
 
 

@@ -4,7 +4,7 @@ The sweep is the tune stage's own (``params.yaml``'s ``tune.resnet``: params.yam
 plus ``samples_per_schedule`` draws per schedule, synchronous successive halving up to
 ``tune.resnet.epochs``). The grid crosses every schedule of the space with ``--lrs``
 log-spaced peak LRs over its range and every warm-up choice, each trained to the same
-``tune.resnet.epochs``. Both run through ``launch.sweep_rung`` (real Ray Tune, one trial per
+``tune.resnet.epochs``. Both run through ``tune_run.sweep_rung`` (real Ray Tune, one trial per
 core, each trial single-threaded: the figures do not depend on concurrency). Prints a table of
 best val accuracy, its config and the epochs each spent.
 
@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from components.config import to_dict
 from components.params import train_config, tune_config  # noqa: E402
-from components.training import launch  # noqa: E402
+from components.training import launch, tune_run  # noqa: E402
 from components.training import sweep as sha  # noqa: E402
 
 
@@ -74,7 +74,7 @@ def main() -> None:
         runs_root = str(work / method)
 
         def run_rung(live: list[sha.Trial], epochs: int, _root=runs_root, _method=method) -> dict:
-            return launch.sweep_rung([vars(t) for t in live], epochs, algo=args.algo, family=family.__name__.split(".")[-1],
+            return tune_run.sweep_rung([vars(t) for t in live], epochs, algo=args.algo, family=family.__name__.split(".")[-1],
                                      base=base, data_dir=str(shards), runs_root=_root, storage_path=str(work / "ray"),
                                      name=f"{_method}-to-{epochs}", train_fraction=tcfg.train_fraction, metric=metric)
 

@@ -40,7 +40,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from components.data.shards import ShardDataset, padding, read_stats
+from components.data.batching import padding  # noqa: E402
+from components.data.shards import ShardDataset, read_stats  # noqa: E402
 
 LETTERS = np.array(list("abcdefghijklmnopqrstuvwxyz"))
 

@@ -20,7 +20,7 @@ from components.config import to_dict
 from components.evaluation import plots
 from components.models import get_family
 from components.training import checkpoint as ckpt
-from components.training import launch, sweep_record
+from components.training import launch, winner
 from components.training.loop import (
     EPOCHS,
     HISTORY,
@@ -39,7 +39,7 @@ def main() -> None:
     quiet_third_parties()
     p, layout = load(args)
     algo = p.name
-    cfg, lineage_tags = sweep_record.with_winner(p.train, p.family, algo, layout.tuned(algo),
+    cfg, lineage_tags = winner.with_winner(p.train, p.family, algo, layout.tuned(algo),
                                                  layout.metrics("tune", algo),
                                                  str(layout.tuned(algo).relative_to(layout.root)))
     family = get_family(p.family)

@@ -11,7 +11,7 @@ epoch, its LR per step and its status.
 
 The sweep is synchronous successive halving (``components/training/sweep.py``): the same
 params and data pick the same winner at any ``max_concurrent``. Each rung is one Ray Tune
-run (``launch.sweep_rung``); on one machine a trial is a plain Tune function running the
+run (``tune_run.sweep_rung``); on one machine a trial is a plain Tune function running the
 loop in-process (``workers_per_trial: 0``), with ``workers_per_trial: N`` a TorchTrainer of
 N DDP workers. Trials resume from their run directories, keyed by config, data and code, so
 an interrupted sweep goes on where it stopped.
@@ -25,7 +25,7 @@ from components import tracking
 from components.config import to_dict
 from components.evaluation import plots
 from components.models import get_family
-from components.training import launch
+from components.training import launch, tune_run, winner
 from components.training import sweep as sha
 from components.training import sweep_record as record
 from components.training.storage import written_whole
@@ -62,10 +62,11 @@ def main() -> None:
     print(f"tune {algo}: {len(trials)} trials (params.yaml's own + {tcfg.samples_per_schedule} x "
           f"{tcfg.space.schedule}), rungs (epochs, trials) {steps}: {sha.epochs_spent(steps)} epochs against "
           f"{len(trials) * tcfg.epochs} for all to the end", flush=True)
-    launch.init_ray(p.runtime.ray_num_cpus)
+    # Trials that run the loop in their own process launch no TorchTrainer: a local Ray without its dashboard.
+    launch.init_ray(p.runtime.ray_num_cpus, dashboard=tcfg.workers_per_trial > 0)
 
     def run_rung(live: list[sha.Trial], epochs: int) -> dict:
-        return launch.sweep_rung(
+        return tune_run.sweep_rung(
             [{**vars(t), "run_id": runs.run_ids[t.name]} for t in live], epochs, algo=algo, family=p.family, base=base,
             data_dir=worker_shards, runs_root=runs_root, storage_path=f"{storage}/ray",
             name=f"{algo}-tune-{key}-to-{epochs}", max_concurrent=tcfg.max_concurrent,
@@ -88,7 +89,7 @@ def main() -> None:
 
     win, summary = result.winner, record.summary_of(result, tcfg.epochs)
     layout.tuned(algo).parent.mkdir(parents=True, exist_ok=True)
-    layout.tuned(algo).write_text(record.winner_yaml(win.trial, algo))
+    layout.tuned(algo).write_text(winner.winner_yaml(win.trial.overrides(), algo))
     lineage.write_json(layout.sweep(algo), summary)
     tables, figure = record.tables_and_figure(result, runs_root, f"{algo}: {len(trials)} trials, winner "
                                               f"{win.trial.name} ({win.trial.schedule}, lr {win.trial.lr:.3g})")

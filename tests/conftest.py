@@ -65,7 +65,7 @@ def text_shards(directory: Path, n: int, per_shard: int, seed: int = 0) -> Path:
             src, tgt = np.full(src_len, i + 1, np.int32), rng.integers(1, 100, tgt_len).astype(np.int32)
             writer.write({"__key__": f"{split}{i:07d}", "src.npy": src, "tgt.npy": tgt}, tokens=src_len + tgt_len)
         shards[split] = writer.close()
-    write_stats(directory, shards, {"dataset": "pairs"}, fields=("src.npy", "tgt.npy"))
+    write_stats(directory, shards, {"dataset": "translation"}, fields=("src.npy", "tgt.npy"))
     return directory
 
 

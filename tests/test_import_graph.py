@@ -55,9 +55,17 @@ def test_the_project_imports_form_no_circle():
     graph = import_graph()
     assert {"components.config", "components.params", "components.data.shards", "pipelines.train"} <= set(graph)
     assert circles(graph) == []
-    # The dataclasses are a leaf; a dataset module writes shards without the reader (which batches graphs).
+    # The dataclasses are a leaf; shards are written without the reader.
     assert graph["components.config"] == set()
-    assert "components.data.shards" not in graph["components.data.writer"] | graph["components.data.graphs"]
+    assert "components.data.shards" not in graph["components.data.writer"]
+    # The reader knows no data type: it imports no dataset module and none of their batching; each
+    # dataset module brings its own batcher (images: decode, augment; text: token batches; graphs: the sampler).
+    data_modules = {f"components.data.{m}" for m in ("images", "translation", "graphs", "captions", "transforms",
+                                                     "batching", "features", "tokenizer")}
+    assert not graph["components.data.shards"] & data_modules
+    # The train stage knows the sweep only through its winner (best.yaml): the sweep's code is tune's.
+    sweep = {f"components.training.{m}" for m in ("sweep", "sweep_record", "tune_run")}
+    assert not graph["pipelines.train"] & sweep and not graph["components.training.launch"] & sweep
 
 
 def test_the_circle_finder_finds_a_circle():

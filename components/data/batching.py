@@ -24,32 +24,14 @@ import itertools
 import math
 import random
 from collections.abc import Callable, Iterator, Sequence
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
+import torch
+
+from components.data.shards import Batcher, apportion, collate
 
 POOL_BATCHES = 256  # batches' worth of samples sorted together: more -> less padding, less randomness
-
-
-def apportion(total: int, weights: Sequence[float], caps: Sequence[int]) -> list[int]:
-    """``total`` split into integers in proportion to ``weights`` (largest remainder, in exact
-    arithmetic), each at most its cap and at least 1 where its cap allows and ``total`` suffices;
-    ``sum(caps) >= total`` is the caller's."""
-    if sum(caps) < total:
-        raise ValueError(f"cannot deal {total} over caps {list(caps)}")
-    weight = sum(Fraction(w) for w in weights) or Fraction(1)
-    exact = [total * Fraction(w) / weight for w in weights]
-    share = [min(cap, max(1 if cap else 0, math.floor(e))) for e, cap in zip(exact, caps)]
-    # Too many (the floor of 1): take from the largest; too few: give where the remainder is largest.
-    while sum(share) > total:
-        share[max(range(len(share)), key=lambda i: share[i])] -= 1
-    order = sorted(range(len(share)), key=lambda i: share[i] - exact[i])
-    while sum(share) < total:
-        for i in order:
-            if sum(share) < total and share[i] < caps[i]:
-                share[i] += 1
-    return share
 
 
 def partition(tokens: Sequence[float], parts: int) -> list[range]:
@@ -127,3 +109,41 @@ def token_batches(samples: Iterator[Any], *, batches: int, count: int, tokens: f
         for run in runs:
             yield [chunk[i] for i in run.tolist()]
         left_batches, left_count, left_tokens = left_batches - parts, later, left_tokens - size
+
+
+def sequence_lengths(sample: tuple) -> list[int]:
+    """A sample's tokens per sequence: the lengths of its 1-D tensor fields (a pair's source and target)."""
+    return [len(v) for v in sample if isinstance(v, torch.Tensor) and v.dim() == 1]
+
+
+def padding(batch: tuple) -> tuple[int, int]:
+    """``(tokens, cells)`` of a batch's padded sequences (2-D integer tensors, padding id 0):
+    ``1 - tokens / cells`` is the fraction of the batch that is padding."""
+    tokens = cells = 0
+    for v in batch:
+        if isinstance(v, torch.Tensor) and v.dim() == 2 and not v.is_floating_point():
+            tokens, cells = tokens + int(torch.count_nonzero(v)), cells + v.numel()
+    return tokens, cells
+
+
+class TextBatcher(Batcher):
+    """Token sequences: collated with padding (by ``batch_size``) or bucketed by length into
+    token-budget batches (:meth:`token_groups`, with ``batch_tokens``); each batch's real tokens
+    and padded cells are tallied on the host, and an epoch reports its share of padding."""
+
+    def token_groups(self, samples: Iterator[tuple], *, batches: int, count: int, tokens: float, min_pool: int,
+                     rng: random.Random) -> Iterator[list[tuple]]:
+        pool = max(min_pool, POOL_BATCHES * math.ceil(count / batches))
+        return token_batches(samples, batches=batches, count=count, tokens=tokens, length=sequence_lengths,
+                             pool=pool, rng=rng)
+
+    def batch(self, samples: list[tuple], rng: random.Random, generator: torch.Generator) -> tuple:
+        return collate(samples)
+
+    def tally(self, batch: tuple) -> tuple[float, ...]:
+        return padding(batch)
+
+    def summarize(self, sums: Sequence[float]) -> dict[str, float]:
+        """The share of the epoch's token cells that were padding (``batch_tokens`` keeps it low)."""
+        tokens, cells = sums
+        return {"padding": 1 - tokens / max(cells, 1)}

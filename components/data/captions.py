@@ -41,7 +41,7 @@ import numpy as np
 from components.config import ConfigError, bounds
 from components.data import images
 from components.data.manifest import DataError, write_manifest
-from components.data.shards import IMAGE_EXTENSIONS
+from components.data.shards import IMAGE_EXTENSIONS, BatchOptions
 from components.data.splits import SPLITS, stratified_split
 from components.data.tokenizer import BOS, EOS, Tokenizer, normalize
 from components.data.writer import SplitWriter, write_shards, write_stats
@@ -278,3 +278,8 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, manifest: dict) -> dic
                                   "cls": int(s["cls"]) if "cls" in s else -1,
                                   "caption.txt": captions[split][j][0]})
     return write_stats(out_dir, {k: w.close() for k, w in writers.items()}, meta, fields)
+
+
+def batcher(stats: dict, shard_dir: Path, options: BatchOptions):
+    """How the reader batches these shards: the image as the images module does, the caption's tokens padded."""
+    return images.batcher(stats, shard_dir, options)

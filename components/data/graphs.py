@@ -35,6 +35,7 @@ Edges are stored in both directions, without self-loops or duplicates.
 from __future__ import annotations
 
 import functools
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ import torch
 
 from components.config import ConfigError, bounds
 from components.data.manifest import DataError, sha256, write_manifest
+from components.data.shards import Batcher, BatchOptions
 from components.data.splits import SPLITS, stratified_split
 from components.data.writer import write_shards
 
@@ -384,11 +386,24 @@ def collate_graphs(samples: list[tuple], generator: torch.Generator | None = Non
     return x, edge_index, index, torch.tensor([int(s[2]) for s in samples], dtype=torch.long)
 
 
-def batcher(stats: dict, shard_dir: Path, fanout: Sequence[int] | None = None):
-    """The collate function for a graph dataset's shards, or None for any other dataset."""
+class GraphBatcher(Batcher):
+    """Batches of a graph dataset: ``(x, edge_index, index, target)`` from seed nodes (a node
+    task: :class:`NodeBatcher`) or from whole small graphs (a graph task: :func:`collate_graphs`)."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def batch(self, samples: list[tuple], rng: random.Random, generator: torch.Generator) -> tuple:
+        return self.make(samples, generator)
+
+
+def batcher(stats: dict, shard_dir: Path, options: BatchOptions) -> GraphBatcher:
+    """How the reader batches these shards, by the task ``stats.json`` names (``options.fanout``:
+    a node task's neighbours sampled per hop)."""
     task = stats.get("task")
     if task == "node":
-        return NodeBatcher(shard_dir, stats, fanout)
+        return GraphBatcher(NodeBatcher(shard_dir, stats, options.fanout))
     if task == "graph":
-        return collate_graphs
-    return None
+        return GraphBatcher(collate_graphs)
+    raise DataError(f"{Path(shard_dir) / 'stats.json'}: graph task {task!r} is neither 'node' nor 'graph'; "
+                    f"re-run preprocess")

@@ -50,7 +50,7 @@ import numpy as np
 from components.config import ConfigError, bounds
 from components.data import features, transforms
 from components.data.manifest import DataError, sha256, write_manifest
-from components.data.shards import IMAGE_EXTENSIONS, _HashingReader
+from components.data.shards import IMAGE_EXTENSIONS, BatchOptions, _HashingReader
 from components.data.splits import SPLITS, stratified_split
 from components.data.writer import STATS, SplitWriter, write_shards
 
@@ -534,3 +534,8 @@ def _preprocess_files(cfg: Config, raw_dir: Path, out_dir: Path, manifest: dict,
     evaluator = {k: (np.stack([decoded[k][i] for i in sorted(ev_idx[k])]), labels[sorted(ev_idx[k])])
                  for k in SPLITS if ev_idx[k]}
     return stats, evaluator, mean, std
+
+
+def batcher(stats: dict, shard_dir: Path, options: BatchOptions) -> transforms.ImageBatcher:
+    """How the reader batches these shards: each image decoded, augmented (``options.augment``) and scaled."""
+    return transforms.ImageBatcher(stats, options)

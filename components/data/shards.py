@@ -11,7 +11,7 @@ fields listed in ``stats.json["fields"]``; evaluation may ask for others (e.g. r
 
 Batches are tuples in field order: equal-shaped tensors are stacked, 1-D tensors of
 different lengths are padded with 0 at the end (token id 0 is padding), ints become a
-long tensor and strings a list.
+long tensor and strings a list (:func:`collate`, the default :class:`Batcher`).
 
 Reading an epoch streams: the split's shard list is shuffled with ``(seed, epoch)`` (the
 same order on every rank), dealt to ranks round-robin, then to the rank's DataLoader workers
@@ -22,9 +22,13 @@ every sample is read exactly once per epoch over all ranks and workers. A shard'
 checked before it is opened and its sha256 computed as its bytes stream past: a corrupt shard
 fails at its end, naming it, without hashing every shard before the first batch.
 
+The reader knows no data type: what a sample becomes (a decoded and augmented image, a
+token batch, a sampled subgraph) is the business of the dataset module that wrote the shards,
+named by ``stats.json["dataset"]`` (a key of ``components.data.DATASETS``). Its ``batcher``
+returns a :class:`Batcher` for the shards; shards of any other writer are collated as they are.
+So an edit to image decoding re-runs only the stages of image datasets (``pipelines/dag.py``).
 Images stay encoded in the shards (``jpg``/``png``/``webp`` bytes, or raw uint8 ``npy``) and
-are decoded, augmented and scaled in the loader worker by the dataset's transform
-(``components/data/images.py``), chosen by ``stats.json["image"]``.
+are decoded and augmented in the loader worker by the images module's batcher.
 
 With ``batch_size`` set, the dataset yields collated batches, and every rank yields the
 same number of them in an epoch (the most any rank needs): a rank holding fewer samples
@@ -32,8 +36,8 @@ makes its batches a little smaller rather than fewer. DDP needs equal step count
 every rank (a rank that stops early leaves the others waiting in all-reduce), and this
 keeps them equal without dropping or repeating a sample. With ``batch_tokens`` instead
 (text: shards that record their ``tokens``), batches hold about that many tokens, samples
-bucketed by length (``components/data/batching.py``); the step count is agreed the same way,
-from the tokens each rank's shards hold.
+bucketed by length by the dataset's batcher (``components/data/batching.py``); the step count
+is agreed the same way, from the tokens each rank's shards hold.
 
 On a cluster, the train and tune stages ``publish`` a shard directory under the storage
 root (``<root>/shards/<dataset>-<data version>``), and each worker reads it through
@@ -55,6 +59,8 @@ import tarfile
 import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +70,6 @@ import webdataset as wds
 from filelock import FileLock
 from torch.utils.data import IterableDataset, get_worker_info
 
-from components.data import batching, transforms
 from components.data.manifest import DataError, sha256
 from components.data.splits import SPLITS
 from components.data.writer import STATS
@@ -316,6 +321,87 @@ def read_shard(path: Path, expected: dict | None = None,
     return list(iter_shard(path, expected, fields))
 
 
+@dataclass(frozen=True)
+class BatchOptions:
+    """What a reader asks of a dataset's batcher; each dataset module uses the options that apply to it.
+
+    Args:
+        augment: the training transform (images: random crops and flips) instead of the evaluation one.
+        uint8_images: images cross from a loader worker (and to a GPU) as uint8 pixels, 4x fewer
+            bytes; :meth:`Batcher.on_device` scales them to [0, 1] floats where they arrive.
+        fanout: node tasks of graphs: neighbours sampled per hop around each batch's seed nodes
+            (empty or None: the whole graph).
+    """
+    augment: bool = False
+    uint8_images: bool = False
+    fanout: tuple[int, ...] | None = None
+
+
+class Batcher:
+    """How a dataset's samples become what a model takes. A dataset module's
+    ``batcher(stats, shard_dir, options)`` returns one for its shards; this default collates
+    the fields as read (:func:`collate`). Runs in the reading process (a loader worker): picklable.
+
+    The reader calls :meth:`decode` on each sample as it leaves the shuffle buffer (a bad sample
+    is named by shard and key), then :meth:`single` (unbatched reading) or :meth:`batch` on a
+    batch's samples. A batcher with :meth:`token_groups` makes token-budget batches. The
+    training loop calls :meth:`on_device` on each batch where the model is, :meth:`tally` on each
+    batch it trains on, and :meth:`summarize` on an epoch's sums of the tallies.
+    """
+
+    def decode(self, sample: tuple, rng: random.Random) -> tuple:
+        return sample
+
+    def single(self, sample: tuple, rng: random.Random) -> tuple:
+        return sample
+
+    def batch(self, samples: list[tuple], rng: random.Random, generator: torch.Generator) -> tuple:
+        return collate(samples)
+
+    token_groups = None  # (samples, batches=, count=, tokens=, min_pool=, rng=) -> Iterator[list[tuple]]
+
+    def on_device(self, batch: tuple) -> tuple:
+        return batch
+
+    def tally(self, batch: tuple) -> tuple[float, ...]:
+        return ()
+
+    def summarize(self, sums: Sequence[float]) -> dict[str, float]:
+        return {}
+
+
+def batcher_for(stats: dict, shard_dir: Path, options: BatchOptions = BatchOptions()) -> Batcher:
+    """The batcher of the dataset module that wrote ``stats`` (``stats["dataset"]``, a registry
+    key), or the default for shards of any other writer. The module is imported by name, so it
+    is in no stage's code closure through this reader (``pipelines/dag.py`` adds the stage's own)."""
+    from components.data import DATASETS, get_dataset
+
+    name = stats.get("dataset")
+    if name not in DATASETS:
+        return Batcher()
+    return get_dataset(name).batcher(stats, Path(shard_dir), options)
+
+
+def apportion(total: int, weights: Sequence[float], caps: Sequence[int]) -> list[int]:
+    """``total`` split into integers in proportion to ``weights`` (largest remainder, in exact
+    arithmetic), each at most its cap and at least 1 where its cap allows and ``total`` suffices;
+    ``sum(caps) >= total`` is the caller's."""
+    if sum(caps) < total:
+        raise ValueError(f"cannot deal {total} over caps {list(caps)}")
+    weight = sum(Fraction(w) for w in weights) or Fraction(1)
+    exact = [total * Fraction(w) / weight for w in weights]
+    share = [min(cap, max(1 if cap else 0, math.floor(e))) for e, cap in zip(exact, caps)]
+    # Too many (the floor of 1): take from the largest; too few: give where the remainder is largest.
+    while sum(share) > total:
+        share[max(range(len(share)), key=lambda i: share[i])] -= 1
+    order = sorted(range(len(share)), key=lambda i: share[i] - exact[i])
+    while sum(share) < total:
+        for i in order:
+            if sum(share) < total and share[i] < caps[i]:
+                share[i] += 1
+    return share
+
+
 class ShardDataset(IterableDataset):
     """One split of a shard directory as an iterable of samples (tuples of fields).
 
@@ -333,12 +419,8 @@ class ShardDataset(IterableDataset):
             pools of :data:`batching.POOL_BATCHES` batches (at least ``shuffle_buffer`` samples).
             Needs shards that record their ``tokens`` (text datasets' preprocess writes them).
         fields: the fields of a sample, in order; default ``stats.json["fields"]``.
-        fanout: graph datasets with a node task: neighbours sampled per hop around each batch's
-            seed nodes (empty: the whole graph); see ``components/data/graphs.py``.
-        augment: image datasets: the training transform (random crops, flips) instead of the
-            evaluation one; decoding and augmentation run in the loader worker.
-        uint8_images: image datasets: batches hold uint8 pixels, 4x fewer bytes from a loader
-            worker to the trainer and to a GPU; :func:`transforms.scale` makes them [0, 1] floats.
+        augment, uint8_images, fanout: the :class:`BatchOptions` handed to the dataset's batcher
+            (the training transform of images, uint8 pixels, a node task's neighbour sampling).
         shuffle_buffer: samples held to shuffle a worker's stream (with ``shuffle``).
         cache_bytes: keep read shards' samples in memory, up to this many bytes per reading
             process (the trainer, or each loader worker), and read them from there in later
@@ -349,8 +431,9 @@ class ShardDataset(IterableDataset):
         max_shards: read only the split's first this many shards (a tune trial's cheaper epoch;
             shards are drawn at random at preprocess, so the first ones are a random part).
 
-    Graph datasets batch through the same reader: their ``stats.json`` names the task, and
-    batches are ``(x, edge_index, index, target)`` (``graphs.batcher``).
+    What a sample or batch becomes is the dataset's :class:`Batcher` (:func:`batcher_for`):
+    ``self.batcher``, whose :meth:`Batcher.on_device`, :meth:`Batcher.tally` and
+    :meth:`Batcher.summarize` the training loop calls.
     """
 
     def __init__(self, shard_dir: str | Path, split: str, *, rank: int = 0, world_size: int = 1,
@@ -385,14 +468,11 @@ class ShardDataset(IterableDataset):
         if shuffle and len(self.shards) < world_size:
             raise DataError(f"{self.shard_dir / STATS}: split {split!r} has {len(self.shards)} shards, fewer than "
                             f"{world_size} workers; lower samples_per_shard in params.yaml data section")
-        from components.data import (
-            graphs,  # imports torch_geometric only when a graph dataset needs it
-        )
-
-        self._collate = graphs.batcher(stats, self.shard_dir, fanout)
-        # Image shards hold encoded images: decoded (and augmented for training) per sample.
-        self.transform = transforms.for_stats(stats, augment, uint8_images) if "image" in stats else None
-        self.pixel_max = float(stats["image"]["pixel_max"]) if "image" in stats else None
+        self.batcher = batcher_for(stats, self.shard_dir, BatchOptions(
+            augment=augment, uint8_images=uint8_images, fanout=tuple(fanout) if fanout is not None else None))
+        if self.batch_tokens and self.batcher.token_groups is None:
+            raise DataError(f"{self.shard_dir / STATS}: dataset {stats.get('dataset')!r} makes no token-budget "
+                            f"batches; set batch_size instead (batch_tokens is for text datasets)")
         self.shuffle_buffer = max(1, shuffle_buffer)
 
     @property
@@ -454,7 +534,7 @@ class ShardDataset(IterableDataset):
         if n < total:
             raise DataError(f"split {self.split!r}: rank {self.rank} has {n} samples, too few for {total} batches; "
                             f"use fewer workers or a larger samples_per_shard")
-        share = batching.apportion(total, [_tokens(e) for e in entries] if self.batch_tokens else counts, counts)
+        share = apportion(total, [_tokens(e) for e in entries] if self.batch_tokens else counts, counts)
         if any(c and not s for c, s in zip(counts, share)):
             size = f"batch_tokens {self.batch_tokens}" if self.batch_tokens else f"batch_size {self.batch_size}"
             raise DataError(f"split {self.split!r}: rank {self.rank}'s {total} batches of {size} are fewer than its "
@@ -485,27 +565,15 @@ class ShardDataset(IterableDataset):
                 self._cache[(file, first, stop)] = keep
                 self._cached_bytes += size
 
-    def _bad_image(self, file: str, key: str, exc: DataError) -> DataError:
-        return DataError(f"{self.shard_dir / file}: sample {key!r}: {exc}; fix or drop the source image and "
-                         f"re-run `dvc repro` (stage preprocess)")
-
-    def _transformed(self, samples: Iterator[tuple[str, str, tuple]], rng: random.Random) -> Iterator[tuple]:
+    def _decoded(self, samples: Iterator[tuple[str, str, tuple]], rng: random.Random) -> Iterator[tuple]:
+        """The batcher's decoding of each sample; a sample it cannot decode is named by shard and key."""
+        decode = self.batcher.decode
         for file, key, sample in samples:
             try:
-                out = self.transform(sample, rng)
+                yield decode(sample, rng)
             except DataError as exc:
-                raise self._bad_image(file, key, exc) from None
-            yield out
-
-    def _image_batch(self, batch: list[tuple[str, str, tuple]], rng: random.Random) -> tuple:
-        images = []
-        for file, key, sample in batch:
-            try:
-                images.append(self.transform.decode(sample[0], rng))
-            except DataError as exc:
-                raise self._bad_image(file, key, exc) from None
-        pixels = self.transform.output(self.transform.augment(torch.stack(images), rng))
-        return (pixels, *collate([sample[1:] for _, _, sample in batch]))
+                raise DataError(f"{self.shard_dir / file}: sample {key!r}: {exc}; fix or drop the source sample and "
+                                f"re-run `dvc repro` (stage preprocess)") from None
 
     def __iter__(self) -> Iterator[tuple]:
         info = get_worker_info()
@@ -516,39 +584,30 @@ class ShardDataset(IterableDataset):
         if self.shuffle:
             stream = wds.filters.shuffle(self.shuffle_buffer, self.shuffle_buffer,
                                          rng=random.Random(stream_seed))(stream)
-        # Augmentation draws from its own stream, fixed by (seed, epoch, rank, worker): an epoch replays exactly.
+        # Augmentation draws from its own stream, fixed by (seed, epoch, rank, worker), and a batcher that
+        # samples (a graph's neighbours) from a generator seeded alike: an epoch replays exactly.
         rng = random.Random(f"{stream_seed}/augment")
+        samples = self._decoded(stream, rng)
+        batcher = self.batcher
         if self.batch_size is None and not self.batch_tokens:
-            return self._transformed(stream, rng) if self.transform is not None else (s for _, _, s in stream)
+            return (batcher.single(sample, rng) for sample in samples)
         n = _count(entries)
+        n_batches = self._batches_for_worker(worker, num_workers)
         if self.batch_tokens:
-            return self._token_batches(stream, n, _tokens(entries), self._batches_for_worker(worker, num_workers), rng)
-        sizes = np.diff(np.linspace(0, n, self._batches_for_worker(worker, num_workers) + 1).round()).astype(int)
-        if self.transform is not None:  # decoded one by one, augmented a batch at a time (the same pixels)
-            return self._batches(stream, sizes.tolist(), lambda batch: self._image_batch(batch, rng))
-        samples = (sample for _, _, sample in stream)
-        if self._collate is None:
-            return self._batches(samples, sizes.tolist(), collate)
-        # Graph batching may sample (neighbours): seeded like the shuffle, so an epoch replays exactly.
+            if not n:
+                return iter(())
+            groups = batcher.token_groups(samples, batches=n_batches, count=n, tokens=_tokens(entries),
+                                          min_pool=self.shuffle_buffer, rng=rng)
+        else:
+            sizes = np.diff(np.linspace(0, n, n_batches + 1).round()).astype(int).tolist()
+            groups = (list(itertools.islice(samples, size)) for size in sizes)
         generator = torch.Generator().manual_seed(zlib.crc32(stream_seed.encode()))
-        return self._batches(samples, sizes.tolist(), lambda batch: self._collate(batch, generator))
-
-    def _token_batches(self, stream: Iterator[tuple[str, str, tuple]], count: int, tokens: float, n_batches: int,
-                       rng: random.Random) -> Iterator[tuple]:
-        samples = (sample for _, _, sample in stream)
-        if not count:
-            return
-        pool = max(self.shuffle_buffer, batching.POOL_BATCHES * math.ceil(count / n_batches))
-        for batch in batching.token_batches(samples, batches=n_batches, count=count, tokens=tokens,
-                                            length=sequence_lengths, pool=pool, rng=rng):
-            yield collate(batch)
-        for _ in samples:  # runs the last shard's checks (sha256, sample count) after its last sample
-            raise DataError("a shard holds more samples than stats.json says; re-run preprocess")
+        return self._batches(groups, samples, lambda group: batcher.batch(group, rng, generator))
 
     @staticmethod
-    def _batches(samples: Iterator[tuple], sizes: list[int], make: Any) -> Iterator[Any]:
-        for size in sizes:
-            yield make(list(itertools.islice(samples, size)))
+    def _batches(groups: Iterator[list[tuple]], samples: Iterator[tuple], make: Any) -> Iterator[Any]:
+        for group in groups:
+            yield make(group)
         for _ in samples:  # runs the last shard's checks (sha256, sample count) after its last sample
             raise DataError("a shard holds more samples than stats.json says; re-run preprocess")
 
@@ -561,21 +620,6 @@ def _count(entries: list[dict]) -> int:
 def _tokens(entries: list[dict]) -> float:
     """Tokens in entries of ``ShardDataset.shards_for``: a part of a shard counts its share."""
     return sum(e["tokens"] * (e["stop"] - e["first"]) / max(e["samples"], 1) for e in entries)
-
-
-def sequence_lengths(sample: tuple) -> list[int]:
-    """A sample's tokens per sequence: the lengths of its 1-D tensor fields (a pair's source and target)."""
-    return [len(v) for v in sample if isinstance(v, torch.Tensor) and v.dim() == 1]
-
-
-def padding(batch: tuple) -> tuple[int, int]:
-    """``(tokens, cells)`` of a batch's padded sequences (2-D integer tensors, padding id 0):
-    ``1 - tokens / cells`` is the fraction of the batch that is padding."""
-    tokens = cells = 0
-    for v in batch:
-        if isinstance(v, torch.Tensor) and v.dim() == 2 and not v.is_floating_point():
-            tokens, cells = tokens + int(torch.count_nonzero(v)), cells + v.numel()
-    return tokens, cells
 
 
 def _sample_bytes(sample: tuple) -> int:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from components.data.manifest import DataError
+from components.data.shards import Batcher, BatchOptions, collate
 
 STYLES = ("cifar", "imagenet", "none")
 
@@ -172,6 +173,32 @@ def _resize_tensor(x: torch.Tensor, size: int) -> torch.Tensor:
 def for_stats(stats: dict, train: bool, uint8: bool = False) -> ImageTransform:
     """The transform that ``stats.json`` (its ``image`` entry) says the shards need."""
     return ImageTransform(stats["image"], train, uint8)
+
+
+class ImageBatcher(Batcher):
+    """Samples whose first field is an encoded image: each decoded to uint8 as it is read, a
+    batch's ``cifar``-style shifts and flips in one gather (the same pixels as one at a time),
+    then uint8 or [0, 1] floats (``uint8_images``: scaled by :meth:`on_device` where the model is).
+    The other fields are collated as they are (a class, a caption's tokens)."""
+
+    def __init__(self, stats: dict, options: BatchOptions):
+        self.transform = for_stats(stats, options.augment, options.uint8_images)
+        self.pixel_max = float(stats["image"]["pixel_max"])
+        self.uint8 = options.uint8_images
+
+    def decode(self, sample: tuple, rng: random.Random) -> tuple:
+        return (self.transform.decode(sample[0], rng), *sample[1:])
+
+    def single(self, sample: tuple, rng: random.Random) -> tuple:
+        x, *rest = sample
+        return (self.transform.output(self.transform.augment(x[None], rng)[0]), *rest)
+
+    def batch(self, samples: list[tuple], rng: random.Random, generator: torch.Generator) -> tuple:
+        pixels = self.transform.augment(torch.stack([s[0] for s in samples]), rng)
+        return (self.transform.output(pixels), *collate([s[1:] for s in samples]))
+
+    def on_device(self, batch: tuple) -> tuple:
+        return scale(batch, self.pixel_max) if self.uint8 else batch
 
 
 def scale(batch: tuple, pixel_max: float) -> tuple:

@@ -39,7 +39,9 @@ from typing import Literal
 import numpy as np
 
 from components.config import ConfigError, bounds
+from components.data.batching import TextBatcher
 from components.data.manifest import DataError, sha256, write_manifest
+from components.data.shards import BatchOptions
 from components.data.splits import SPLITS
 from components.data.tokenizer import Tokenizer, normalize
 from components.data.writer import SplitWriter, write_stats
@@ -383,3 +385,8 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, manifest: dict) -> dic
         "vocab_size": len(tok), "max_len": longest, "assets": {"tokenizer": TOKENIZER},
         "stratified": stratified,
         "raw_manifest_sha256": {k: v["sha256"] for k, v in manifest["files"].items()}})
+
+
+def batcher(stats: dict, shard_dir: Path, options: BatchOptions) -> TextBatcher:
+    """How the reader batches these shards: token ids padded, or bucketed by length (``batch_tokens``)."""
+    return TextBatcher()

@@ -43,8 +43,7 @@ import torch
 from torch import nn
 
 from components.config import ConfigError, TrainConfig, to_dict
-from components.data import transforms
-from components.data.shards import ShardDataset, localize, padding, read_stats
+from components.data.shards import ShardDataset, localize, read_stats
 from components.models import get_family
 from components.params import train_config_from_dict
 from components.training import checkpoint as ckpt
@@ -373,18 +372,17 @@ class _Run:
         # and an epoch replays exactly after a restart from the previous epoch's checkpoint.
         torch.manual_seed(zlib.crc32(f"{cfg.seed}/{epoch}/{ctx.rank}".encode()))
         t0, seen, rows = time.perf_counter(), 0, []
-        tokens = cells = 0  # text: real tokens and padded cells of the epoch's batches (on the host)
+        batcher = train_ds.batcher  # the dataset's: what a batch needs on the device, what it tallies
+        tallies: list[float] | None = None  # the epoch's sums of batcher.tally (text: tokens, padded cells), host-side
         # Sums stay on the device; the host reads them at logged steps and at the epoch's end only.
         meter = StepMeter(ctx.device, algo, f"lower train.{algo}.lr (now {cfg.lr}) or set train.{algo}.grad_clip")
         first_step = step = self.step
         out = None
         for batch in loader:
-            if train_ds.records_tokens:
-                real, padded = padding(batch)
-                tokens, cells = tokens + real, cells + padded
-            batch = _to(batch, ctx.device)
-            if train_ds.pixel_max:
-                batch = transforms.scale(batch, train_ds.pixel_max)
+            tally = batcher.tally(batch)
+            if tally:
+                tallies = list(tally) if tallies is None else [a + b for a, b in zip(tallies, tally)]
+            batch = batcher.on_device(_to(batch, ctx.device))
             if cfg.channels_last:
                 batch = _channels_last(batch)
             out = self.stepper(batch, step)
@@ -400,8 +398,9 @@ class _Run:
         self.step = step
         log = out.log if out is not None else {}
         totals = meter.totals(step, epoch, log)
-        if train_ds.records_tokens:
-            totals = torch.cat([totals, totals.new_tensor([tokens, cells])])
+        n_meter = len(totals)
+        if tallies is not None:
+            totals = torch.cat([totals, totals.new_tensor(tallies)])
         train_totals = ctx.all_reduce(totals).tolist()
         # Timed after the totals are read: the device has drained its queue and every rank has finished.
         elapsed = time.perf_counter() - t0
@@ -413,8 +412,8 @@ class _Run:
             **({"train_accuracy": train_totals[1] / count} if meter.has_correct else {}),
             **{f"val_{k}": v for k, v in val.items()},
             "samples_per_s": seen * ctx.world_size / max(elapsed, 1e-9), "epoch_time_s": elapsed,
-            # The share of the epoch's token cells that were padding (batch_tokens keeps it low).
-            **({"train_padding": 1 - train_totals[-2] / max(train_totals[-1], 1)} if train_ds.records_tokens else {}),
+            # What the dataset's batcher makes of the epoch's tallies (text: the share of padding).
+            **({f"train_{k}": v for k, v in batcher.summarize(train_totals[n_meter:]).items()} if tallies else {}),
         }
         bad = {k: v for k, v in val.items() if not math.isfinite(v)}
         if bad:

@@ -10,17 +10,12 @@ them.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from components import tracking
-from components.config import ConfigError, TrainConfig, to_dict
 from components.evaluation import plots
-from components.params import train_config_from_dict
 from components.training import sweep as sha
 from components.training.loop import HISTORY, read_rows
 
@@ -128,29 +123,3 @@ def stage_metrics(result: sha.Sweep, summary: dict[str, Any], wall: float, paren
             "early_stopped": sum(o.status == sha.STOPPED for o in result.outcomes),
             "failed": sum(o.status == sha.FAILED for o in result.outcomes),
             "epochs_spent": result.epochs_spent, "wall_time_s": wall, "mlflow_run_id": parent_run_id}
-
-
-def winner_yaml(trial: sha.Trial, algo: str) -> str:
-    """The tune stage's ``best.yaml``: the winner's schedule, peak LR and warm-up, nothing else
-    (an unchanged winner leaves the file, and the train stage, as they were)."""
-    return (f"# train.{algo} overrides chosen by the tune stage's sweep (train.{algo}.tuned: true trains with them)\n"
-            + yaml.safe_dump(trial.overrides(), sort_keys=True))
-
-
-def with_winner(cfg: TrainConfig, family: str, algo: str, best: Path, sweep_metrics: Path,
-                shown: str) -> tuple[TrainConfig, dict[str, str]]:
-    """``cfg`` with the sweep's winning schedule, peak LR and warm-up (``best``, the tune stage's
-    ``best.yaml``, shown as ``shown``) where ``cfg.tuned``, and lineage tags naming the tune run that
-    chose them (from its ``sweep_metrics``); ``cfg`` itself when not tuned."""
-    if not cfg.tuned:
-        return cfg, {"tuned": "false"}
-    if not best.exists():
-        raise ConfigError(f"{shown} is missing: run `dvc repro tune-{algo}` (or the whole pipeline) first, "
-                          f"or set train.{algo}.tuned: false to train params.yaml's own schedule")
-    won = yaml.safe_load(best.read_text())
-    data = to_dict(cfg)
-    tuned = train_config_from_dict(family, {**data, "lr": won["lr"], "schedule": {**data["schedule"], **won["schedule"]}})
-    # Which run chose them (not a stage dependency: a re-run sweep with the same winner leaves train alone).
-    sweep = json.loads(sweep_metrics.read_text()) if sweep_metrics.exists() else {}
-    return tuned, {"tuned": "true", "tune_run_id": str(sweep.get("mlflow_run_id", "")),
-                   "tune_trial": str(sweep.get("best_trial", ""))}

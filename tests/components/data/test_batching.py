@@ -4,7 +4,8 @@ import random
 import numpy as np
 import pytest
 
-from components.data.batching import apportion, grid_partition, partition, token_batches
+from components.data.batching import grid_partition, partition, token_batches
+from components.data.shards import apportion
 
 
 def pair_lengths(n: int, seed: int = 0) -> np.ndarray:

@@ -279,7 +279,7 @@ def id_shards(directory: Path, n: int, per_shard: int) -> Path:
     image = {"channels": 1, "pixel_max": 255, "source_size": None,
              "augment": {"style": "cifar", "size": 4, "pad": 1, "flip": False}}
     write_shards(directory, {"train": {"png": pngs, "cls": list(range(n))}}, per_shard, fields=images.FIELDS,
-                 meta={"image": image, "input_shape": [1, 4, 4]})
+                 meta={"dataset": "images", "image": image, "input_shape": [1, 4, 4]})
     return directory
 
 
@@ -340,7 +340,7 @@ def test_a_corrupt_jpeg_in_a_shard_names_the_shard_and_the_key(tmp_path):
     image = {"channels": 3, "pixel_max": 255, "source_size": None,
              "augment": {"style": "imagenet", "size": 8, "flip": True}}
     write_shards(tmp_path, {"train": {"jpg": [good, bad, good], "cls": [0, 1, 0]}}, 8, fields=images.FIELDS,
-                 meta={"image": image, "input_shape": [3, 8, 8]})
+                 meta={"dataset": "images", "image": image, "input_shape": [3, 8, 8]})
     with pytest.raises(DataError, match=r"train-000000.tar: sample 'train0000001': cannot decode"):
         list(ShardDataset(tmp_path, "train"))
 

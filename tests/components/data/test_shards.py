@@ -3,8 +3,9 @@ from collections import Counter
 import pytest
 import torch
 
+from components.data.batching import padding
 from components.data.manifest import DataError
-from components.data.shards import ShardDataset, padding, read_stats
+from components.data.shards import ShardDataset, read_stats
 from tests.conftest import numbered_shards
 
 

@@ -31,7 +31,6 @@ def test_one_epoch_on_the_gpu_in_bf16(algo, repo_params, tmp_path):
 def test_a_training_step_never_waits_for_the_gpu(algo, repo_params, tmp_path):
     """The step and the meter queue work only: CUDA's sync debug mode raises on any host sync
     (``.item()``, ``float()``, a blocking copy) between the reads the meter makes every log_every steps."""
-    from components.data import transforms
     from components.data.shards import ShardDataset, read_stats
     from components.models import get_family
     from components.training.loop import _autocast
@@ -45,8 +44,7 @@ def test_a_training_step_never_waits_for_the_gpu(algo, repo_params, tmp_path):
     ds = ShardDataset(shards, "train", batch_size=cfg.batch_size, uint8_images=True)
     device = torch.device("cuda")
     batch = tuple(t.to(device) for t in next(iter(ds)))
-    if ds.pixel_max:
-        batch = transforms.scale(batch, ds.pixel_max)
+    batch = ds.batcher.on_device(batch)
     model = family.build(cfg.model).to(device)
     step = getattr(family, "Step", SupervisedStep)(model, cfg, family, 10, lambda: _autocast("bf16", device))
     meter = StepMeter(device, algo, "")

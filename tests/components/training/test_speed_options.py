@@ -46,8 +46,12 @@ def baseline(digits_shards, tmp_path_factory):
 ], ids=["channels_last", "fused", "foreach", "no_cache"])
 def test_a_speed_option_changes_no_result_beyond_float_noise(options, baseline, digits_shards, tmp_path):
     got = one_epoch(digits_shards, tmp_path, **options)
-    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+    for key in ("train_loss", "val_loss"):
         assert got[key] == pytest.approx(baseline[key], rel=1e-3, abs=1e-4), key
+    # An accuracy counts argmaxes: float noise flips the few samples at a decision boundary (a fused
+    # SGD on a 2-core AMD EPYC: 2 of the 1,259 train samples after one epoch), never more than a handful.
+    for key in ("train_accuracy", "val_accuracy"):
+        assert got[key] == pytest.approx(baseline[key], abs=0.005), key
 
 
 def test_persistent_loader_workers_train_exactly_as_fresh_ones(digits_shards, tmp_path):
