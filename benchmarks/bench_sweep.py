@@ -4,7 +4,7 @@ The sweep is the tune stage's own (``params.yaml``'s ``tune.resnet``: params.yam
 plus ``samples_per_schedule`` draws per schedule, synchronous successive halving up to
 ``tune.resnet.epochs``). The grid crosses every schedule of the space with ``--lrs``
 log-spaced peak LRs over its range and every warm-up choice, each trained to the same
-``tune.resnet.epochs``. Both run through ``tune_run.sweep_rung`` (real Ray Tune, one trial per
+``tune.resnet.epochs``. Both run through ``tune_run.sweep`` (real Ray Tune, one trial per
 core, each trial single-threaded: the figures do not depend on concurrency). Prints a table of
 best val accuracy, its config and the epochs each spent.
 
@@ -73,23 +73,19 @@ def main() -> None:
     for method in [args.only] if args.only else ["sweep", "grid"]:
         runs_root = str(work / method)
 
-        def run_rung(live: list[sha.Trial], epochs: int, _root=runs_root, _method=method) -> dict:
-            return tune_run.sweep_rung([vars(t) for t in live], epochs, algo=args.algo, family=family.__name__.split(".")[-1],
-                                     base=base, data_dir=str(shards), runs_root=_root, storage_path=str(work / "ray"),
-                                     name=f"{_method}-to-{epochs}", train_fraction=tcfg.train_fraction, metric=metric)
-
         t0 = time.perf_counter()
+        options = dict(metric=metric, mode=mode, algo=args.algo, family=family.__name__.split(".")[-1], base=base,
+                       data_dir=str(shards), runs_root=runs_root, storage_path=str(work / "ray"), name=method,
+                       train_fraction=tcfg.train_fraction)
         if method == "sweep":
             trials = sha.draw(tcfg.space, base, tcfg.samples_per_schedule, tcfg.seed)
-            result = sha.successive_halving(trials, run_rung, grace_period=tcfg.grace_period,
-                                            reduction_factor=tcfg.reduction_factor, epochs=tcfg.epochs,
-                                            metric=metric, mode=mode)
-            best, spent = result.winner, result.epochs_spent
+            result = tune_run.sweep(trials, grace_period=tcfg.grace_period, reduction_factor=tcfg.reduction_factor,
+                                    epochs=tcfg.epochs, **options)
         else:
             trials = grid(tcfg.space, args.lrs)
-            result = sha.successive_halving(trials, run_rung, grace_period=tcfg.epochs, reduction_factor=2,
-                                            epochs=tcfg.epochs, metric=metric, mode=mode)
-            best, spent = result.winner, result.epochs_spent
+            result = tune_run.sweep(trials, grace_period=tcfg.epochs, reduction_factor=2, epochs=tcfg.epochs,
+                                    **options)
+        best, spent = result.winner, result.epochs_spent
         wall = time.perf_counter() - t0
         value = best.at[tcfg.epochs][metric]
         table.append((method, len(trials), spent, value, best.trial, wall))

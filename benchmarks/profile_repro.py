@@ -5,7 +5,7 @@ MLflow store, no runs: cold), runs ``dvc repro`` there with ``M7_PROFILE`` set, 
 row per stage: its wall time as DVC ran it, split into process start and imports, Ray start,
 the stage's own work, and the rest (Ray and interpreter shutdown, DVC hashing and caching).
 
-    python benchmarks/profile_repro.py                 # the committed HEAD, ~10 min on 2 cores
+    python benchmarks/profile_repro.py                 # the committed HEAD, ~30 min on 2 cores
     python benchmarks/profile_repro.py --keep /tmp/p   # keep the clone (then: dvc status there)
     python benchmarks/profile_repro.py --json out.json # also write the rows
     python benchmarks/profile_repro.py --here          # in this checkout (cold only if it has no

@@ -10,10 +10,10 @@ MLflow: one parent run, one nested run per trial with its config, every metric o
 epoch, its LR per step and its status.
 
 The sweep is synchronous successive halving (``components/training/sweep.py``): the same
-params and data pick the same winner at any ``max_concurrent``. Each rung is one Ray Tune
-run (``tune_run.sweep_rung``); on one machine a trial is a plain Tune function running the
-loop in-process (``workers_per_trial: 0``), with ``workers_per_trial: N`` a TorchTrainer of
-N DDP workers. Trials resume from their run directories, keyed by config, data and code, so
+params and data pick the same winner at any ``max_concurrent``. The sweep is one Ray Tune run
+for all its rungs (``tune_run.sweep``), whose trial processes live across rungs; on one
+machine a trial is a plain Tune function running the loop in its process
+(``workers_per_trial: 0``), with ``workers_per_trial: N`` a TorchTrainer of N DDP workers. Trials resume from their run directories, keyed by config, data and code, so
 an interrupted sweep goes on where it stopped.
 """
 
@@ -65,18 +65,14 @@ def main() -> None:
     # Trials that run the loop in their own process launch no TorchTrainer: a local Ray without its dashboard.
     launch.init_ray(p.runtime.ray_num_cpus, dashboard=tcfg.workers_per_trial > 0)
 
-    def run_rung(live: list[sha.Trial], epochs: int) -> dict:
-        return tune_run.sweep_rung(
-            [{**vars(t), "run_id": runs.run_ids[t.name]} for t in live], epochs, algo=algo, family=p.family, base=base,
-            data_dir=worker_shards, runs_root=runs_root, storage_path=f"{storage}/ray",
-            name=f"{algo}-tune-{key}-to-{epochs}", max_concurrent=tcfg.max_concurrent,
-            workers_per_trial=tcfg.workers_per_trial, uri=uri, train_fraction=tcfg.train_fraction, metric=metric)
-
     t0 = time.perf_counter()
     try:
-        result = sha.successive_halving(
-            trials, run_rung, grace_period=tcfg.grace_period, reduction_factor=tcfg.reduction_factor,
-            epochs=tcfg.epochs, metric=metric, mode=mode,
+        result = tune_run.sweep(
+            trials, grace_period=tcfg.grace_period, reduction_factor=tcfg.reduction_factor, epochs=tcfg.epochs,
+            metric=metric, mode=mode, algo=algo, family=p.family, base=base, data_dir=worker_shards,
+            runs_root=runs_root, storage_path=f"{storage}/ray", name=f"{algo}-tune-{key}",
+            max_concurrent=tcfg.max_concurrent, workers_per_trial=tcfg.workers_per_trial, uri=uri,
+            train_fraction=tcfg.train_fraction, run_ids=runs.run_ids,
             on_rung=lambda epochs, kept, stopped: runs.decided(epochs, kept, stopped, metric))
     except RuntimeError as exc:
         runs.failed()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -129,6 +130,39 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def shared_ray(num_cpus: int = 2):
+    """A local Ray head that stage processes join through ``RAY_ADDRESS`` (yielded), instead of each
+    starting and stopping a Ray of its own: what a user's long-lived `ray start --head` gives them.
+
+    Started from this process without connecting to it (no driver, so no Ray signal handlers in
+    pytest), with its own dashboard and agent ports (beside any other Ray on the machine), and the
+    settings a stage's local Ray has (``launch.init_ray``), which the head's workers inherit.
+    """
+    from ray.cluster_utils import Cluster
+
+    settings = {"RAY_AUTH_MODE": "disabled", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+                "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("MLFLOW_") or k == "RAY_ADDRESS"}
+    before = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
+    try:
+        cluster = Cluster(initialize_head=True, connect=False, head_node_args={
+            "num_cpus": num_cpus, "include_dashboard": True, "dashboard_port": free_port(),
+            "dashboard_agent_listen_port": free_port()})
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        os.environ.update(saved)
+    try:
+        yield cluster.address
+    finally:
+        cluster.shutdown()
 
 
 def copy_project(root: Path, params: dict, with_dvc: bool = False) -> Path:

@@ -1,4 +1,7 @@
-"""A sweep's rungs on Ray Tune: each rung one Tune run of every live trial, a trial the shared loop.
+"""A sweep on Ray Tune: one Tune run for all its rungs, each trial the shared loop in a trial process.
+
+Successive halving (``components/training/sweep.py``) decides between rungs; a Tune search
+algorithm hands each rung's trials to Tune, whose trial processes live across rungs.
 
 Only the tune stage runs this (``pipelines/tune.py``); the train stage launches through
 ``components/training/launch.py`` and reads the sweep's winner through
@@ -10,11 +13,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ray.tune import Callback
+from ray.tune.search import Searcher
+
 from components.training import launch
+from components.training import sweep as sha
 from components.training.loop import LoopConfig, train_loop_per_worker
 
 
@@ -38,10 +48,9 @@ def _sweep_trial(config: dict[str, Any], *, algo: str, family: str, base: dict[s
     """One trial of one rung (runs in a Ray Tune trial actor): train ``config["trial"]`` up to epoch
     ``config["epochs"]``, resuming from its run directory, reporting each epoch to Tune and MLflow."""
     from components import tracking
-    from components.training.sweep import Trial
 
     t = config["trial"]
-    trial = Trial(t["name"], t["schedule"], t["lr"], t["warmup"])
+    trial = sha.Trial(t["name"], t["schedule"], t["lr"], t["warmup"])
     hooks = [tracking.MlflowHook(uri, t["run_id"])] if t.get("run_id") else []
     loop = LoopConfig.of({"algo": algo, "family": family, "train": trial.apply(base), "data_dir": data_dir,
                           "run_dir": f"{runs_root}/{trial.name}", "max_epochs": config["epochs"],
@@ -56,17 +65,91 @@ def _sweep_trial(config: dict[str, Any], *, algo: str, family: str, base: dict[s
             callbacks=[TuneReportCallback()], workers_param=f"tune.{algo}.workers_per_trial")
 
 
-def sweep_rung(trials: list[dict[str, Any]], epochs: int, *, algo: str, family: str, base: dict[str, Any],
-               data_dir: str, runs_root: str, storage_path: str, name: str, max_concurrent: int = 0,
-               workers_per_trial: int = 0, uri: str = "", train_fraction: float = 1.0,
-               metric: str = "") -> dict[str, dict[str, float] | BaseException]:
-    """Train every trial up to epoch ``epochs`` as one Ray Tune run; returns, by trial name, the
-    metrics of that epoch (from the trial's run directory) or the error it failed with.
+_CHANNELS: dict[str, _Rungs] = {}  # by key: what a Tune search algorithm (pickled by Tune) talks to
 
-    ``trials``: dicts with ``name``, ``schedule``, ``lr``, ``warmup`` and optionally ``run_id``
-    (its MLflow run). A trial resumes from ``runs_root/<name>``'s last checkpoint, so a rung
-    costs only the epochs since the previous one. ``max_concurrent`` (0: one per CPU, or per
-    ``workers_per_trial`` CPUs) changes how fast, never what a trial computes.
+
+class _Rungs:
+    """The driver's side of a sweep's Tune run: the rung being trained, and what became of its trials.
+
+    Successive halving runs in a thread of its own (its ``run_rung`` blocks until a rung is done);
+    Ray Tune's loop runs in the stage's main thread and takes the rung's trials from here through
+    :class:`_RungSearch`, and reports each trial's end through :func:`_RungProgress`.
+    """
+
+    def __init__(self, n_trials: int):
+        self.lock, self.done = threading.Lock(), threading.Event()
+        self.pending: list[dict[str, Any]] = []
+        self.epochs = self.size = self.ended = 0
+        self.errors: dict[str, BaseException] = {}
+        self.finished = self.aborted = False
+        self.t0 = time.perf_counter()
+
+    def start(self, configs: list[dict[str, Any]], epochs: int) -> None:
+        with self.lock:
+            self.pending, self.epochs, self.size, self.ended = list(configs), epochs, len(configs), 0
+            self.errors, self.t0 = {}, time.perf_counter()
+            self.done.clear()
+
+    def next_config(self) -> dict[str, Any] | None:
+        with self.lock:
+            return self.pending.pop(0) if self.pending else None
+
+    def ended_trial(self, name: str, error: BaseException | None) -> int:
+        """Count a trial of the rung as ended (with its error); returns how many have."""
+        with self.lock:
+            if error is not None:
+                self.errors[name] = error
+            self.ended += 1
+            if self.ended >= self.size:
+                self.done.set()
+            return self.ended
+
+    def wait(self) -> None:
+        self.done.wait()
+        if self.aborted:
+            raise RuntimeError("the Ray Tune run ended before the rung did")
+
+    def finish(self, aborted: bool = False) -> None:
+        with self.lock:
+            self.finished, self.aborted = True, self.aborted or aborted
+        self.done.set()
+
+
+class _RungSearch(Searcher):
+    """A Ray Tune search algorithm that hands out the current rung's trials, then nothing until the
+    rung's decision names the next (or the sweep is over). Tune pickles it: it holds the sweep's
+    key, and finds the sweep's state in this module (a class at module level pickles by name)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__()  # no metric: the decisions are successive halving's, on whole rungs
+        self.key = key
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        rungs = _CHANNELS.get(self.key)
+        if rungs is None or rungs.finished:
+            return Searcher.FINISHED
+        return rungs.next_config()
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass  # counted by _RungProgress, which sees the trial's config and error
+
+
+def sweep(trials: list[sha.Trial], *, grace_period: int, reduction_factor: int, epochs: int, metric: str, mode: str,
+          algo: str, family: str, base: dict[str, Any], data_dir: str, runs_root: str, storage_path: str, name: str,
+          max_concurrent: int = 0, workers_per_trial: int = 0, uri: str = "", train_fraction: float = 1.0,
+          run_ids: dict[str, str] | None = None,
+          on_rung: Callable[[int, list[sha.Outcome], list[sha.Outcome]], None] | None = None) -> sha.Sweep:
+    """The whole sweep (``sweep.successive_halving`` over ``trials``) as one Ray Tune run.
+
+    Each rung trains its trials to the rung's epoch, resuming each from ``runs_root/<name>``'s
+    last checkpoint, so a rung costs only the epochs since the previous one; a rung's metrics are
+    read from the trial's run directory. One Tune run for every rung keeps its trial processes
+    (``reuse_actors``): a rung starts no new processes, where a Tune run per rung started
+    ``max_concurrent`` of them, each importing torch and the project again (most of a small
+    model's sweep). ``max_concurrent`` (0: one per CPU, or per ``workers_per_trial`` CPUs) changes
+    how fast, never what a trial computes or which one wins: the decisions see whole rungs.
+    ``run_ids``: each trial's MLflow run, by trial name. Raises RuntimeError when every trial of a
+    rung failed.
     """
     import ray
     from ray import tune
@@ -75,12 +158,40 @@ def sweep_rung(trials: list[dict[str, Any]], epochs: int, *, algo: str, family: 
 
     launch.init_ray()
     launch.check_resources(max(1, workers_per_trial), bool(workers_per_trial and base["use_gpu"]),
-                    f"tune.{algo}.workers_per_trial")
+                           f"tune.{algo}.workers_per_trial")
     # Tune's console output prints a configuration table and result paths for every Tuner, even
     # at verbose=0: a sweep prints its own line per trial and decision instead.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     per_trial = max(1, workers_per_trial)
     concurrent = max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)) // per_trial)
+    run_ids = run_ids or {}
+    key = f"{name}-{uuid.uuid4().hex[:8]}"
+    rungs = _CHANNELS[key] = _Rungs(len(trials))
+
+    def run_rung(live: list[sha.Trial], r: int) -> dict[str, dict[str, float] | BaseException]:
+        rungs.start([{"trial": {**vars(t), "run_id": run_ids.get(t.name, "")}, "epochs": r} for t in live], r)
+        rungs.wait()
+        out: dict[str, dict[str, float] | BaseException] = {}
+        for t in live:
+            if t.name in rungs.errors:
+                out[t.name] = rungs.errors[t.name]
+                continue
+            rows = [e for e in read_rows(f"{runs_root}/{t.name}/{EPOCHS}") if e["epoch"] == r - 1]
+            out[t.name] = rows[-1] if rows else RuntimeError(f"trial {t.name} has no metrics for epoch {r - 1}")
+        return out
+
+    box: dict[str, Any] = {}
+
+    def decide() -> None:
+        try:
+            box["sweep"] = sha.successive_halving(trials, run_rung, grace_period=grace_period,
+                                                  reduction_factor=reduction_factor, epochs=epochs, metric=metric,
+                                                  mode=mode, on_rung=on_rung)
+        except BaseException as exc:  # handed to the stage's thread below
+            box["error"] = exc
+        finally:
+            rungs.finish()
+
     trainable = tune.with_parameters(
         _sweep_trial, algo=algo, family=family, base=base, data_dir=data_dir, runs_root=runs_root, uri=uri,
         workers_per_trial=workers_per_trial, storage_path=storage_path, train_fraction=train_fraction)
@@ -88,43 +199,46 @@ def sweep_rung(trials: list[dict[str, Any]], epochs: int, *, algo: str, family: 
     resources = {"CPU": 1} if workers_per_trial == 0 else {"CPU": 0.01}
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
-        param_space={"trial": tune.grid_search(list(trials)), "epochs": epochs},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=True),
+        tune_config=tune.TuneConfig(search_alg=_RungSearch(key), num_samples=-1, max_concurrent_trials=concurrent,
+                                    reuse_actors=True),
         run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0,  # our lines, not Tune's tables
-                                  callbacks=[_RungProgress(algo, epochs, len(trials), metric)],
+                                  callbacks=[_RungProgress(algo, key, metric)],
                                   failure_config=tune.FailureConfig(max_failures=0)))
-    out: dict[str, dict[str, float] | BaseException] = {}
-    for result in tuner.fit():
-        trial = result.config["trial"]["name"]
-        if result.error is not None:
-            out[trial] = launch.root_cause(result.error)
-            continue
-        rows = [e for e in read_rows(f"{runs_root}/{trial}/{EPOCHS}") if e["epoch"] == epochs - 1]
-        out[trial] = rows[-1] if rows else RuntimeError(f"trial {trial} has no metrics for epoch {epochs - 1}")
-    return out
+    thread = threading.Thread(target=decide, name=f"{algo}-sweep", daemon=True)
+    thread.start()
+    try:
+        tuner.fit()
+    finally:
+        rungs.finish(aborted=True)  # a rung still waiting (Tune stopped early) fails instead of hanging
+        thread.join()
+        _CHANNELS.pop(key, None)
+    if "error" in box:
+        raise box["error"]
+    return box["sweep"]
 
 
-def _RungProgress(algo: str, epochs: int, n: int, metric: str):
-    """A Ray Tune callback (driver side): one line per trial that reached the rung, with an ETA."""
-    from ray.tune import Callback
+class _RungProgress(Callback):
+    """A Ray Tune callback (driver side): counts each trial's end towards its rung, and prints one
+    line per trial that reached the rung, with an ETA. Pickled by Tune, as :class:`_RungSearch`."""
 
-    class RungProgress(Callback):
-        def __init__(self) -> None:
-            self.t0, self.done = time.perf_counter(), 0
+    def __init__(self, algo: str, key: str, metric: str) -> None:
+        self.algo, self.key, self.metric = algo, key, metric
 
-        def _end(self, trial, failed: bool) -> None:
-            self.done += 1
-            r, t = trial.last_result or {}, trial.config["trial"]
-            value = f"{metric} {r[metric]:.4f}" if metric in r else ("failed" if failed else "no new epoch")
-            elapsed = time.perf_counter() - self.t0
-            eta = elapsed / self.done * (n - self.done)
-            print(f"tune {algo}: {t['name']} ({t['schedule']}, lr {t['lr']:.3g}, warm-up {t['warmup']}) at {epochs} "
-                  f"epochs: {value}; {self.done}/{n} of the rung, elapsed {elapsed:.0f}s, eta {eta:.0f}s", flush=True)
+    def _end(self, trial, error: BaseException | None) -> None:
+        rungs = _CHANNELS[self.key]
+        t = trial.config["trial"]
+        done = rungs.ended_trial(t["name"], error)
+        r = trial.last_result or {}
+        value = f"{self.metric} {r[self.metric]:.4f}" if self.metric in r else ("failed" if error else "no new epoch")
+        elapsed = time.perf_counter() - rungs.t0
+        eta = elapsed / done * (rungs.size - done)
+        print(f"tune {self.algo}: {t['name']} ({t['schedule']}, lr {t['lr']:.3g}, warm-up {t['warmup']}) at "
+              f"{trial.config['epochs']} epochs: {value}; {done}/{rungs.size} of the rung, elapsed {elapsed:.0f}s, "
+              f"eta {eta:.0f}s", flush=True)
 
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self._end(trial, False)
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, None)
 
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self._end(trial, True)
-
-    return RungProgress()
+    def on_trial_error(self, iteration, trials, trial, **info):
+        error = trial.get_pickled_error() or RuntimeError(f"trial {trial.config['trial']['name']} failed")
+        self._end(trial, launch.root_cause(error))

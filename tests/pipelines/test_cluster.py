@@ -35,6 +35,7 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train"]["resnet"].update(num_workers=2, epochs=3, tuned=False)  # train alone, no sweep before it
+    params["train"]["resnet"]["model"]["depth"] = 8  # what is tested is where it ran, not how deep it is
     params["data"]["digits"]["evaluator"]["epochs"] = 1  # the generative evaluator is not used here
     params["runtime"]["storage_root"] = (root / "shared-store").as_uri()
     copy_project(root, params)
@@ -54,10 +55,13 @@ def cluster():
     saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("MLFLOW_") or k == "RAY_ADDRESS"}
     port = free_port()
     try:
+        # Every node's dashboard agent on a port of its own: at Ray's fixed default, a second Ray on the
+        # machine (another test, a user's) holds it, and job submission fails with "No available agent".
         c = Cluster(initialize_head=True, connect=False,
-                    head_node_args={"num_cpus": 0, "include_dashboard": True, "dashboard_port": port})
+                    head_node_args={"num_cpus": 0, "include_dashboard": True, "dashboard_port": port,
+                                    "dashboard_agent_listen_port": free_port()})
         for _ in range(2):
-            c.add_node(num_cpus=1)
+            c.add_node(num_cpus=1, dashboard_agent_listen_port=free_port())
         c.wait_for_nodes()
     finally:
         os.environ.update(saved)
