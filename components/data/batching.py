@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from components.data.shards import Batcher, apportion, collate
+from components.data.shards import Batcher, apportion
 
 POOL_BATCHES = 256  # batches' worth of samples sorted together: more -> less padding, less randomness
 
@@ -136,9 +136,6 @@ class TextBatcher(Batcher):
         pool = max(min_pool, POOL_BATCHES * math.ceil(count / batches))
         return token_batches(samples, batches=batches, count=count, tokens=tokens, length=sequence_lengths,
                              pool=pool, rng=rng)
-
-    def batch(self, samples: list[tuple], rng: random.Random, generator: torch.Generator) -> tuple:
-        return collate(samples)
 
     def tally(self, batch: tuple) -> tuple[float, ...]:
         return padding(batch)

@@ -76,7 +76,7 @@ class _Rungs:
     :class:`_RungSearch`, and reports each trial's end through :func:`_RungProgress`.
     """
 
-    def __init__(self, n_trials: int):
+    def __init__(self) -> None:
         self.lock, self.done = threading.Lock(), threading.Event()
         self.pending: list[dict[str, Any]] = []
         self.epochs = self.size = self.ended = 0
@@ -166,7 +166,7 @@ def sweep(trials: list[sha.Trial], *, grace_period: int, reduction_factor: int, 
     concurrent = max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)) // per_trial)
     run_ids = run_ids or {}
     key = f"{name}-{uuid.uuid4().hex[:8]}"
-    rungs = _CHANNELS[key] = _Rungs(len(trials))
+    rungs = _CHANNELS[key] = _Rungs()
 
     def run_rung(live: list[sha.Trial], r: int) -> dict[str, dict[str, float] | BaseException]:
         rungs.start([{"trial": {**vars(t), "run_id": run_ids.get(t.name, "")}, "epochs": r} for t in live], r)
