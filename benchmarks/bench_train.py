@@ -39,7 +39,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from components import tracking
 from components.config import to_dict
 from components.data import transforms
 from components.data.shards import ShardDataset, read_stats
@@ -151,23 +150,34 @@ def plain_ddp(cfg, shard_dir: Path, scratch: Path, world_size: int) -> tuple[flo
     return (*_split(t0, time.time(), clock), json.loads(result.read_text())["val_accuracy"])
 
 
-def pipeline_path(cfg, shard_dir: Path, num_workers: int, scratch: Path) -> tuple[float, float, float, float]:
-    """(b) and (c): launch.fit as the train stage calls it: Ray Train, MLflow logging, epoch checkpoints."""
-    uri = tracking.configure(scratch)
-    client = tracking.MlflowClient()
-    run = client.create_run(tracking.experiment_id("bench", scratch), run_name=f"workers-{num_workers}")
+def pipeline_path(cfg, shard_dir: Path, num_workers: int, scratch: Path,
+                  mlflow: bool = True, dashboard: bool = True) -> tuple[float, float, float, float]:
+    """(b) and (c): launch.fit as the train stage calls it: Ray Train, MLflow logging (unless
+    ``mlflow`` is false: a machine without it), epoch checkpoints. ``dashboard=False`` starts the
+    local Ray without its dashboard (a machine without ray[default]'s packages; a lone Train run
+    that no Tune trial stops needs none)."""
+    hooks = []
+    if mlflow:
+        from components import tracking
+
+        uri = tracking.configure(scratch)
+        client = tracking.MlflowClient()
+        run = client.create_run(tracking.experiment_id("bench", scratch), run_name=f"workers-{num_workers}")
+        hooks.append(tracking.MlflowHook(uri, run.info.run_id))
     tag = f"{num_workers}-{time.time_ns()}"  # a fresh run directory: a second call must not resume the first
     clock = scratch / f"clock-{tag}"
     t0 = time.time()
+    if not dashboard:
+        launch.init_ray(0, dashboard=False)  # fit then finds it started
     metrics = launch.fit({"algo": "resnet", "train": {**to_dict(cfg), "num_workers": num_workers},
                           "data_dir": str(shard_dir), "run_dir": str(scratch / f"run-{tag}"),
-                          "hooks": [tracking.MlflowHook(uri, run.info.run_id),
-                                    launch.RayTrainReport(cfg.checkpoint_every, cfg.epochs),
+                          "hooks": [*hooks, launch.RayTrainReport(cfg.checkpoint_every, cfg.epochs),
                                     EpochClock(clock)]},
                          num_workers=num_workers, use_gpu=False, storage_path=str(scratch / "ray"),
                          name=f"bench-{tag}")
     t_end = time.time()
-    client.set_terminated(run.info.run_id)
+    if mlflow:
+        client.set_terminated(run.info.run_id)
     return (*_split(t0, t_end, clock), metrics["val_accuracy"])
 
 
@@ -178,6 +188,10 @@ def main() -> None:
     parser.add_argument("--paths", default="abcd", help="which paths to run, in order, e.g. cd; "
                         "a path named more than once reports its median run (abcdabcdabcd)")
     parser.add_argument("--shards", default=str(REPO / "data/shards/digits"))
+    parser.add_argument("--no-mlflow", action="store_true", help="(b) and (c) without the MLflow hook "
+                        "(a machine without mlflow installed); the report says so")
+    parser.add_argument("--no-dashboard", action="store_true", help="(c)'s local Ray without its dashboard "
+                        "(a machine without ray[default]'s packages)")
     args = parser.parse_args()
     import logging
 
@@ -192,11 +206,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         print(f"ResNet-{cfg.model.depth} on digits, {cfg.epochs} epochs, batch {cfg.batch_size} per process, "
-              f"{torch.get_num_threads()} threads", flush=True)
+              f"{torch.get_num_threads()} threads, {os.cpu_count()} cores"
+              f"{', no MLflow hook' if args.no_mlflow else ''}{', no Ray dashboard' if args.no_dashboard else ''}",
+              flush=True)
         for p in args.paths:
             run = {"a": lambda: plain_loop(cfg, shard_dir, scratch),
-                   "b": lambda: pipeline_path(cfg, shard_dir, 0, scratch),
-                   "c": lambda: pipeline_path(cfg, shard_dir, args.workers, scratch),
+                   "b": lambda: pipeline_path(cfg, shard_dir, 0, scratch, not args.no_mlflow),
+                   "c": lambda: pipeline_path(cfg, shard_dir, args.workers, scratch, not args.no_mlflow,
+                                               not args.no_dashboard),
                    "d": lambda: plain_ddp(cfg, shard_dir, scratch, args.workers)}[p]
             results.setdefault(p, []).append(run())
             print(f"  {names[p]}: val_accuracy {results[p][-1][3]:.4f}, in-loop {results[p][-1][1]:.1f} s", flush=True)

@@ -95,6 +95,41 @@ def dataset_shards(params: dict, name: str, root: Path) -> Path:
     return root / "shards"
 
 
+def first_steps(params: dict, algo: str, shards: Path, device, n: int = 5):
+    """``algo``'s training step as the loop builds it (bf16 autocast on CUDA, fp32 elsewhere), its
+    meter, and ``n`` batches moved and laid out as the loop moves them (a small graph's single
+    batch repeats). The first step has run: the optimizer's state exists."""
+    import torch
+
+    from components.data.shards import ShardDataset, read_stats
+    from components.models import get_family
+    from components.params import family_name, train_config
+    from components.training.loop import _autocast, _channels_last, _to
+    from components.training.meter import StepMeter
+    from components.training.steps import SupervisedStep
+
+    device = torch.device(device)
+    cfg = train_config(params, algo)
+    family = get_family(family_name(params, algo))
+    cfg.model = family.bind(cfg.model, read_stats(shards), shards)
+    ds = ShardDataset(shards, "train", batch_size=cfg.batch_size, uint8_images=True)
+    batches = []
+    for batch in ds:
+        batch = ds.batcher.on_device(_to(batch, device))
+        batches.append(_channels_last(batch) if cfg.channels_last else batch)
+        if len(batches) == n:
+            break
+    batches = (batches * n)[:n]
+    torch.manual_seed(0)
+    model = family.build(cfg.model).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    step = getattr(family, "Step", SupervisedStep)(model, cfg, family, 10, lambda: _autocast(precision, device))
+    step(batches[0], 0)
+    return step, StepMeter(device, algo, ""), batches
+
+
 def graph_dataset(root: Path, **kw):
     """A graph dataset ingested and sharded as the pipeline does it; returns the shard dir."""
     from components.data import graphs

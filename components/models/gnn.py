@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch_geometric import nn as gnn
-from torch_geometric.utils import dropout_edge
+from torch_geometric.utils import add_self_loops, dropout_edge
 
 from components.config import ConfigError, bounds
 from components.data.graphs import check_edge_index
@@ -71,13 +71,21 @@ class Config:
             raise ConfigError(f"fanout: entries must be >= 1 (or -1 for every neighbour), got {self.fanout}")
 
 
+# GCN and GAT take each node's self-loop as one of its edges. The model adds the loops once, before
+# the first layer, rather than each layer: PyG's own (add_self_loops=True) first drops the loops
+# already there with a boolean mask, whose data-dependent size waits for the GPU in every layer of
+# every step. Edges arrive without self-loops (graphs.undirected stores none; predict strips them),
+# so the edges and their order, hence the numbers, are the same.
+SELF_LOOPS = ("gcn", "gat")
+
+
 def _conv(kind: str, c_in: int, c_out: int, heads: int) -> nn.Module:
     if kind == "gcn":
-        return gnn.GCNConv(c_in, c_out)
+        return gnn.GCNConv(c_in, c_out, add_self_loops=False)
     if kind == "sage":
         return gnn.SAGEConv(c_in, c_out, aggr="mean")
     if kind == "gat":
-        return gnn.GATConv(c_in, c_out // heads, heads=heads)
+        return gnn.GATConv(c_in, c_out // heads, heads=heads, add_self_loops=False)
     if kind == "gin":
         return gnn.GINConv(nn.Sequential(nn.Linear(c_in, c_out), nn.ReLU(), nn.Linear(c_out, c_out)), train_eps=True)
     raise ValueError(f"unknown conv {kind!r}")
@@ -89,7 +97,9 @@ def _norm(kind: str, c: int) -> nn.Module | None:
 
 
 class GNN(nn.Module):
-    """(x (N, F), edge_index (2, E)[, batch (N,)]) -> logits per node, or per graph."""
+    """(x (N, F), edge_index (2, E) without self-loops[, batch (N,), num_graphs]) -> logits per
+    node, or per graph. ``num_graphs`` (the batch's graph count, known on the host) spares the
+    pooling a read of ``batch.max()`` from the device."""
 
     def __init__(self, cfg: Config):
         super().__init__()
@@ -109,6 +119,8 @@ class GNN(nn.Module):
     def embed(self, x: torch.Tensor, edge_index: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
         """Node embeddings after the last layer: (N, hidden)."""
         edge_index, _ = dropout_edge(edge_index, p=self.cfg.drop_edge, training=self.training)
+        if self.cfg.conv in SELF_LOOPS:
+            edge_index, _ = add_self_loops(edge_index, num_nodes=x.size(0))
         h = x
         for i, conv in enumerate(self.convs):
             h_in = h
@@ -121,16 +133,19 @@ class GNN(nn.Module):
                 h = h + h_in
         return h
 
-    def readout(self, h: torch.Tensor, batch: torch.Tensor | None) -> torch.Tensor:
+    def readout(self, h: torch.Tensor, batch: torch.Tensor | None, num_graphs: int | None = None) -> torch.Tensor:
         """Graph task: node embeddings pooled per graph (batch = each node's graph)."""
         if batch is None:
-            batch = torch.zeros(len(h), dtype=torch.long, device=h.device)
-        return self.pool(h, batch)
+            batch, num_graphs = torch.zeros(len(h), dtype=torch.long, device=h.device), 1
+        if isinstance(self.pool, gnn.aggr.Aggregation):
+            return self.pool(h, batch, dim_size=num_graphs)
+        return self.pool(h, batch, num_graphs)
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, batch: torch.Tensor | None = None,
+                num_graphs: int | None = None) -> torch.Tensor:
         h = self.embed(x, edge_index, batch)
         if self.pool is not None:
-            h = self.readout(h, batch)
+            h = self.readout(h, batch, num_graphs)
         return self.head(F.dropout(h, self.cfg.dropout, self.training))
 
 
@@ -164,7 +179,7 @@ def _logits(model: nn.Module, batch: tuple, cfg: Config) -> tuple[torch.Tensor, 
     x, edge_index, index, target = batch
     if cfg.task == "node":
         return model(x, edge_index)[index], target
-    return model(x, edge_index, index), target
+    return model(x, edge_index, index, len(target)), target
 
 
 def training_step(model: nn.Module, batch: tuple, cfg: Config, label_smoothing: float = 0.0,
@@ -198,7 +213,7 @@ def evaluate(model: GNN, cfg: Config, shard_dir, split: str, detail: bool = True
     probs, labels, embeddings = [], [], []
     for x, edge_index, index, target in ShardDataset(shard_dir, split, batch_size=1 << 16):
         h = model.embed(x, edge_index, index if cfg.task == "graph" else None)
-        h = h[index] if cfg.task == "node" else model.readout(h, index)
+        h = h[index] if cfg.task == "node" else model.readout(h, index, len(target))
         probs.append(torch.softmax(model.head(h), 1).numpy())
         labels.append(target.numpy())
         embeddings.append(h.numpy())
@@ -256,6 +271,7 @@ def predict(model: GNN, inputs: Any, cfg: Config) -> np.ndarray:
     if x.dim() != 2 or x.shape[1] != cfg.in_channels:
         raise ValueError(f"x: expected node features of shape (num_nodes, {cfg.in_channels}), got {tuple(x.shape)}")
     edge_index = check_edge_index(_tensor(inputs, "edge_index", "int"), len(x))
+    edge_index = edge_index[:, edge_index[0] != edge_index[1]]  # the model adds each node's own loop
     if cfg.task == "node":
         return torch.softmax(model(x, edge_index), 1).numpy()
     batch = torch.zeros(len(x), dtype=torch.long) if inputs.get("batch") is None else \
