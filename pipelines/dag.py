@@ -11,6 +11,10 @@ params.yaml names for the stage's algorithm or dataset: editing ``gan.py`` re-ru
 GAN's stages and the stages of any family that imports it, nothing else. The train stage keys its run directory by the same list (``code_deps``), so a code
 change trains afresh instead of resuming checkpoints made by other code.
 
+Each command is ``python -m pipelines.stage <stage> ...``: the stage's module, started by a fork
+of a warm interpreter (``pipelines/stage.py``). How a stage is started is not what it computes,
+so ``stage.py`` and ``stage_server.py`` are no stage's dependency, as the interpreter is not.
+
 DVC cannot interpolate a list into ``deps``, so stages are written out one per dataset or
 algorithm (``train-resnet``) instead of with ``foreach``; a test fails when dvc.yaml differs
 from what this module writes. Adding an algorithm: its params sections, then run this.
@@ -145,19 +149,19 @@ def stages(raw: dict[str, Any], root: Path = ROOT) -> dict[str, dict]:
         # DVC hashes it, so changed files re-run ingest.
         source = [raw["data"][ds]["path"]] if isinstance(raw["data"][ds], dict) and raw["data"][ds].get("path") else []
         out[f"ingest-{ds}"] = {
-            "cmd": f"python -m pipelines.ingest --dataset {ds}",
+            "cmd": f"python -m pipelines.stage ingest --dataset {ds}",
             "deps": [*code_deps("ingest", raw, ds, root), *source],
             "params": [f"data.{ds}"],
             "outs": [f"data/raw/{ds}"]}
         out[f"preprocess-{ds}"] = {
-            "cmd": f"python -m pipelines.preprocess --dataset {ds}",
+            "cmd": f"python -m pipelines.stage preprocess --dataset {ds}",
             "deps": [*code_deps("preprocess", raw, ds, root), f"data/raw/{ds}"],
             "params": [f"data.{ds}"],
             "outs": [f"data/shards/{ds}"]}
     for algo, entry in raw["algorithms"].items():
         shards = f"data/shards/{entry['dataset']}"
         out[f"tune-{algo}"] = {
-            "cmd": f"python -m pipelines.tune --algo {algo}",
+            "cmd": f"python -m pipelines.stage tune --algo {algo}",
             "deps": [*code_deps("tune", raw, algo, root), shards],
             # The train keys a trial reads: changing train.<algo>.epochs re-runs train, not the sweep.
             "params": [f"tune.{algo}", *(f"train.{algo}.{k}" for k in raw["train"][algo] if k not in TRAIN_ONLY)],
@@ -173,7 +177,7 @@ def stages(raw: dict[str, Any], root: Path = ROOT) -> dict[str, dict]:
         # With train.<algo>.tuned (the default) train reads the winner; without, nothing of tune.
         tuned = (raw["train"][algo] or {}).get("tuned", True)
         out[f"train-{algo}"] = {
-            "cmd": f"python -m pipelines.train --algo {algo}",
+            "cmd": f"python -m pipelines.stage train --algo {algo}",
             "deps": [*code_deps("train", raw, algo, root), shards, *([f"models/{algo}/tune/best.yaml"] if tuned else [])],
             "params": [f"train.{algo}"],
             "outs": [f"models/{algo}/train"],
@@ -181,14 +185,14 @@ def stages(raw: dict[str, Any], root: Path = ROOT) -> dict[str, dict]:
             # One (step, value) table per curve, for whatever the family logs; y is the last column.
             "plots": [{f"plots/train/{algo}": {"cache": False, "x": "step"}}]}
         out[f"evaluate-{algo}"] = {
-            "cmd": f"python -m pipelines.evaluate --algo {algo}",
+            "cmd": f"python -m pipelines.stage evaluate --algo {algo}",
             "deps": [*code_deps("evaluate", raw, algo, root), f"models/{algo}/train", f"models/{algo}/tune/sweep.json",
                      shards],
             "metrics": [{f"metrics/eval/{algo}.json": {"cache": False}}],
             "outs": [{f"reports/{algo}": {"cache": False}}],
             "plots": [{f"plots/eval/{algo}": {"cache": False}}]}
         out[f"register-{algo}"] = {
-            "cmd": f"python -m pipelines.register --algo {algo}",
+            "cmd": f"python -m pipelines.stage register --algo {algo}",
             "deps": [*code_deps("register", raw, algo, root), f"metrics/eval/{algo}.json", f"plots/eval/{algo}",
                      f"reports/{algo}", f"models/{algo}/train"],
             "params": ["register.min_improvement"],
