@@ -24,12 +24,15 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:-$PWD} RAY_USAGE_STATS_ENABLED
 work=/tmp/bench-gpu-data
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import os, torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cores', os.cpu_count())"
-if [ "$stage" = ddp ]; then  # bench_train alone (a rerun of the first call's middle part)
+ddp() {  # CPU only, nothing else running: Ray Train DDP against plain DDP at 2 and 4 processes
   for w in 2 4; do
-    timeout 110 python3 benchmarks/bench_train.py --no-mlflow --no-dashboard --paths cd --epochs 30 --workers $w \
+    timeout 100 python3 benchmarks/bench_train.py --no-mlflow --no-dashboard --paths cd --epochs 30 --workers $w \
       >> "$out/bench_train.log" 2>&1
   done
   grep -aE "^\(|^in-loop|^ResNet|Error|Exception" "$out/bench_train.log"
+}
+if [ "$stage" = ddp ]; then  # bench_train alone (a rerun of the first call's middle part)
+  ddp
 elif [ "$stage" = first ]; then
   python3 benchmarks/bench_gpu.py --prepare-only --workdir $work > "$out/prepare.log" 2>&1 &
   prep=$!
@@ -37,12 +40,7 @@ elif [ "$stage" = first ]; then
     > "$out/pytest_gpu.log" 2>&1
   echo "pytest -m gpu: exit $?"; grep -E "passed|failed|host sync|^E +[0-9]+ x " "$out/pytest_gpu.log" | head -40
   wait $prep; tail -2 "$out/prepare.log"
-  # CPU only, nothing else running: Ray Train DDP against plain DDP at 2 and 4 processes.
-  for w in 2 4; do
-    timeout 100 python3 benchmarks/bench_train.py --no-mlflow --no-dashboard --paths cd --epochs 30 --workers $w \
-      >> "$out/bench_train.log" 2>&1
-  done
-  grep -aE "^\(|^in-loop|^ResNet" "$out/bench_train.log"
+  ddp
   timeout 200 python3 benchmarks/bench_gpu.py --modes eager --workdir $work > "$out/bench_eager.log" 2>&1
   tail -16 "$out/bench_eager.log"
 else

@@ -123,20 +123,16 @@ def started_at() -> float:
         return time.time()
 
 
-def send_message(conn: socket.socket, message: dict, fds: list[int] | None = None) -> None:
+def _send(conn: socket.socket, message: dict, fds: list[int]) -> None:
     data = json.dumps(message).encode()
-    payload = struct.pack("!I", len(data)) + data
-    if fds:
-        socket.send_fds(conn, [payload], fds)
-    else:
-        conn.sendall(payload)
+    socket.send_fds(conn, [struct.pack("!I", len(data)) + data], fds)
 
 
 def _hand_off(conn: socket.socket, module: str, args: list[str]) -> None:
     env = {**os.environ, "M7_STAGE_STARTED": repr(started_at())}  # for the stage profile (layout.py)
     request = {"module": module, "argv": [module, *args], "cwd": os.getcwd(), "env": env, "path": sys.path,
                "umask": _umask()}
-    send_message(conn, request, [0, 1, 2])
+    _send(conn, request, [0, 1, 2])
     # Signals for the stage go to the stage; the client ends only as the stage did.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, lambda number, frame: _forward(conn, number))

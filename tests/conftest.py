@@ -95,6 +95,9 @@ def dataset_shards(params: dict, name: str, root: Path) -> Path:
     return root / "shards"
 
 
+ALGOS = ["resnet", "transformer", "gan", "vae", "diffusion", "gnn", "gnn_graphs", "gnn_karate", "clip"]
+
+
 def first_steps(params: dict, algo: str, shards: Path, device, n: int = 5):
     """``algo``'s training step as the loop builds it (bf16 autocast on CUDA, fp32 elsewhere), its
     meter, and ``n`` batches moved and laid out as the loop moves them (a small graph's single

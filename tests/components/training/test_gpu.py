@@ -11,14 +11,13 @@ import torch
 from components.config import to_dict
 from components.params import family_name, train_config
 from components.training.loop import train_loop_per_worker
-from tests.conftest import Recorder, dataset_shards, first_steps
+from tests.conftest import ALGOS, Recorder, dataset_shards, first_steps
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
-@pytest.mark.parametrize("algo", ["resnet", "transformer", "gan", "vae", "diffusion", "gnn", "gnn_graphs",
-                                  "gnn_karate", "clip"])
+@pytest.mark.parametrize("algo", ALGOS)
 def test_one_epoch_on_the_gpu_in_bf16(algo, repo_params, tmp_path):
     shards = dataset_shards(repo_params, repo_params["algorithms"][algo]["dataset"], tmp_path)
     cfg = train_config(repo_params, algo)
@@ -64,8 +63,7 @@ def host_syncs(run) -> list[str]:
     return [f"{n} x {where}" for where, n in seen.most_common()]
 
 
-@pytest.mark.parametrize("algo", ["resnet", "transformer", "gan", "vae", "diffusion", "gnn", "gnn_graphs",
-                                  "gnn_karate", "clip"])
+@pytest.mark.parametrize("algo", ALGOS)
 def test_a_training_step_never_waits_for_the_gpu(algo, repo_params, tmp_path):
     """The step and the meter queue work only: no host sync (``.item()``, ``float()``, a blocking
     copy, a data-dependent shape) between the reads the meter makes every log_every steps. Lists

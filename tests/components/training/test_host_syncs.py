@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tests.conftest import dataset_shards, first_steps
+from tests.conftest import ALGOS, dataset_shards, first_steps
 
 aten = torch.ops.aten
 ROOT = str(Path(__file__).resolve().parents[3])
@@ -71,8 +71,7 @@ def shards(repo_params, tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("algo", ["resnet", "transformer", "gan", "vae", "diffusion", "gnn", "gnn_graphs",
-                                  "gnn_karate", "clip"])
+@pytest.mark.parametrize("algo", ALGOS)
 def test_a_training_step_reads_nothing_back_from_the_device(algo, repo_params, shards):
     step, meter, batches = first_steps(repo_params, algo, shards(repo_params["algorithms"][algo]["dataset"]), "cpu")
     reads = HostReads()
