@@ -138,10 +138,13 @@ def _profile_line(path: str, started: float) -> None:
     launch = sys.modules.get("components.training.launch")  # imported only by stages that start Ray
     ray_s = getattr(launch, "ray_start_s", 0.0)
     now = time.perf_counter()
-    from pipelines.stage import started_at
-
-    # Forked by the stage server: from its client's start; else from this process's.
-    total = time.time() - float(os.environ.get("M7_STAGE_STARTED") or started_at())
+    if os.environ.get("M7_STAGE_STARTED"):  # forked by the stage server: from its client's start
+        total = time.time() - float(os.environ["M7_STAGE_STARTED"])
+    else:
+        with open(f"/proc/{os.getpid()}/stat") as f:  # field 22: start time in clock ticks after boot
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            total = float(f.read().split()[0]) - start_ticks / os.sysconf("SC_CLK_TCK")
     imports = max(total - (now - started), 0.0)
     entry = {"argv": sys.argv[1:], "module": sys.argv[0], "total_s": round(total, 2),
              "start_imports_s": round(imports, 2), "ray_start_s": round(ray_s, 2),
