@@ -6,6 +6,14 @@ import contextlib
 import os
 from pathlib import Path
 
+# Under pytest -n, each worker's processes (its stages, its Ray's workers) get an equal share of the
+# cores as their thread count: two processes of 2 PyTorch threads each on 2 cores slow each other
+# down many times over (OpenMP threads spin-wait for cores the other holds).
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    _threads = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, _threads)
+
 import numpy as np
 import pytest
 import yaml
@@ -161,6 +169,16 @@ def families_shards(tmp_path_factory) -> Path:
                          families=FamiliesConfig(graphs_per_family=40, min_nodes=12, max_nodes=20))
 
 
+def stage_command(module: str, *args: str) -> list[str]:
+    """``module`` (``pipelines.train``...) run as dvc.yaml runs a stage: through the stage client,
+    forked from a warm stage server (pipelines/stage.py), so a test that runs many stages pays the
+    imports of torch, MLflow and Ray once. A stage started with other import-time variables
+    (``PYTHONPATH``, ``MLFLOW_*``...) gets a server of its own: run a one-off such stage directly."""
+    import sys
+
+    return [sys.executable, "-m", "pipelines.stage", module, *args]
+
+
 def free_port() -> int:
     """A port nothing listens on now (bound, then released)."""
     import socket
@@ -216,3 +234,29 @@ def copy_project(root: Path, params: dict, with_dvc: bool = False) -> Path:
         shutil.copy(REPO / ".gitignore", root / ".gitignore")
         (root / "dvc.yaml").write_text(dag.render(params, root))
     return root
+
+
+# The longest test files first (seconds on a 2-core CI machine, 2026-12-06): with the suite split
+# over workers file by file (pyproject's addopts), a long file started last would run alone at the
+# end. Files not named keep their collection order, after these.
+LONGEST_FIRST = ("pipelines/test_e2e.py", "pipelines/test_edges.py", "pipelines/test_faults.py",
+                 "pipelines/test_dag.py", "pipelines/test_tune.py", "pipelines/test_cluster.py",
+                 "benchmarks/test_bench_gpu.py", "pipelines/test_cifar_repro.py",
+                 "components/training/test_speed_options.py", "pipelines/test_tracking_server.py",
+                 "components/data/test_shards_ray.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::", 1)[0].removeprefix("tests/")
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: within a file, and among the files not named, the order stays
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: two workers where there are two cores or more. Each test file may start a local
+    Ray, a stage server and DDP workers of its own; two workers keep 2 cores busy (one alone leaves
+    a third of them idle, in imports and start-ups) without running several Rays at once on a
+    larger machine's memory."""
+    return min(2, os.cpu_count() or 1)

@@ -16,14 +16,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, copy_project
+from tests.conftest import REPO, copy_project, stage_command
 
 ALGO, DATASET = "gnn_karate", "karate"
 
 
-def stage(root: Path, env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+def stage(root: Path, env: dict, *args: str, timeout: float = 300, warm: bool = True) -> subprocess.CompletedProcess:
+    """A stage process, as dvc.yaml starts it (``warm``: forked from the stage server) or directly."""
+    cmd = stage_command(*args) if warm else [sys.executable, "-m", *args]
+    return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
@@ -68,7 +69,7 @@ def test_more_workers_than_the_local_cluster_has_fail_at_once_naming_the_paramet
 
 def test_a_tracking_uri_of_an_unsupported_scheme_is_one_line_naming_the_variable(project):
     root, env, _ = project
-    proc = stage(root, {**env, "MLFLOW_TRACKING_URI": "ftp://x"}, "pipelines.evaluate", "--algo", ALGO)
+    proc = stage(root, {**env, "MLFLOW_TRACKING_URI": "ftp://x"}, "pipelines.evaluate", "--algo", ALGO, warm=False)
     line = one_line_error(proc)
     assert "MLFLOW_TRACKING_URI=ftp://x" in line and "'ftp'" in line and "sqlite://" in line and "http://" in line
 
@@ -78,7 +79,7 @@ def test_a_shard_folder_without_stats_json_names_the_command_that_writes_it(proj
     other = copy_project(tmp_path / "other", params)
     shutil.copytree(root / "data" / "shards" / DATASET, other / "data" / "shards" / DATASET,
                     ignore=shutil.ignore_patterns("stats.json"))
-    proc = stage(other, {**env, "PYTHONPATH": str(other)}, "pipelines.train", "--algo", ALGO)
+    proc = stage(other, {**env, "PYTHONPATH": str(other)}, "pipelines.train", "--algo", ALGO, warm=False)
     line = one_line_error(proc)
     assert "stats.json" in line and f"dvc repro preprocess-{DATASET}" in line, line
     assert f"python -m pipelines.preprocess --dataset {DATASET}" in line

@@ -157,6 +157,7 @@ def test_ctrl_c_during_train_leaves_no_half_output_and_repro_resumes(tmp_path, r
     params["data"]["digits"]["evaluator"]["epochs"] = 1
     params["train"]["resnet"].update(epochs=30, num_workers=0, checkpoint_every=1,  # a checkpoint per epoch
                                      tuned=False)  # train alone: no sweep runs before it
+    params["train"]["resnet"]["model"]["depth"] = 8  # what is tested is the interruption, not the network
     env = git_dvc_project(tmp_path, params)
 
     proc = subprocess.Popen(["dvc", "repro", "train-resnet"], cwd=tmp_path, env=env, start_new_session=True,

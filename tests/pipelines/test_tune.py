@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import REPO, copy_project
+from tests.conftest import REPO, copy_project, stage_command
 from tests.pipelines.test_cifar_repro import (
     run,  # a stage process that must succeed, its output on failure
 )
@@ -40,9 +40,9 @@ def test_the_sweep_picks_the_same_winner_at_any_concurrency_and_logs_every_trial
         root = tmp_path / f"c{concurrent}"
         root.mkdir()
         copy_project(root, sweep_params(concurrent))
-        run([sys.executable, "-m", "pipelines.ingest", "--dataset", "digits"], root, env)
-        run([sys.executable, "-m", "pipelines.preprocess", "--dataset", "digits"], root, env)
-        out = run([sys.executable, "-m", "pipelines.tune", "--algo", "resnet"], root, env).stdout
+        run(stage_command("pipelines.ingest", "--dataset", "digits"), root, env)
+        run(stage_command("pipelines.preprocess", "--dataset", "digits"), root, env)
+        out = run(stage_command("pipelines.tune", "--algo", "resnet"), root, env).stdout
         assert "5 trials" in out and "winner" in out
         found[concurrent] = (root, (root / "models/resnet/tune/best.yaml").read_text(),
                              json.loads((root / "models/resnet/tune/sweep.json").read_text()))
@@ -75,7 +75,7 @@ def test_the_sweep_picks_the_same_winner_at_any_concurrency_and_logs_every_trial
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"sweep.png", "trials.csv", "sweep.json"}
 
     # train trains the winner at its own epochs, naming the sweep that chose it.
-    run([sys.executable, "-m", "pipelines.train", "--algo", "resnet"], root2, env)
+    run(stage_command("pipelines.train", "--algo", "resnet"), root2, env)
     meta = json.loads((root2 / "models/resnet/train/config.json").read_text())
     assert meta["train"]["lr"] == best["lr"] and meta["train"]["schedule"]["name"] == best["schedule"]["name"]
     assert meta["train"]["epochs"] == 2 and meta["tune_run_id"] == parent.info.run_id
