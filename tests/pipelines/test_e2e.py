@@ -58,13 +58,18 @@ def tiny_params() -> dict:
                       sweep=["ddim10", "ddpm"])  # the fewest and the most steps
     params["tune"]["diffusion"].update(samples_per_schedule=1, epochs=1, grace_period=1)
     params["tune"]["diffusion"]["space"]["schedule"] = ["cosine", "linear"]
-    # GNN: node classification as a 2-worker DDP job on neighbour-sampled mini-batches. Graph
-    # classification and the karate club take the same stages with another dataset; their data
-    # and training paths are tested in tests/components, so they stay out to keep this run short.
-    for algo, dataset in (("gnn_karate", "karate"), ("gnn_graphs", "graph_families")):
-        for section in ("algorithms", "train", "tune"):
-            del params[section][algo]
-        del params["data"][dataset]
+    # GNN: node classification as a 2-worker DDP job on neighbour-sampled mini-batches, and graph
+    # classification (the graph families, batched whole graphs) in local mode. The karate club takes
+    # the node stages with another dataset (tests/pipelines/test_edges.py runs its stages), so it stays out.
+    for section in ("algorithms", "train", "tune"):
+        del params[section]["gnn_karate"]
+    del params["data"]["karate"]
+    params["data"]["graph_families"].update(samples_per_shard=25)
+    params["data"]["graph_families"]["families"].update(graphs_per_family=20, min_nodes=12, max_nodes=20)
+    params["train"]["gnn_graphs"].update(epochs=6)
+    params["train"]["gnn_graphs"]["model"].update(hidden=16, layers=2)
+    params["tune"]["gnn_graphs"].update(samples_per_schedule=1, epochs=2, grace_period=1)
+    params["tune"]["gnn_graphs"]["space"]["schedule"] = ["cosine", "onecycle"]
     params["data"]["community"]["sbm"].update(num_nodes=600, communities=4)
     params["data"]["community"]["samples_per_shard"] = 60
     params["train"]["gnn"].update(epochs=20, num_workers=2, batch_size=64)
@@ -410,6 +415,20 @@ def test_repro_runs_the_gnn_as_a_ddp_job_on_sampled_neighbourhoods(project):
         assert (root / png).stat().st_size > 5000
     assert "homophily" in (root / "reports/gnn/evaluate.md").read_text()
     assert (root / "data/shards/community/graph.npz").exists()
+
+
+def test_repro_runs_graph_classification_on_the_graph_families(project):
+    root, env, first = project
+    for stage in ("ingest-graph_families", "preprocess-graph_families", "tune-gnn_graphs", "train-gnn_graphs",
+                  "evaluate-gnn_graphs", "register-gnn_graphs"):
+        assert f"Running stage '{stage}'" in first.stdout
+    stats = json.loads((root / "data/shards/graph_families/stats.json").read_text())
+    classes = stats["num_classes"]
+    ev = json.loads((root / "metrics/eval/gnn_graphs.json").read_text())
+    chosen = ev[ev["selected"]]
+    assert ev["primary_metric"] == "accuracy" and chosen["num_samples"] == stats["splits"]["test"]["samples"]
+    assert chosen["accuracy"] > 1.5 / classes  # six tiny epochs: well above chance
+    assert json.loads((root / "metrics/register/gnn_graphs.json").read_text())["version"] == 1
 
 
 def test_gnn_champion_scores_nodes_in_a_fresh_process(project, champions):
