@@ -65,9 +65,8 @@ def tiny_params() -> dict:
         del params[section]["gnn_karate"]
     del params["data"]["karate"]
     params["data"]["graph_families"].update(samples_per_shard=25)
-    params["data"]["graph_families"]["families"].update(graphs_per_family=20, min_nodes=12, max_nodes=20)
-    params["train"]["gnn_graphs"].update(epochs=6)
-    params["train"]["gnn_graphs"]["model"].update(hidden=16, layers=2)
+    params["data"]["graph_families"]["families"].update(graphs_per_family=40, min_nodes=12, max_nodes=20)
+    params["train"]["gnn_graphs"].update(epochs=20, batch_size=16)  # 160 steps, about 2 s
     params["tune"]["gnn_graphs"].update(samples_per_schedule=1, epochs=2, grace_period=1)
     params["tune"]["gnn_graphs"]["space"]["schedule"] = ["cosine", "onecycle"]
     params["data"]["community"]["sbm"].update(num_nodes=600, communities=4)
@@ -427,7 +426,7 @@ def test_repro_runs_graph_classification_on_the_graph_families(project):
     ev = json.loads((root / "metrics/eval/gnn_graphs.json").read_text())
     chosen = ev[ev["selected"]]
     assert ev["primary_metric"] == "accuracy" and chosen["num_samples"] == stats["splits"]["test"]["samples"]
-    assert chosen["accuracy"] > 1.5 / classes  # six tiny epochs: well above chance
+    assert chosen["accuracy"] > 1.5 / classes  # well above chance (0.83 with params.yaml's lr)
     assert json.loads((root / "metrics/register/gnn_graphs.json").read_text())["version"] == 1
 
 
