@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
 
 # Under pytest -n, each worker's processes (its stages, its Ray's workers) get an equal share of the
@@ -174,8 +175,6 @@ def stage_command(module: str, *args: str) -> list[str]:
     forked from a warm stage server (pipelines/stage.py), so a test that runs many stages pays the
     imports of torch, MLflow and Ray once. A stage started with other import-time variables
     (``PYTHONPATH``, ``MLFLOW_*``...) gets a server of its own: run a one-off such stage directly."""
-    import sys
-
     return [sys.executable, "-m", "pipelines.stage", module, *args]
 
 

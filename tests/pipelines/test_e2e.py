@@ -273,11 +273,17 @@ def mlflow_client(root: Path):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def assert_ran(out: str, algo: str, dataset: str | None = None) -> None:
+    """``dvc repro``'s output ran the algorithm's four stages (and its dataset's two, if named)."""
+    stages = [f"{kind}-{algo}" for kind in ("tune", "train", "evaluate", "register")]
+    stages += [f"{kind}-{dataset}" for kind in ("ingest", "preprocess")] if dataset else []
+    for stage in stages:
+        assert f"Running stage '{stage}'" in out, stage
+
+
 def test_repro_runs_all_six_stages_and_writes_metrics(project):
     root, env, first = project
-    for stage in ("ingest-digits", "preprocess-digits", "train-resnet", "tune-resnet", "evaluate-resnet",
-                  "register-resnet"):
-        assert f"Running stage '{stage}'" in first.stdout
+    assert_ran(first.stdout, "resnet", dataset="digits")
     assert "2 worker(s) (DDP)" in first.stdout
     ev = json.loads((root / "metrics/eval/resnet.json").read_text())
     assert ev["primary_metric"] == "accuracy" and ev["selected"] == "train"
@@ -292,9 +298,7 @@ def test_repro_runs_all_six_stages_and_writes_metrics(project):
 
 def test_repro_runs_the_transformer_through_the_same_stages(project):
     root, env, first = project
-    for stage in ("ingest-translation", "preprocess-translation", "train-transformer", "tune-transformer",
-                  "evaluate-transformer", "register-transformer"):
-        assert f"Running stage '{stage}'" in first.stdout
+    assert_ran(first.stdout, "transformer", dataset="translation")
     ev = json.loads((root / "metrics/eval/transformer.json").read_text())
     assert ev["primary_metric"] == "exact_match" and ev["selected"] == "train"
     chosen = ev[ev["selected"]]
@@ -331,8 +335,7 @@ def test_transformer_champion_translates_raw_strings_in_a_fresh_process(project,
 
 def test_repro_runs_the_gan_and_scores_it_with_floor_and_ceiling(project):
     root, env, first = project
-    for stage in ("train-gan", "tune-gan", "evaluate-gan", "register-gan"):
-        assert f"Running stage '{stage}'" in first.stdout
+    assert_ran(first.stdout, "gan")
     stats = json.loads((root / "data/shards/digits/stats.json").read_text())
     assert stats["evaluator"]["accuracy"]["test"] > 0.9 and (root / "data/shards/digits/evaluator/model.safetensors").exists()
     ev = json.loads((root / "metrics/eval/gan.json").read_text())
@@ -360,8 +363,7 @@ def test_gan_champion_generates_seeded_images_in_a_fresh_process(project, champi
 
 def test_repro_runs_the_vae_and_reports_its_bounds_in_nats(project):
     root, env, first = project
-    for stage in ("train-vae", "tune-vae", "evaluate-vae", "register-vae"):
-        assert f"Running stage '{stage}'" in first.stdout
+    assert_ran(first.stdout, "vae")
     ev = json.loads((root / "metrics/eval/vae.json").read_text())
     assert ev["primary_metric"] == "iwae" and ev["mode"] == "max"
     chosen = ev[ev["selected"]]
@@ -382,8 +384,7 @@ def test_vae_champion_encodes_decodes_and_samples_in_a_fresh_process(project, ch
 
 def test_repro_runs_diffusion_with_its_sampler_sweep(project):
     root, env, first = project
-    for stage in ("train-diffusion", "tune-diffusion", "evaluate-diffusion", "register-diffusion"):
-        assert f"Running stage '{stage}'" in first.stdout
+    assert_ran(first.stdout, "diffusion")
     ev = json.loads((root / "metrics/eval/diffusion.json").read_text())
     assert ev["primary_metric"] == "fid" and ev["selected"] == "train"
     chosen = ev[ev["selected"]]
@@ -404,8 +405,7 @@ def test_diffusion_champion_samples_with_sampler_params_in_a_fresh_process(proje
 
 def test_repro_runs_the_gnn_as_a_ddp_job_on_sampled_neighbourhoods(project):
     root, env, first = project
-    for stage in ("ingest-community", "preprocess-community", "train-gnn", "tune-gnn", "evaluate-gnn", "register-gnn"):
-        assert f"Running stage '{stage}'" in first.stdout
+    assert_ran(first.stdout, "gnn", dataset="community")
     assert "train gnn: 20 epochs, 2 worker(s) (DDP)" in first.stdout
     node = json.loads((root / "metrics/eval/gnn.json").read_text())
     chosen = node[node["selected"]]
@@ -418,9 +418,7 @@ def test_repro_runs_the_gnn_as_a_ddp_job_on_sampled_neighbourhoods(project):
 
 def test_repro_runs_graph_classification_on_the_graph_families(project):
     root, env, first = project
-    for stage in ("ingest-graph_families", "preprocess-graph_families", "tune-gnn_graphs", "train-gnn_graphs",
-                  "evaluate-gnn_graphs", "register-gnn_graphs"):
-        assert f"Running stage '{stage}'" in first.stdout
+    assert_ran(first.stdout, "gnn_graphs", dataset="graph_families")
     stats = json.loads((root / "data/shards/graph_families/stats.json").read_text())
     classes = stats["num_classes"]
     ev = json.loads((root / "metrics/eval/gnn_graphs.json").read_text())
@@ -441,9 +439,7 @@ def test_gnn_champion_scores_nodes_in_a_fresh_process(project, champions):
 
 def test_repro_runs_clip_as_a_ddp_job_and_classifies_zero_shot(project):
     root, env, first = project
-    for stage in ("ingest-captioned_digits", "preprocess-captioned_digits", "train-clip", "tune-clip",
-                  "evaluate-clip", "register-clip"):
-        assert f"Running stage '{stage}'" in first.stdout
+    assert_ran(first.stdout, "clip", dataset="captioned_digits")
     assert "train clip: 6 epochs, 2 worker(s) (DDP)" in first.stdout
     ev = json.loads((root / "metrics/eval/clip.json").read_text())
     assert ev["primary_metric"] == "zero_shot_accuracy" and ev["selected"] == "train"
@@ -698,8 +694,7 @@ def test_exp_run_retrains_in_local_mode_and_a_new_concurrency_picks_the_same_win
     epochs = yaml.safe_load((root / "params.yaml").read_text())["train"]["resnet"]["epochs"] + 1  # whatever ran before
     out = run(["dvc", "exp", "run", "-S", f"train.resnet.epochs={epochs}", "-S", "train.resnet.num_workers=0",
                "-S", "tune.resnet.max_concurrent=1"], root, env).stdout
-    for stage in ("tune-resnet", "train-resnet", "evaluate-resnet", "register-resnet"):
-        assert f"Running stage '{stage}'" in out
+    assert_ran(out, "resnet")
     for stage in ("ingest-digits", "preprocess-digits"):
         assert f"Running stage '{stage}'" not in out
     assert "local mode" in out and f"{epochs} epochs" in out and "with the sweep's" in out
