@@ -218,7 +218,10 @@ def main() -> None:
             results.setdefault(p, []).append(run())
             print(f"  {names[p]}: val_accuracy {results[p][-1][3]:.4f}, in-loop {results[p][-1][1]:.1f} s", flush=True)
     # A path named several times (--paths abab) reports its median in-loop run: runs on a shared
-    # machine vary by several per cent from one to the next.
+    # machine vary by several per cent from one to the next, and drift over minutes (the same
+    # path 10% slower ten minutes later), so a ratio is also taken pair by pair: run i of one
+    # path against run i of the other, next to it in time, and the median of those is printed.
+    runs_by_path = results
     results = {p: sorted(runs, key=lambda r: r[1])[len(runs) // 2] for p, runs in results.items()}
     print(f"\n{'path':<36}{'wall s':>8}{'in-loop s':>11}{'fixed s':>9}{'val acc':>9}")
     for p, (wall, in_loop, fixed, acc) in results.items():
@@ -226,7 +229,10 @@ def main() -> None:
     for num, den in (("b", "a"), ("c", "d")):
         if num in results and den in results:
             ratio = results[num][1] / results[den][1]
-            print(f"in-loop {names[num][:3]}/{names[den][:3]}: {ratio:.3f}")
+            pairs = sorted(n[1] / d[1] for n, d in zip(runs_by_path[num], runs_by_path[den]))
+            paired = (f"; paired runs {', '.join(f'{r:.3f}' for r in pairs)}, median {pairs[len(pairs) // 2]:.3f}"
+                      if len(pairs) > 1 else "")
+            print(f"in-loop {names[num][:3]}/{names[den][:3]}: {ratio:.3f} (median runs){paired}")
 
 
 if __name__ == "__main__":
