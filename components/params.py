@@ -24,7 +24,7 @@ from components.config import (
     parse,
 )
 from components.data import get_dataset
-from components.models import get_family
+from components.models import FAMILIES, get_family
 
 
 @dataclass
@@ -109,7 +109,10 @@ def load_all(raw: dict[str, Any], algorithms: list[str] | None = None, datasets:
             raise ConfigError(f"data.{algo.dataset}: algorithms.{name} uses it but the section is missing")
         if algorithms is not None and name not in algorithms:
             continue
-        get_family(family_name(raw, name), path=f"algorithms.{name}" + (".family" if algo.family else ""))
+        if not algo.family and name not in FAMILIES:  # an algorithm named otherwise says which family it is
+            raise ConfigError(f"algorithms.{name}: {name!r} is no family, so the entry needs `family:` (one of "
+                              f"{sorted(FAMILIES)}), as algorithms.gnn_graphs has `family: gnn`")
+        get_family(family_name(raw, name), path=f"algorithms.{name}.family")
         train_config(raw, name)
         tune_config(raw, name)
     for name in params.data:

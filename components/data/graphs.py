@@ -46,7 +46,7 @@ import torch
 
 from components.config import ConfigError, bounds
 from components.data.manifest import DataError, sha256, write_manifest
-from components.data.shards import Batcher, BatchOptions
+from components.data.shards import Batcher, BatchOptions, rebuild_hint
 from components.data.splits import SPLITS, stratified_split
 from components.data.writer import write_shards
 
@@ -306,7 +306,7 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, manifest: dict) -> dic
 @functools.lru_cache(maxsize=4)
 def load_graph(path: str, expected_sha256: str) -> dict[str, torch.Tensor]:
     """The node task's graph asset as tensors, checked against stats.json; cached per process."""
-    fix = "re-create it with `dvc repro --force preprocess` (or `dvc checkout`)"
+    fix = rebuild_hint(Path(path).parent)
     if not Path(path).exists():
         raise DataError(f"{path}: graph asset not found; {fix}")
     if sha256(Path(path)) != expected_sha256:

@@ -114,9 +114,10 @@ def verify_shards(shard_dir: Path) -> None:
         for entry in split["shards"]:
             path = shard_dir / entry["file"]
             if not path.exists():
-                raise DataError(f"{path}: shard not found; {_FIX}")
+                raise DataError(f"{path}: shard not found; {rebuild_hint(shard_dir)}")
             if path.stat().st_size != entry["bytes"] or sha256(path) != entry["sha256"]:
-                raise DataError(f"{path}: shard is corrupt (size or sha256 differ from stats.json); {_FIX}")
+                raise DataError(f"{path}: shard is corrupt (size or sha256 differ from stats.json); "
+                                f"{rebuild_hint(shard_dir)}")
 
 
 def localize(data_dir: str, cache_root: str | Path | None = None) -> Path:
@@ -130,9 +131,10 @@ def localize(data_dir: str, cache_root: str | Path | None = None) -> Path:
     local = storage.local_path(data_dir)
     if local is not None:
         if not (Path(local) / STATS).exists():
-            raise DataError(f"{local}: no shards on node {platform.node()}; create them with `dvc repro` (stage "
-                            f"preprocess), and on a multi-node cluster set runtime.storage_root to a shared mount or "
-                            f"URL: train and tune then publish the shards there, where every node can read them")
+            raise DataError(f"{local}: no shards on node {platform.node()}; create them with `dvc repro "
+                            f"{preprocess_stage(local)}`, and on a multi-node cluster set runtime.storage_root to a "
+                            f"shared mount or URL: train and tune then publish the shards there, where every node "
+                            f"can read them")
         return Path(local)
     root = Path(cache_root) if cache_root else Path(tempfile.gettempdir()) / "pipeline-shards"
     root.mkdir(parents=True, exist_ok=True)
@@ -179,7 +181,19 @@ def _decode_field(name: str, raw: bytes) -> Any:
 
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-_FIX = "re-create it with `dvc repro --force preprocess` (or `dvc checkout` if it is DVC-tracked)"
+
+
+def preprocess_stage(shard_dir: str | Path) -> str:
+    """The stage that writes ``shard_dir``: ``preprocess-<name>`` for the pipeline's
+    ``data/shards/<name>``; elsewhere (shards copied from a URL) the one of its dataset."""
+    shard_dir = Path(shard_dir)
+    return f"preprocess-{shard_dir.name}" if shard_dir.parent.name == "shards" else "preprocess-<dataset>"
+
+
+def rebuild_hint(shard_dir: str | Path) -> str:
+    """What to run when a file under ``shard_dir`` is missing or corrupt."""
+    return (f"re-create it with `dvc repro --force {preprocess_stage(shard_dir)}` "
+            f"(or `dvc checkout` if it is DVC-tracked)")
 
 
 class _HashingReader(io.RawIOBase):
@@ -279,11 +293,12 @@ def iter_shard(path: Path, expected: dict | None = None,
     file raises DataError naming it, and the sample's key when one field is bad. With ``keys``,
     yields ``(key, sample)`` pairs.
     """
+    fix = rebuild_hint(path.parent)
     if not path.exists():
-        raise DataError(f"{path}: shard not found; {_FIX}")
+        raise DataError(f"{path}: shard not found; {fix}")
     if expected is not None and path.stat().st_size != expected["bytes"]:
         raise DataError(f"{path}: shard is corrupt or truncated (size {path.stat().st_size} bytes, stats.json "
-                        f"says {expected['bytes']}); {_FIX}")
+                        f"says {expected['bytes']}); {fix}")
     count = 0
     with open(path, "rb", buffering=0) as raw:
         hashed = _HashingReader(raw)
@@ -298,21 +313,21 @@ def iter_shard(path: Path, expected: dict | None = None,
                     sample = tuple(_decode_field(name, value) for name, value in picked)
                 except KeyError as exc:
                     have = sorted(k for k in s if not k.startswith("__"))
-                    raise DataError(f"{path}: sample {key!r} has fields {have}, not {exc.args[0]!r}; {_FIX}") from None
+                    raise DataError(f"{path}: sample {key!r} has fields {have}, not {exc.args[0]!r}; {fix}") from None
                 except ValueError as exc:
-                    raise DataError(f"{path}: sample {key!r} cannot be decoded ({exc}); {_FIX}") from None
+                    raise DataError(f"{path}: sample {key!r} cannot be decoded ({exc}); {fix}") from None
                 count += 1
                 yield (key, sample) if keys else sample
             if stream is not buffered:
                 stream.read()  # the rest of the gzip stream, its CRC checked
             digest = hashed.finish()
         except (tarfile.TarError, EOFError, OSError, ValueError, gzip.BadGzipFile, zlib.error) as exc:
-            raise DataError(f"{path}: cannot read shard ({type(exc).__name__}: {exc}); {_FIX}") from None
+            raise DataError(f"{path}: cannot read shard ({type(exc).__name__}: {exc}); {fix}") from None
     if expected is not None:
         if digest != expected["sha256"]:
-            raise DataError(f"{path}: shard is corrupt (its sha256 differs from stats.json); {_FIX}")
+            raise DataError(f"{path}: shard is corrupt (its sha256 differs from stats.json); {fix}")
         if count != expected["samples"]:
-            raise DataError(f"{path}: holds {count} samples, stats.json says {expected['samples']}; {_FIX}")
+            raise DataError(f"{path}: holds {count} samples, stats.json says {expected['samples']}; {fix}")
 
 
 def read_shard(path: Path, expected: dict | None = None,
@@ -573,7 +588,7 @@ class ShardDataset(IterableDataset):
                 yield decode(sample, rng)
             except DataError as exc:
                 raise DataError(f"{self.shard_dir / file}: sample {key!r}: {exc}; fix or drop the source sample and "
-                                f"re-run `dvc repro` (stage preprocess)") from None
+                                f"re-run `dvc repro {preprocess_stage(self.shard_dir)}`") from None
 
     def __iter__(self) -> Iterator[tuple]:
         info = get_worker_info()

@@ -30,11 +30,12 @@ _CHECKED: set[str] = set()
 
 
 def get_family(name: str, path: str = "algorithm") -> ModuleType:
-    """The family module registered as ``name``; an unknown name lists the valid ones."""
+    """The family module registered as ``name``; an unknown name lists the families.
+    ``path`` is the params key that named it (``algorithms.<algo>.family``, ``algorithms.<algo>``)."""
     try:
         module = FAMILIES[name]
     except KeyError:
-        raise ConfigError(f"{path}: unknown algorithm {name!r}; valid: {sorted(FAMILIES)}") from None
+        raise ConfigError(f"{path}: unknown family {name!r}; families: {sorted(FAMILIES)}") from None
     family = importlib.import_module(module)
     if module not in _CHECKED:
         contract.check(family, name)

@@ -69,11 +69,16 @@ def test_bad_values_fail_with_the_full_key_path(repo_params, path, value, messag
     assert message in str(err.value)
 
 
-def test_unknown_algorithm_lists_the_valid_ones(repo_params):
+def test_an_algorithm_that_names_no_family_is_told_to_and_shown_the_families(repo_params):
     raw = _with(repo_params, "algorithms", {"resnett": {"dataset": "digits"}})
-    with pytest.raises(ConfigError, match=r"algorithms.resnett: unknown algorithm 'resnett'; valid: \[.*'resnet'.*\]") as err:
+    with pytest.raises(ConfigError, match=r"algorithms.resnett: 'resnett' is no family, so the entry needs `family:` "
+                                          r"\(one of \[.*'resnet'.*\]\)") as err:
         load_all(raw)
     assert all(repr(name) in str(err.value) for name in FAMILIES)
+    raw = _with(repo_params, "algorithms.resnet.family", "resnext")
+    with pytest.raises(ConfigError, match=r"algorithms.resnet.family: unknown family 'resnext'; families: \[") as err:
+        load_all(raw)
+    assert "algorithm" not in str(err.value).split(":", 1)[1]
 
 
 def test_yaml_exponent_without_dot_is_read_as_a_number():
@@ -103,7 +108,7 @@ def test_one_family_serves_several_algorithms_and_names_its_module(repo_params):
     params = load_all(repo_params)
     assert {n for n, a in params.algorithms.items() if a.family == "gnn"} == {"gnn", "gnn_graphs", "gnn_karate"}
     raw = _with(repo_params, "algorithms.gnn_graphs.family", "gnnn")
-    with pytest.raises(ConfigError, match=r"algorithms.gnn_graphs.family: unknown algorithm 'gnnn'"):
+    with pytest.raises(ConfigError, match=r"algorithms.gnn_graphs.family: unknown family 'gnnn'"):
         load_all(raw)
     raw = _with(repo_params, "data.karate.type", "graph")
     with pytest.raises(ConfigError, match=r"data.karate.type: unknown dataset 'graph'; valid: \[.*'graphs'"):
