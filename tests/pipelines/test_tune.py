@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -40,8 +41,11 @@ def test_the_sweep_picks_the_same_winner_at_any_concurrency_and_logs_every_trial
         root = tmp_path / f"c{concurrent}"
         root.mkdir()
         copy_project(root, sweep_params(concurrent))
-        run(stage_command("pipelines.ingest", "--dataset", "digits"), root, env)
-        run(stage_command("pipelines.preprocess", "--dataset", "digits"), root, env)
+        if concurrent == 1:
+            run(stage_command("pipelines.ingest", "--dataset", "digits"), root, env)
+            run(stage_command("pipelines.preprocess", "--dataset", "digits"), root, env)
+        else:  # the same data params: the same shards (and evaluator network), made once
+            shutil.copytree(tmp_path / "c1" / "data", root / "data")
         out = run(stage_command("pipelines.tune", "--algo", "resnet"), root, env).stdout
         assert "5 trials" in out and "winner" in out
         found[concurrent] = (root, (root / "models/resnet/tune/best.yaml").read_text(),
