@@ -221,15 +221,14 @@ def main() -> None:
     # machine vary by several per cent from one to the next, and drift over minutes (the same
     # path 10% slower ten minutes later), so a ratio is also taken pair by pair: run i of one
     # path against run i of the other, next to it in time, and the median of those is printed.
-    runs_by_path = results
-    results = {p: sorted(runs, key=lambda r: r[1])[len(runs) // 2] for p, runs in results.items()}
+    medians = {p: sorted(runs, key=lambda r: r[1])[len(runs) // 2] for p, runs in results.items()}
     print(f"\n{'path':<36}{'wall s':>8}{'in-loop s':>11}{'fixed s':>9}{'val acc':>9}")
-    for p, (wall, in_loop, fixed, acc) in results.items():
+    for p, (wall, in_loop, fixed, acc) in medians.items():
         print(f"{names[p]:<36}{wall:>8.1f}{in_loop:>11.1f}{fixed:>9.1f}{acc:>9.4f}")
     for num, den in (("b", "a"), ("c", "d")):
         if num in results and den in results:
-            ratio = results[num][1] / results[den][1]
-            pairs = sorted(n[1] / d[1] for n, d in zip(runs_by_path[num], runs_by_path[den]))
+            ratio = medians[num][1] / medians[den][1]
+            pairs = sorted(n[1] / d[1] for n, d in zip(results[num], results[den]))
             paired = (f"; paired runs {', '.join(f'{r:.3f}' for r in pairs)}, median {pairs[len(pairs) // 2]:.3f}"
                       if len(pairs) > 1 else "")
             print(f"in-loop {names[num][:3]}/{names[den][:3]}: {ratio:.3f} (median runs){paired}")
