@@ -49,15 +49,16 @@ class Params:
 
 @dataclass(frozen=True)
 class AlgorithmParams:
-    """What the stages of ``algorithms.<name>`` read of params.yaml, parsed and validated."""
+    """What a stage of ``algorithms.<name>`` reads of params.yaml, parsed and validated. A stage
+    gets only the keys dvc.yaml lists for it (``stage_keys``); a section it does not read is None."""
     name: str
     family: str  # its model family (a module of components/models)
     dataset: str  # the data section it trains on
-    train: TrainConfig  # train.<name>, its model section parsed by the family
-    tune: TuneConfig
+    train: TrainConfig | None  # train.<name>, its model section parsed by the family
+    tune: TuneConfig | None
     runtime: RuntimeConfig
     register: RegisterConfig
-    raw: dict[str, Any]  # the file as read: what a stage's lineage hashes of it (dvc.yaml's params)
+    raw: dict[str, Any]  # the whole file: only for the stage's code deps (pipelines/dag.py), which dvc.yaml holds
 
 
 @dataclass(frozen=True)
@@ -69,16 +70,67 @@ class DatasetParams:
     raw: dict[str, Any]
 
 
-def algorithm(raw: dict[str, Any], name: str) -> AlgorithmParams:
-    """``algorithms.<name>`` and every section its stages read, parsed."""
-    return AlgorithmParams(name, family_name(raw, name), dataset_name(raw, name), train_config(raw, name),
-                           tune_config(raw, name), runtime_config(raw),
-                           parse(RegisterConfig, raw.get("register"), "register"), raw)
+# train.<algo> keys no tune trial reads (pipelines/tune.py fixes them): the tune stage does not depend on them.
+TRAIN_ONLY = ("epochs", "checkpoint_every", "num_workers", "tuned")
+# Says where and how a stage runs, not what it computes: every stage reads it and none depends on it,
+# so moving the storage root never retrains a model.
+UNTRACKED = ("runtime",)
+
+
+def stage_keys(stage: str, raw: dict[str, Any], name: str) -> list[str]:
+    """The params.yaml keys that stage ``stage`` of dataset or algorithm ``name`` reads: its
+    ``params`` in dvc.yaml, and (with ``UNTRACKED``) all that ``view`` hands the stage, so that
+    a key the stage reads and DVC does not see cannot exist."""
+    if stage in ("ingest", "preprocess"):
+        return [f"data.{name}"]
+    algo = [f"algorithms.{name}"]
+    if stage == "tune":
+        train = (raw.get("train") or {}).get(name) or {}
+        return [*algo, f"tune.{name}", *(f"train.{name}.{k}" for k in train if k not in TRAIN_ONLY)]
+    if stage == "train":
+        return [*algo, f"train.{name}"]
+    if stage == "evaluate":  # the trained model's config is in its checkpoint
+        return algo
+    if stage == "register":
+        return [*algo, "register"]
+    raise ValueError(f"no stage {stage!r}; stages: ingest, preprocess, tune, train, evaluate, register")
+
+
+def view(raw: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """The part of ``raw`` under ``keys`` (dotted paths) and the ``UNTRACKED`` sections, nested as in the file."""
+    out: dict[str, Any] = {k: raw[k] for k in UNTRACKED if k in raw}
+    for key in keys:
+        *parents, last = key.split(".")
+        src, dst = raw, out
+        for part in parents:
+            src = src.get(part) if isinstance(src, dict) else None
+            dst = dst.setdefault(part, {})
+        if isinstance(src, dict) and last in src:
+            dst[last] = src[last]
+    return out
+
+
+def algorithm(raw: dict[str, Any], name: str, stage: str | None = None) -> AlgorithmParams:
+    """``algorithms.<name>`` and every section its stages read, parsed; with ``stage``, only what
+    that stage reads (``stage_keys``), the rest None or its default."""
+    if stage is None:
+        return AlgorithmParams(name, family_name(raw, name), dataset_name(raw, name), train_config(raw, name),
+                               tune_config(raw, name), runtime_config(raw),
+                               parse(RegisterConfig, raw.get("register"), "register"), raw)
+    seen = view(raw, stage_keys(stage, raw, name))
+    for section, stages in (("train", ("tune", "train")), ("tune", ("tune",))):
+        if stage in stages:  # read, if only in part (tune reads no TRAIN_ONLY key): present, maybe empty
+            seen.setdefault(section, {}).setdefault(name, {})
+    return AlgorithmParams(name, family_name(seen, name), dataset_name(seen, name),
+                           train_config(seen, name) if "train" in seen else None,
+                           tune_config(seen, name) if "tune" in seen else None, runtime_config(seen),
+                           parse(RegisterConfig, seen.get("register"), "register"), raw)
 
 
 def dataset(raw: dict[str, Any], name: str) -> DatasetParams:
     """``data.<name>``, parsed by its dataset module."""
-    return DatasetParams(name, dataset_module(raw, name), dataset_config(raw, name), raw)
+    seen = view(raw, stage_keys("ingest", raw, name))
+    return DatasetParams(name, dataset_module(seen, name), dataset_config(seen, name), raw)
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:

@@ -29,7 +29,7 @@ CANDIDATES = ("train",)  # what register may register: the final model
 
 def main() -> None:
     args = stage_args(__doc__)
-    p, layout = load(args)
+    p, layout = load(args, "evaluate")
     algo = p.name
     family = get_family(p.family)
     report_path = layout.report(algo)

@@ -75,9 +75,10 @@ def stage_args(description: str, with_algo: bool = True, with_dataset: bool = Fa
     return parser.parse_args()
 
 
-def load(args: argparse.Namespace) -> tuple[AlgorithmParams, Layout]:
+def load(args: argparse.Namespace, stage: str | None = None) -> tuple[AlgorithmParams, Layout]:
     """Read params.yaml and validate what the stage of ``args.algo`` reads; a bad value stops the
-    stage before any work."""
+    stage before any work. A pipeline ``stage`` (tune, train, evaluate, register) is handed only
+    the keys dvc.yaml lists for it; a tool outside the DAG (``score``) gets every section."""
     raw = load_params(args.params)
     algo = args.algo
     entry = (raw.get("algorithms") or {}).get(algo)
@@ -85,7 +86,7 @@ def load(args: argparse.Namespace) -> tuple[AlgorithmParams, Layout]:
         raise ConfigError(f"algorithms.{algo}: no such algorithm in {args.params}; "
                           f"valid: {sorted(raw.get('algorithms') or {})}")
     load_all(raw, algorithms=[algo], datasets=[entry.get("dataset")])
-    return algorithm(raw, algo), Layout(Path(args.params).resolve().parent)
+    return algorithm(raw, algo, stage), Layout(Path(args.params).resolve().parent)
 
 
 def load_data(args: argparse.Namespace, everything: bool = False) -> tuple[DatasetParams, Layout]:

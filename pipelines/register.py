@@ -28,7 +28,7 @@ PIP_REQUIREMENTS = ["torch==2.13.0", "mlflow==3.17.2", "safetensors", "numpy", "
 
 def main() -> None:
     args = stage_args(__doc__)
-    p, layout = load(args)
+    p, layout = load(args, "register")
     algo = p.name
     family = get_family(p.family)
     summary = json.loads(layout.metrics("eval", algo).read_text())

@@ -64,6 +64,9 @@ def main(argv: list[str]) -> None:
 def _run_here(module: str, args: list[str]) -> None:
     import runpy
 
+    from pipelines import freshness
+
+    freshness.guard()  # a stage DVC starts from a stale dvc.yaml stops here, before any work
     sys.argv = [module, *args]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
     raise SystemExit(0)

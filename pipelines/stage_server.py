@@ -152,6 +152,9 @@ def _child(conn: socket.socket, request: dict, fds: list[int]) -> None:
         threading.Thread(target=_watch, args=(conn,), name="stage-client-watch", daemon=True).start()
         import runpy
 
+        from pipelines import freshness
+
+        freshness.guard()  # a stage DVC starts from a stale dvc.yaml stops here, before any work
         runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
         code = 0
     except SystemExit as exc:

@@ -37,7 +37,7 @@ from pipelines.layout import load, quiet_third_parties, run_stage, stage_args
 def main() -> None:
     args = stage_args(__doc__)
     quiet_third_parties()
-    p, layout = load(args)
+    p, layout = load(args, "train")
     algo = p.name
     cfg, lineage_tags = winner.with_winner(p.train, p.family, algo, layout.tuned(algo),
                                                  layout.metrics("tune", algo),

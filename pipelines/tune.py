@@ -36,11 +36,11 @@ from pipelines.layout import load, quiet_third_parties, run_stage, stage_args
 def main() -> None:
     args = stage_args(__doc__)
     quiet_third_parties()
-    p, layout = load(args)
+    p, layout = load(args, "tune")
     algo, tcfg = p.name, p.tune
     family = get_family(p.family)
     metric, mode = family.VAL_METRIC, family.VAL_MODE  # what the rungs compare
-    # Every trial's schedule spans the sweep's budget; keys it does not read (dag.TRAIN_ONLY) are
+    # Every trial's schedule spans the sweep's budget; keys it does not read (params.TRAIN_ONLY) are
     # fixed, so that the run key, like the stage, ignores them.
     base = {**to_dict(p.train), "epochs": tcfg.epochs, "checkpoint_every": tcfg.epochs, "num_workers": 0, "tuned": False}
     trials = sha.draw(tcfg.space, base, tcfg.samples_per_schedule, tcfg.seed)

@@ -116,3 +116,46 @@ def test_one_family_serves_several_algorithms_and_names_its_module(repo_params):
     raw = _with(repo_params, "train.gnn_graphs.model.readout", "max")
     with pytest.raises(ConfigError, match=r"train.gnn_graphs.model.readout: must be one of"):
         load_all(raw)
+
+
+def _leaves(node, prefix=()):
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            yield from _leaves(value, (*prefix, key))
+    else:
+        yield prefix
+
+
+@pytest.mark.parametrize("algo", ["resnet", "gnn_graphs"])
+def test_a_stage_sees_only_the_params_dvc_yaml_lists_for_it(repo_params, algo):
+    """What a stage is handed (``algorithm(raw, name, stage)``) changes with no key outside its
+    dvc.yaml params (``stage_keys``; ``runtime`` aside): every other leaf of params.yaml, replaced
+    by a value no section accepts, leaves it equal, so `dvc status` sees every key a stage reads.
+    A key it lists does change it."""
+    import copy
+    import dataclasses
+
+    from components.params import UNTRACKED, algorithm, stage_keys
+
+    def handed(raw, stage):
+        return {k: v for k, v in dataclasses.asdict(algorithm(raw, algo, stage)).items() if k != "raw"}
+
+    for stage in ("tune", "train", "evaluate", "register"):
+        keys = [tuple(k.split(".")) for k in stage_keys(stage, repo_params, algo)] + [(k,) for k in UNTRACKED]
+        before = handed(repo_params, stage)
+        unread = [leaf for leaf in _leaves(repo_params) if not any(leaf[:len(k)] == k for k in keys)]
+        assert len(unread) > 50
+        for leaf in unread:
+            raw = copy.deepcopy(repo_params)
+            node = raw
+            for part in leaf[:-1]:
+                node = node[part]
+            node[leaf[-1]] = {"not": "a value any section accepts"}
+            assert handed(raw, stage) == before, (stage, ".".join(leaf))
+    # The tune stage reads no TRAIN_ONLY key; train reads epochs.
+    tune_keys = stage_keys("tune", repo_params, algo)
+    assert f"train.{algo}.epochs" not in tune_keys and f"train.{algo}.lr" in tune_keys
+    raw = copy.deepcopy(repo_params)
+    raw["train"][algo]["epochs"] = 3
+    assert handed(raw, "train") != handed(repo_params, "train")
+    assert handed(raw, "tune") == handed(repo_params, "tune") and algorithm(raw, algo, "evaluate").train is None

@@ -4,12 +4,14 @@ whose code changed (real DVC in a temporary repository)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import yaml
 
-from pipelines import dag
+from pipelines import dag, freshness
 from tests.conftest import REPO, copy_project
 
 PER_ALGO = ("train", "tune", "evaluate", "register")
@@ -108,9 +110,10 @@ def test_dvc_status_reports_exactly_the_stages_whose_code_changed(tmp_path, repo
     assert edit("components/training/sweep.py") == {f"tune-{a}" for a in repo_params["algorithms"]}
 
 
-def test_train_epochs_rerun_train_only_and_tune_params_the_sweep_only(tmp_path, repo_params):
+def test_params_rerun_the_stages_that_read_them_and_a_stale_dvc_yaml_stops_a_stage(tmp_path, repo_params):
     """tune -> train: the sweep depends on the train keys its trials read, never on train's epochs;
-    train depends on the winner's file, and only with train.<algo>.tuned."""
+    train depends on the winner's file, and only with train.<algo>.tuned; algorithms.<algo> is
+    every stage's of it. A dvc.yaml that lags params.yaml stops the stage DVC runs."""
     root = copy_project(tmp_path / "repo", repo_params, with_dvc=True)
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     assert "models/resnet/tune/best.yaml" in stages["train-resnet"]["deps"]
@@ -139,6 +142,24 @@ def test_train_epochs_rerun_train_only_and_tune_params_the_sweep_only(tmp_path, 
     assert with_params(train__resnet__num_workers=2) == {"train-resnet"}
     assert with_params(tune__resnet__seed=1) == {"tune-resnet"}  # train follows only if best.yaml changes
     assert with_params(train__resnet__lr=0.2) == {"train-resnet", "tune-resnet"}  # params.yaml's own trial
+    # Which family and dataset: every stage of the algorithm reads them.
+    assert with_params(algorithms__resnet__dataset="translation") == {f"{s}-resnet" for s in PER_ALGO}
+    assert with_params(register__min_improvement=0.5) == {f"register-{a}" for a in repo_params["algorithms"]}
+
+    # A params.yaml edited without `python -m pipelines.dag`: the first stage DVC runs stops at once,
+    # with one line that says what to run, before any work.
+    moved = yaml.safe_load(params)
+    moved["algorithms"]["resnet"]["dataset"] = "translation"
+    (root / "params.yaml").write_text(yaml.safe_dump(moved, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if k not in ("DVC_STAGE", "DVC_ROOT")}
+    started = time.monotonic()
+    out = subprocess.run(["dvc", "repro", "-s", "tune-resnet"], cwd=root, capture_output=True, text=True, env=env)
+    took = time.monotonic() - started
+    assert out.returncode != 0 and "Traceback" not in out.stderr + out.stdout
+    line = next(x for x in out.stderr.splitlines() if "out of date" in x)
+    assert line.startswith(f"error: {freshness.MESSAGE}") and "differ: tune-resnet" in line, line
+    assert took < 30, took
+    (root / "params.yaml").write_text(params)
     untuned = yaml.safe_load(params)
     untuned["train"]["resnet"]["tuned"] = False
     from pipelines import dag
