@@ -8,11 +8,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from components.evaluation import verdicts
+
 
 def metric_rows(test: dict, primary: str) -> list[str]:
-    """Markdown rows: each test metric with its floor (the data scored as a model) and ceiling
-    where the family's evaluator measures them; the primary metric first and in bold."""
-    bounds = {"_floor", "_floor_std", "_ceiling", "_std"}
+    """Markdown rows: each test metric (with its 95% interval where measured) with its floor (the
+    data scored as a model) and ceiling where the family's evaluator measures them; the primary
+    metric first and in bold."""
+    bounds = {"_floor", "_floor_std", "_ceiling", "_std", "_se", "_low", "_high"}
     names = [k for k in test if isinstance(test[k], (int, float)) and not any(k.endswith(b) for b in bounds)]
     names.sort(key=lambda k: (k != primary, k))
     rows = ["| metric | test | floor | ceiling |", "|---|---|---|---|"]
@@ -22,7 +25,8 @@ def metric_rows(test: dict, primary: str) -> list[str]:
             floor += f" ± {test[k + '_floor_std']:.2g}"
         ceiling = f"{test[k + '_ceiling']:.4g}" if f"{k}_ceiling" in test else ""
         name = f"**{k}**" if k == primary else k
-        rows.append(f"| {name} | {float(test[k]):.4g} | {floor} | {ceiling} |")
+        interval = f" [{test[k + '_low']:.3g}, {test[k + '_high']:.3g}]" if f"{k}_low" in test else ""
+        rows.append(f"| {name} | {float(test[k]):.4g}{interval} | {floor} | {ceiling} |")
     return rows
 
 
@@ -91,6 +95,7 @@ def model_card(family: Any, algo: str, version_meta: dict, test: dict, primary: 
         if any(k.endswith("_floor") for k in test) else "",
         *metric_rows(test, primary),
         "",
+        *[f"{sentence}\n" for sentence in verdicts.sample_quality(test)],
         "## Load",
         family.usage(algo),
         "",

@@ -41,8 +41,7 @@ class FeatureConfig:
     augment_shift: int = field(default=1, metadata=bounds(ge=0))
     seed: int = 0
     knn: int = field(default=5, metadata=bounds(ge=1))  # k of the k-NN balls (precision/recall/density/coverage)
-    kid_subsets: int = field(default=20, metadata=bounds(ge=1))
-    kid_subset_size: int = field(default=100, metadata=bounds(ge=2))
+    kid_draws: int = field(default=200, metadata=bounds(ge=20))  # half-samples of KID's interval
     max_samples: int = field(default=10_000, metadata=bounds(ge=100))  # per split: a seeded subset of larger ones
 
 

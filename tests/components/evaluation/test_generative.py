@@ -10,7 +10,7 @@ import pytest
 
 from components.data import features
 from components.data.shards import ShardDataset, read_stats
-from components.evaluation import generative
+from components.evaluation import generative, verdicts
 
 
 def test_fid_of_gaussians_matches_the_closed_form():
@@ -22,12 +22,55 @@ def test_fid_of_gaussians_matches_the_closed_form():
     assert generative.fid(a, a) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_kid_is_unbiased_near_zero_for_one_distribution_and_positive_for_two():
+def test_kid_is_the_unbiased_mmd_over_every_pair_near_zero_for_one_distribution():
     rng = np.random.default_rng(1)
-    a, b = rng.standard_normal((400, 8)), rng.standard_normal((400, 8))
-    same, _ = generative.kid(a, b, subsets=20, subset_size=100)
-    shifted, _ = generative.kid(a, b + 1.0, subsets=20, subset_size=100)
-    assert abs(same) < 0.05 and shifted > 10 * max(abs(same), 0.01)
+    a, b = rng.standard_normal((300, 8)), rng.standard_normal((250, 8))
+    k = lambda x, y: (x @ y.T / 8 + 1) ** 3  # noqa: E731
+    direct = ((k(a, a).sum() - np.trace(k(a, a))) / (300 * 299) + (k(b, b).sum() - np.trace(k(b, b))) / (250 * 249)
+              - 2 * k(a, b).mean())
+    assert generative.kid(a, b) == pytest.approx(direct, rel=1e-9)
+    generative_block = generative.BLOCK
+    try:  # blocks of rows change nothing but memory
+        generative.BLOCK = 64
+        assert generative.kid(a, b) == pytest.approx(direct, rel=1e-9)
+    finally:
+        generative.BLOCK = generative_block
+    assert abs(generative.kid(a, b)) < 0.05 and generative.kid(a, b + 1.0) > 0.5
+
+
+def test_kid_interval_from_halves_covers_the_true_value_and_a_paired_difference_is_named_only_when_real():
+    rng = np.random.default_rng(3)
+    truth = generative.kid(rng.standard_normal((4000, 4)) + 0.25, rng.standard_normal((4000, 4)))
+    inside = 0
+    for _ in range(40):
+        fake, real = rng.standard_normal((200, 4)) + 0.25, rng.standard_normal((200, 4))
+        r = generative.kid_interval(fake, real, draws=100, seed=int(rng.integers(1 << 30)))
+        assert r["kid_low"] < r["kid"] < r["kid_high"]
+        inside += r["kid_low"] <= truth <= r["kid_high"]
+    assert inside >= 34  # a 95% interval: 38 of 40 expected; half-sampling errs on the wide side
+    real = rng.standard_normal((300, 4))
+    reference = rng.standard_normal((300, 4))  # real images of the same distribution
+    as_good = generative.kid_interval(rng.standard_normal((300, 4)), real, 100, 0, reference=reference)
+    worse = generative.kid_interval(rng.standard_normal((300, 4)) + 0.5, real, 100, 0, reference=reference)
+    assert as_good["kid_minus_reference_low"] <= 0 <= as_good["kid_minus_reference_high"]
+    assert worse["kid_minus_reference_low"] > 0
+    words = verdicts.difference("KID", worse["kid_minus_reference"], worse["kid_minus_reference_low"],
+                                worse["kid_minus_reference_high"], True, "the samples", "real images")
+    assert "excludes zero" in words and "fall short of" in words
+    words = verdicts.difference("KID", as_good["kid_minus_reference"], as_good["kid_minus_reference_low"],
+                                as_good["kid_minus_reference_high"], True, "the samples", "real images")
+    assert "includes zero" in words and "beat" not in words
+
+
+def test_memorisation_tells_a_copier_from_a_generator():
+    rng = np.random.default_rng(4)
+    train, heldout = rng.standard_normal((1000, 6)), rng.standard_normal((300, 6))
+    fresh = generative.memorisation(rng.standard_normal((300, 6)), heldout, train)
+    copies = generative.memorisation(train[rng.choice(1000, 300, replace=False)] + 0.05 * rng.standard_normal((300, 6)),
+                                     heldout, train)
+    assert abs(fresh["memorisation_z"]) < 3 and fresh["near_copies"] < 0.15
+    assert copies["memorisation_z"] < verdicts.COPY_Z and copies["near_copies"] > 0.9
+    assert "COPY" in verdicts.memorisation(copies["memorisation_z"], copies["near_copies"], copies["nn_distance_ratio"])
 
 
 def test_precision_recall_density_coverage_on_identical_and_disjoint_sets():
@@ -86,3 +129,24 @@ def test_real_held_out_images_score_at_the_floor_and_noise_far_above_it(evaluato
 def test_score_refuses_a_sample_count_other_than_the_split_size(evaluator):
     with pytest.raises(ValueError, match="num_samples"):
         evaluator.score(np.zeros((5, 1, 8, 8), np.float32), "test")
+
+
+def test_on_real_digits_replayed_training_images_fail_the_memorisation_test_and_held_out_ones_pass(
+        evaluator, digits_shards):
+    """The evaluate stage's detail on the real feature network: a "generator" that replays training
+    images with a little noise is caught; real images it never saw are not, and are as close to
+    the held-out images by KID as real training images are (the paired interval holds zero)."""
+    n = evaluator.num_samples("test")
+    val = np.concatenate([x.numpy() for x, _ in ShardDataset(digits_shards, "val", batch_size=512)])[:n]
+    train = np.concatenate([x.numpy() for x, _ in ShardDataset(digits_shards, "train", batch_size=512)])
+    rng = np.random.default_rng(0)
+    replayed = np.clip(train[rng.choice(len(train), n, replace=False)] + 0.02 * rng.standard_normal((n, *train.shape[1:])),
+                       0, 1).astype(np.float32)
+    copier = evaluator.score(replayed, "test", detail=True)
+    real = evaluator.score(val, "test", detail=True)
+    assert copier["memorisation_z"] < verdicts.COPY_Z, copier["memorisation_z"]
+    assert real["memorisation_z"] > verdicts.COPY_Z and real["near_copies"] < 0.2
+    assert real["kid_minus_real_low"] <= 0 <= real["kid_minus_real_high"]
+    assert real["kid_low"] < real["kid"] < real["kid_high"]
+    assert "no sign of copying" in generative.table({**real, **{f"{m}_{s}": 0.0 for m in generative.METRICS
+                                                              for s in ("floor", "floor_std", "ceiling")}}).lower()
