@@ -63,7 +63,7 @@ def sweep_rows(sweep: dict, algo: str) -> list[str]:
 
 def model_card(family: Any, algo: str, version_meta: dict, test: dict, primary: str, mode: str, *,
                data_version: str, dvc_md5: str, commit: str, images: list[str], selected_by: list[str],
-               data: dict | None = None, sweep: dict | None = None) -> str:
+               data: dict | None = None, sweep: dict | None = None, compared: dict | None = None) -> str:
     """The registered version's description (MLflow renders it as markdown on the version page)."""
     train = version_meta["train"]
     keys = {k: train[k] for k in ("lr", "epochs", "batch_size", "num_workers") if k in train}
@@ -96,6 +96,11 @@ def model_card(family: Any, algo: str, version_meta: dict, test: dict, primary: 
         *metric_rows(test, primary),
         "",
         *[f"{sentence}\n" for sentence in verdicts.sample_quality(test)],
+        *(["Against the dataset's other generators (KID on the same held-out images, paired; the compare "
+           "stage's report):\n"] if compared else []),
+        *[f"- {verdicts.difference('KID', c['difference'], c['low'], c['high'], True, c['a'], c['b'])}"
+          for c in (compared or {}).values()],
+        *([""] if compared else []),
         "## Load",
         family.usage(algo),
         "",
@@ -141,5 +146,7 @@ def sweep_section(s: dict, algo: str) -> str:
          f"| {same['winner']:.4f} |"),
         "",
         (f"{s['trials']} trials by successive halving, {s['epochs_spent']} epochs in all; the winner reached "
-         f"{w[m]:.4f} at {w['epochs']} epochs. Both rows are at the last rung params.yaml's own config reached."),
+         f"{w[m]:.4f} at {w['epochs']} epochs. Both rows are at the last rung params.yaml's own config reached"
+         + (" (the final one: cut earlier, it went on as the sweep's control)." if b.get("status") == "control"
+            else ".")),
         ""])

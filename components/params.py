@@ -93,7 +93,17 @@ def stage_keys(stage: str, raw: dict[str, Any], name: str) -> list[str]:
         return algo
     if stage == "register":
         return [*algo, "register"]
+    if stage == "compare":  # name: a dataset
+        return [f"algorithms.{a}" for a in image_generators(raw, name)]
     raise ValueError(f"no stage {stage!r}; stages: ingest, preprocess, tune, train, evaluate, register")
+
+
+def image_generators(raw: dict[str, Any], dataset: str) -> list[str]:
+    """The algorithms on ``dataset`` whose family generates images (``GENERATES = "images"``), in
+    params.yaml's order: the compare stage's models."""
+    return [a for a, entry in (raw.get("algorithms") or {}).items()
+            if isinstance(entry, dict) and entry.get("dataset") == dataset
+            and getattr(get_family(family_name(raw, a), path=f"algorithms.{a}.family"), "GENERATES", None) == "images"]
 
 
 def view(raw: dict[str, Any], keys: list[str]) -> dict[str, Any]:

@@ -148,7 +148,7 @@ def code_deps(stage: str, raw: dict[str, Any], name: str, root: Path = ROOT) -> 
 
 def stages(raw: dict[str, Any], root: Path = ROOT) -> dict[str, dict]:
     """Every stage of the pipeline, in run order, as dvc.yaml writes it."""
-    from components.params import stage_keys
+    from components.params import image_generators, stage_keys
 
     out: dict[str, dict] = {}
     for ds in raw["data"]:
@@ -165,6 +165,7 @@ def stages(raw: dict[str, Any], root: Path = ROOT) -> dict[str, dict]:
             "deps": [*code_deps("preprocess", raw, ds, root), f"data/raw/{ds}"],
             "params": stage_keys("preprocess", raw, ds),
             "outs": [f"data/shards/{ds}"]}
+    compared = {ds: algos for ds in raw["data"] if len(algos := image_generators(raw, ds)) >= 2}
     for algo, entry in raw["algorithms"].items():
         shards = f"data/shards/{entry['dataset']}"
         out[f"tune-{algo}"] = {
@@ -202,9 +203,18 @@ def stages(raw: dict[str, Any], root: Path = ROOT) -> dict[str, dict]:
         out[f"register-{algo}"] = {
             "cmd": f"python -m pipelines.stage register --algo {algo}",
             "deps": [*code_deps("register", raw, algo, root), f"metrics/eval/{algo}.json", f"plots/eval/{algo}",
-                     f"reports/{algo}", f"models/{algo}/train"],
+                     f"reports/{algo}", f"models/{algo}/train",
+                     *([f"metrics/compare/{entry['dataset']}.json"] if algo in compared.get(entry["dataset"], ()) else [])],
             "params": stage_keys("register", raw, algo),
             "metrics": [{f"metrics/register/{algo}.json": {"cache": False}}]}
+    for ds, algos in compared.items():  # the image generators of one dataset against each other
+        out[f"compare-{ds}"] = {
+            "cmd": f"python -m pipelines.stage compare --dataset {ds}",
+            "deps": [*_closure("compare", (), root), f"data/shards/{ds}",
+                     *(f for a in algos for f in (f"reports/{a}", f"metrics/eval/{a}.json"))],
+            "params": stage_keys("compare", raw, ds),
+            "metrics": [{f"metrics/compare/{ds}.json": {"cache": False}}],
+            "outs": [{f"reports/compare/{ds}": {"cache": False}}]}
     return out
 
 

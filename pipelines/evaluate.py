@@ -17,6 +17,8 @@ import contextlib
 import json
 import time
 
+import numpy as np
+
 from components import modelcard, tracking
 from components.evaluation import candidates, plots
 from components.models import get_family
@@ -44,6 +46,8 @@ def main() -> None:
         report_dir = outputs.enter_context(written_whole(report_path.parent))
         for file, figure in result.figures.items():
             plots.save(figure, plot_dir / file)
+        for file, array in result.arrays.items():
+            np.save(report_dir / file, array)
         (report_dir / report_path.name).write_text(result.markdown + "\n" + modelcard.sweep_section(summary["sweep"], algo))
         tracking.configure(layout.root)
         client = tracking.MlflowClient()

@@ -11,7 +11,17 @@ from pathlib import Path
 
 from components.config import ConfigError
 from components.data.manifest import DataError
-from components.params import AlgorithmParams, DatasetParams, algorithm, dataset, load_all, load_params
+from components.params import (
+    AlgorithmParams,
+    DatasetParams,
+    algorithm,
+    dataset,
+    image_generators,
+    load_all,
+    load_params,
+    stage_keys,
+    view,
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,9 @@ class Layout:
 
     def report(self, algo: str) -> Path:
         return self.root / "reports" / algo / "evaluate.md"
+
+    def compare_report(self, dataset: str) -> Path:
+        return self.root / "reports" / "compare" / dataset / "compare.md"
 
     def storage_root(self, configured: str) -> str:
         """Absolute path or URL for Ray results, checkpoints and workers' shards (outside DVC outputs)."""
@@ -87,6 +100,17 @@ def load(args: argparse.Namespace, stage: str | None = None) -> tuple[AlgorithmP
                           f"valid: {sorted(raw.get('algorithms') or {})}")
     load_all(raw, algorithms=[algo], datasets=[entry.get("dataset")])
     return algorithm(raw, algo, stage), Layout(Path(args.params).resolve().parent)
+
+
+def load_compared(args: argparse.Namespace) -> tuple[list[str], Layout]:
+    """The image generators on ``args.dataset`` that its compare stage compares (two or more)."""
+    raw = load_params(args.params)
+    load_all(raw, algorithms=[], datasets=[args.dataset])
+    algos = image_generators(view(raw, stage_keys("compare", raw, args.dataset)), args.dataset)
+    if len(algos) < 2:
+        raise ConfigError(f"data.{args.dataset}: {len(algos)} image generator(s) train on it; the compare stage "
+                          f"needs two (run python -m pipelines.dag)")
+    return algos, Layout(Path(args.params).resolve().parent)
 
 
 def load_data(args: argparse.Namespace, everything: bool = False) -> tuple[DatasetParams, Layout]:

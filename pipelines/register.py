@@ -75,12 +75,13 @@ def main() -> None:
         model_uri = tracking.log_model(
             exp, algo, key, f"register-{selected}", metrics=test, card=card,
             python_model=str(COMPONENTS / "pyfunc_entry.py"), artifacts={"weights": str(weights)},
-            code_paths=[str(COMPONENTS)], signature=signature, input_example=example, pip_requirements=PIP_REQUIREMENTS)
+            code_paths=[str(COMPONENTS)], signature=signature, input_example=example,
+            pip_requirements=[*PIP_REQUIREMENTS, *getattr(family, "SERVING_REQUIREMENTS", ())])
     version, alias, previous = tracking.register(
         model_uri, algo, tags=tags, description=model_card(
             family, algo, meta, test, metric, mode, data_version=meta["data_version"], dvc_md5=tags["dvc_data_md5"],
             commit=commit, images=[image.name for image in images], selected_by=summary.get("selected_by", []),
-            data=data_stats, sweep=summary.get("sweep")),
+            data=data_stats, sweep=summary.get("sweep"), compared=compared(layout, p, family)),
         metric=metric, value=value, mode=mode, min_improvement=p.register.min_improvement, version=existing)
     tracking.failpoint("register:aliased")
     result = {"version": int(version.version), "alias": alias, f"test_{metric}": value,
@@ -88,6 +89,16 @@ def main() -> None:
     lineage.write_json(layout.metrics("register", algo), result)
     was = f" (champion stays v{previous.version})" if alias == tracking.CHALLENGER else ""
     print(f"register {algo}: version {version.version} -> @{alias}{was}; test {metric} {value:.4f}")
+
+
+def compared(layout, p, family) -> dict:
+    """The compare stage's pairs of this algorithm (``metrics/compare/<dataset>.json``), when its
+    dataset has other image generators; else nothing."""
+    path = layout.metrics("compare", p.dataset)
+    if getattr(family, "GENERATES", None) != "images" or not path.exists():
+        return {}
+    pairs = json.loads(path.read_text())["pairs"]
+    return {k: v for k, v in pairs.items() if p.name in (v["a"], v["b"])}
 
 
 if __name__ == "__main__":

@@ -61,7 +61,8 @@ def main() -> None:
     steps = sha.plan(len(trials), tcfg.grace_period, tcfg.reduction_factor, tcfg.epochs)
     print(f"tune {algo}: {len(trials)} trials (params.yaml's own + {tcfg.samples_per_schedule} x "
           f"{tcfg.space.schedule}), rungs (epochs, trials) {steps}: {sha.epochs_spent(steps)} epochs against "
-          f"{len(trials) * tcfg.epochs} for all to the end", flush=True)
+          f"{len(trials) * tcfg.epochs} for all to the end, and params.yaml's own to the end as the control "
+          f"once cut", flush=True)
     # Trials that run the loop in their own process launch no TorchTrainer: a local Ray without its dashboard.
     launch.init_ray(p.runtime.ray_num_cpus, dashboard=tcfg.workers_per_trial > 0)
 

@@ -26,6 +26,7 @@ class Evaluation:
     summary: dict[str, Any]
     markdown: str
     figures: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, Any] = field(default_factory=dict)  # file name -> numpy array, written beside the report
 
 
 def scalars(result: dict) -> dict[str, float]:
@@ -50,7 +51,7 @@ def evaluate(algo: str, family_name: str, family: ModuleType, candidates: dict[s
 
     finite_val = [n for n in candidates if all(math.isfinite(v) for v in val[n].values())]
     preferred = max(finite_val, key=rank) if finite_val else None
-    results, sections, figures = {}, [f"# {algo}: evaluation\n"], {}
+    results, sections, figures, arrays = {}, [f"# {algo}: evaluation\n"], {}, {}
     for name in candidates:
         t0 = time.perf_counter()
         model, cfg = models[name]
@@ -61,6 +62,8 @@ def evaluate(algo: str, family_name: str, family: ModuleType, candidates: dict[s
         report = family.report(test_full, f"{algo} ({name} candidate), test split", name, where)
         sections.append(report.markdown)
         figures.update(report.figures)
+        if "sample_features" in test_full:  # what the compare stage scores the generators of a dataset on
+            arrays[f"sample_features_{name}.npy"] = test_full["sample_features"]
         print(f"evaluate {algo}/{name}: test {family.PRIMARY_METRIC} {test[family.PRIMARY_METRIC]:.4f}, "
               f"val {family.PRIMARY_METRIC} {val[name][family.PRIMARY_METRIC]:.4f} ({time.perf_counter() - t0:.1f}s)",
               flush=True)
@@ -71,4 +74,4 @@ def evaluate(algo: str, family_name: str, family: ModuleType, candidates: dict[s
                "selected_by": [f"val_{m} ({mode})" for m, mode in family.SELECT_BY],
                "selected": selected, **results}
     sections.insert(1, f"Selected candidate: **{selected}** (on val: {', '.join(summary['selected_by'])})\n")
-    return Evaluation(summary, "\n".join(sections), figures)
+    return Evaluation(summary, "\n".join(sections), figures, arrays)

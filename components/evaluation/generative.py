@@ -124,6 +124,22 @@ def kid_interval(fake: np.ndarray, real: np.ndarray, draws: int = 200, seed: int
     return out
 
 
+def compare(features: dict[str, np.ndarray], real: np.ndarray, draws: int = 200, seed: int = 0) -> dict:
+    """Every pair of models by KID against ``real``: ``kid`` per model, and per pair (a before b in
+    ``features``' order) KID(a) − KID(b) with its 95% interval, paired on the same halves of
+    ``real`` for every pair (one seed)."""
+    names = list(features)
+    out: dict = {"kid": {}, "pairs": {}}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            r = kid_interval(features[a], real, draws, seed, reference=features[b])
+            out["kid"][a] = r["kid"]
+            out["kid"][b] = r["kid"] - r["kid_minus_reference"]
+            out["pairs"][f"{a}_minus_{b}"] = {"a": a, "b": b, "difference": r["kid_minus_reference"],
+                                              "low": r["kid_minus_reference_low"], "high": r["kid_minus_reference_high"]}
+    return out
+
+
 def _nearest(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Each row of ``x``'s Euclidean distance to its nearest row of ``y``, over blocks of rows."""
     yt = torch.from_numpy(np.asarray(y, np.float64))
@@ -220,7 +236,7 @@ class Evaluator:
         feats, probs = self.embed(images)
         feats = self.standardise(feats)
         out = self._score(feats, probs, split, labels)
-        return {**out, **self.detail(feats, split)} if detail else out
+        return {**out, **self.detail(feats, split), "sample_features": feats.astype(np.float32)} if detail else out
 
     def detail(self, feats: np.ndarray, split: str) -> dict[str, float]:
         """KID with its interval, KID minus that of as many real training images (``kid_minus_real``,

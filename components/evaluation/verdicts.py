@@ -7,14 +7,16 @@ COPY_Z = -3.0  # a memorisation z below this: the samples sit nearer the trainin
 
 
 def difference(metric: str, value: float, low: float, high: float, lower_is_better: bool, subject: str,
-               reference: str) -> str:
+               reference: str, plural: bool = False) -> str:
     """One sentence on ``subject``'s ``metric`` minus ``reference``'s, with its 95% interval: a
-    difference is named (better, worse) only when the interval excludes zero."""
+    difference is named (better, worse) only when the interval excludes zero; ``plural``: the
+    subject takes a plural verb ("the samples beat", "gan beats")."""
     shown = f"{subject} minus {reference}: {value:+.3g}, 95% interval [{low:+.3g}, {high:+.3g}]"
     if low <= 0 <= high:
         return f"{shown}; it includes zero, so {metric} does not tell {subject} from {reference} at this sample count."
     better = (high < 0) == lower_is_better
-    return f"{shown}; it excludes zero: {subject} {'beat' if better else 'fall short of'} {reference} on {metric}."
+    verb = ("beat" if better else "fall short of") if plural else ("beats" if better else "falls short of")
+    return f"{shown}; it excludes zero: {subject} {verb} {reference} on {metric}."
 
 
 def memorisation(z: float, near: float, ratio: float) -> str:
@@ -36,8 +38,10 @@ def sample_quality(result: dict) -> list[str]:
         out.append(f"KID {result['kid']:.3g}, 95% interval [{result['kid_low']:.3g}, {result['kid_high']:.3g}] "
                    f"(half-sampling{n}).")
     if "kid_minus_real_low" in result:
-        out.append(difference("KID", result["kid_minus_real"], result["kid_minus_real_low"],
-                              result["kid_minus_real_high"], True, "the samples", "as many real training images"))
+        sentence = difference("KID", result["kid_minus_real"], result["kid_minus_real_low"],
+                              result["kid_minus_real_high"], True, "the samples", "as many real training images",
+                              plural=True)
+        out.append(sentence[0].upper() + sentence[1:])
     if "memorisation_z" in result:
         out.append(memorisation(result["memorisation_z"], result["near_copies"], result["nn_distance_ratio"]))
     return out

@@ -40,6 +40,10 @@ class Family(Protocol):
     SELECT_BY: ClassVar[tuple[tuple[str, Mode], ...]]  # evaluate picks a candidate on val by these, in order
     VAL_METRIC: ClassVar[str]  # the per-epoch metric (``val_*``) the sweep compares and early stopping reads
     VAL_MODE: ClassVar[Mode]
+    # Optional: GENERATES = "images" for a family whose evaluate scores samples with the shared
+    # evaluator (``generative.score_samples(..., bounds=True)``); two or more such algorithms on one
+    # dataset are compared by its compare stage. SERVING_REQUIREMENTS: pip requirements its
+    # ``predict`` needs beyond pipelines/register.py's PIP_REQUIREMENTS (a served model installs both).
 
     def bind(self, cfg: Any, stats: dict, data_dir: Any) -> Any:
         """``cfg`` with its data-derived fields filled (or checked) from ``stats.json`` and the shards;

@@ -46,6 +46,7 @@ from components.training.steps import StepResult, SupervisedStep
 PAPER = ("Ho et al. 2020, Denoising Diffusion Probabilistic Models (arXiv:2006.11239); DDIM: Song et al. 2021 "
          "(arXiv:2010.02502); classifier-free guidance: Ho & Salimans 2022 (arXiv:2207.12598)")
 PRIMARY_METRIC, PRIMARY_MODE = "fid", "min"  # test FID of DDIM samples at ``eval_steps``
+GENERATES = "images"  # scored by the shared sample-quality evaluator; compared with the dataset's other generators
 SELECT_BY = (("fid", "min"), ("kid", "min"))
 VAL_METRIC, VAL_MODE = "val_fid", "min"
 SAMPLERS = ("ddim", "ddpm")

@@ -50,6 +50,7 @@ from components.models.gan_step import (
 PAPER = ("Goodfellow et al. 2014, Generative Adversarial Nets (arXiv:1406.2661); DCGAN: Radford et al. 2016 "
          "(arXiv:1511.06434); spectral norm and projection D: Miyato et al. 2018 (arXiv:1802.05957, 1802.05637)")
 PRIMARY_METRIC, PRIMARY_MODE = "fid", "min"  # test FID through the shared evaluator; register compares it
+GENERATES = "images"  # scored by the shared sample-quality evaluator; compared with the dataset's other generators
 SELECT_BY = (("fid", "min"), ("kid", "min"))
 VAL_METRIC, VAL_MODE = "val_fid", "min"
 

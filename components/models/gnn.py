@@ -36,6 +36,7 @@ from components.models.contract import Report
 PAPER = ("Kipf & Welling 2017 (GCN, arXiv:1609.02907); Hamilton et al. 2017 (GraphSAGE, arXiv:1706.02216); "
          "Veličković et al. 2018 (GAT, arXiv:1710.10903); Xu et al. 2019 (GIN, arXiv:1810.00826)")
 PRIMARY_METRIC, PRIMARY_MODE = "accuracy", "max"  # test nodes (or graphs); register compares it
+SERVING_REQUIREMENTS = ("torch-geometric==2.8.1",)  # predict runs the torch-geometric layers
 SELECT_BY = (("accuracy", "max"), ("nll", "min"))
 VAL_METRIC, VAL_MODE = "val_accuracy", "max"
 

@@ -35,6 +35,7 @@ from components.models.contract import Report
 
 PAPER = "Kingma & Welling 2014, Auto-Encoding Variational Bayes (arXiv:1312.6114)"
 PRIMARY_METRIC, PRIMARY_MODE = "iwae", "max"  # test log p(x) estimate in nats; register compares it
+GENERATES = "images"  # scored by the shared sample-quality evaluator; compared with the dataset's other generators
 SELECT_BY = (("elbo", "max"),)
 VAL_METRIC, VAL_MODE = "val_loss", "min"  # −ELBO (β = 1) per image on val
 MODES = ("encode", "decode", "reconstruct", "sample")

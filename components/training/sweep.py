@@ -10,7 +10,10 @@ trains to the rung (resuming from its run directory's last checkpoint, which con
 bit); only when all have reached it are they ranked by the family's val metric (ties by val
 loss, then by trial name) and the best ``max(1, n // reduction_factor)`` go on. Decisions see
 whole rungs, never which trial reported first, so the winner depends on params and data only.
-A single survivor trains straight to ``epochs``. This is successive halving (one bracket of
+A single survivor trains straight to ``epochs``. ``t00``, when a rung cuts it, goes on as the
+sweep's **control**: it trains to ``epochs`` beside the survivors (one more trial at full budget)
+but no longer competes, so what the sweep bought is measured at the final budget, not at the
+rung where params.yaml's own config happened to be cut. This is successive halving (one bracket of
 HyperBand, Li et al. 2018) run rung by rung; ASHA's asynchronous promotions decide on
 whichever trials happen to have finished, which is what made earlier sweeps irreproducible.
 
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 COMPLETED, STOPPED, FAILED = "completed", "early-stopped", "failed"
+CONTROL = "control"  # t00 cut by a rung, carried to the last one out of the competition
 
 
 @dataclass(frozen=True)
@@ -131,7 +135,7 @@ class Sweep:
 
     def gain(self) -> dict[str, Any]:
         """The winner against the baseline (``t00``, params.yaml's own config) at the same budget:
-        the last rung both reached, on val."""
+        the last rung both reached, on val (the final one, unless the baseline failed)."""
         base = self.baseline()
         common = max((r for r in base.at if r in self.winner.at), default=0)
         if not common:
@@ -158,15 +162,20 @@ RunRung = Callable[[list[Trial], int], dict[str, "dict[str, float] | BaseExcepti
 
 def successive_halving(trials: Sequence[Trial], run_rung: RunRung, *, grace_period: int, reduction_factor: int,
                        epochs: int, metric: str, mode: str,
-                       on_rung: Callable[[int, list[Outcome], list[Outcome]], None] | None = None) -> Sweep:
+                       on_rung: Callable[[int, list[Outcome], list[Outcome]], None] | None = None,
+                       control: bool = True) -> Sweep:
     """Run the sweep. ``run_rung(trials, e)`` trains each trial to epoch ``e`` (resuming where it
     stopped) and returns, by trial name, its metrics at epoch ``e`` or the exception it failed with.
-    ``on_rung(e, kept, stopped)`` hears each decision. Raises RuntimeError when every trial failed."""
+    ``on_rung(e, kept, stopped)`` hears each decision (the first trial, cut and going on as the
+    control, is among ``stopped`` with the status CONTROL).
+    With ``control``, the first trial (params.yaml's own config) goes on to ``epochs`` when a rung
+    cuts it, out of the competition. Raises RuntimeError when every competing trial failed."""
     outcomes = [Outcome(t) for t in trials]
+    base = outcomes[0]
     live, steps = list(outcomes), []
     for r in rungs(grace_period, reduction_factor, epochs):
-        if steps and len(live) == 1:
-            r = epochs  # nothing left to compare: the survivor trains to the end
+        if steps and sum(o.status != CONTROL for o in live) == 1:
+            r = epochs  # nothing left to compare: the survivor (and the control) train to the end
         results = run_rung([o.trial for o in live], r)
         steps.append((r, len(live)))
         for o in live:
@@ -178,10 +187,11 @@ def successive_halving(trials: Sequence[Trial], run_rung: RunRung, *, grace_peri
                 o.at[r] = got
             else:
                 o.at[r] = got
-        alive = [o for o in live if o.status != FAILED]
-        if not alive:
-            raise RuntimeError(f"every trial of the rung at {r} epochs failed; first error: {live[0].error}")
-        order = ranked(alive, r, metric, mode)
+        competing = [o for o in live if o.status not in (FAILED, CONTROL)]
+        if not competing:
+            first = next((o.error for o in live if o.status == FAILED), "")
+            raise RuntimeError(f"every trial of the rung at {r} epochs failed; first error: {first}")
+        order = ranked(competing, r, metric, mode)
         if r == epochs:
             for o in order:
                 o.status = COMPLETED
@@ -191,8 +201,10 @@ def successive_halving(trials: Sequence[Trial], run_rung: RunRung, *, grace_peri
         kept, stopped = order[:keep(len(order), reduction_factor)], order[keep(len(order), reduction_factor):]
         for o in stopped:
             o.status = STOPPED
+        if control and base in stopped:  # params.yaml's own config: measured at the final budget
+            base.status = CONTROL
         if on_rung:
             on_rung(r, kept, stopped)
         chosen = {id(o) for o in kept}
-        live = [o for o in outcomes if id(o) in chosen]  # trial order, whatever the ranking
+        live = [o for o in outcomes if id(o) in chosen or (o is base and o.status == CONTROL)]  # trial order
     raise AssertionError("unreachable: the last rung is at `epochs`")

@@ -26,6 +26,7 @@ class SweepRuns:
     def __init__(self, client: Any, experiment: str, algo: str, name: str, tags: dict[str, str],
                  params: dict[str, Any], trials: list[sha.Trial], base: dict[str, Any]):
         self.client, self.algo = client, algo
+        self.epochs = int(base["epochs"])  # the sweep's budget: the last rung
         self.parent = client.create_run(experiment, run_name=name, tags={"stage": "tune", "algo": algo, **tags})
         self.parent_id = self.parent.info.run_id
         tracking.log_batch(client, self.parent_id, params=tracking.params_of(params))
@@ -38,13 +39,21 @@ class SweepRuns:
             self.run_ids[t.name] = run.info.run_id
 
     def decided(self, epochs: int, kept: list[sha.Outcome], stopped: list[sha.Outcome], metric: str) -> None:
-        """A rung's decision: the stopped trials' runs end (the next rungs go on without them)."""
+        """A rung's decision: the stopped trials' runs end (the next rungs go on without them, and
+        with params.yaml's own config as the control when it was cut)."""
         for o in stopped:
+            if o.status == sha.CONTROL:
+                continue
             self.client.set_tag(self.run_ids[o.trial.name], "status", sha.STOPPED)
             self.client.set_terminated(self.run_ids[o.trial.name], "KILLED")
         names = ", ".join(f"{o.trial.name} {o.at[epochs][metric]:.4f}" for o in kept)
-        print(f"tune {self.algo}: at {epochs} epochs " + (f"{len(kept)} go on ({names}), {len(stopped)} stopped"
-                                                         if stopped else f"the winner is {kept[0].trial.name} ({names})"),
+        if epochs == self.epochs:
+            print(f"tune {self.algo}: at {epochs} epochs the winner is {kept[0].trial.name} ({names})", flush=True)
+            return
+        cut = [o for o in stopped if o.status != sha.CONTROL]
+        carried = "".join(f"; {o.trial.name} (params.yaml's own, {o.at[epochs][metric]:.4f}) goes on as the control"
+                          for o in stopped if o.status == sha.CONTROL)
+        print(f"tune {self.algo}: at {epochs} epochs {len(kept)} go on ({names}), {len(cut)} stopped{carried}",
               flush=True)
 
     def failed(self) -> None:

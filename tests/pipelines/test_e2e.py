@@ -345,11 +345,31 @@ def test_repro_runs_the_gan_and_scores_it_with_floor_and_ceiling(project):
     assert chosen["classes_covered"] >= 2 and 0 <= chosen["class_accuracy"] <= 1
     report = (root / "reports/gan/evaluate.md").read_text()
     assert "ceiling: noise" in report and "class accuracy" in report
+    # KID with its interval, against real training images (paired), and the memorisation test, in words
+    assert chosen["kid_low"] <= chosen["kid"] <= chosen["kid_high"] and "memorisation_z" in chosen
+    assert "95% interval" in report and "as many real training images" in report and "memorisation z" in report
     assert (root / "plots/eval/gan/samples_train.png").stat().st_size > 5000
     for curve in ("d_real", "d_fake", "g_loss", "lr_d", "val_fid"):
         assert (root / f"plots/train/gan/{curve}.csv").exists(), curve
     trials = (root / "plots/tune/gan/trials.csv").read_text().splitlines()
     assert trials[0].endswith("val_fid") and len(trials) == 4  # header, params.yaml's own, 2 drawn
+
+
+def test_repro_compares_the_image_generators_of_a_dataset_and_their_cards_say_so(project):
+    """compare-digits: GAN, VAE and diffusion by KID on the same held-out images, each pair with a
+    paired interval; a generator's model card names its pairs in the report's words."""
+    root, env, first = project
+    assert "Running stage 'compare-digits'" in first.stdout
+    result = json.loads((root / "metrics/compare/digits.json").read_text())
+    assert set(result["kid"]) == {"gan", "vae", "diffusion"} and len(result["pairs"]) == 3
+    for pair in result["pairs"].values():
+        assert pair["low"] <= pair["difference"] <= pair["high"]
+    report = (root / "reports/compare/digits/compare.md").read_text()
+    assert "| a | b | KID a | KID b |" in report and report.count("zero") >= 3
+    card = mlflow_client(root).get_model_version_by_alias("vae", "champion").description
+    assert "Against the dataset's other generators" in card
+    assert "The samples minus as many real training images" in card  # and against real images
+    assert "gan minus vae" in card and "vae minus diffusion" in card and "gan minus diffusion" not in card
 
 
 def test_gan_champion_generates_seeded_images_in_a_fresh_process(project, champions):

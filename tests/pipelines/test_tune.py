@@ -20,7 +20,7 @@ from tests.pipelines.test_cifar_repro import (
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
-def sweep_params(max_concurrent: int) -> dict:
+def sweep_params(max_concurrent: int, workers_per_trial: int = 0) -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["algorithms"] = {"resnet": {"family": "resnet", "dataset": "digits"}}
     params["data"] = {"digits": {**params["data"]["digits"], "samples_per_shard": 128}}
@@ -28,32 +28,41 @@ def sweep_params(max_concurrent: int) -> dict:
     params["train"] = {"resnet": {**params["train"]["resnet"], "epochs": 2, "batch_size": 128, "log_every": 2}}
     params["train"]["resnet"]["model"]["depth"] = 8
     params["tune"] = {"resnet": {**params["tune"]["resnet"], "samples_per_schedule": 2, "epochs": 3, "grace_period": 1,
-                                 "max_concurrent": max_concurrent}}
+                                 "max_concurrent": max_concurrent, "workers_per_trial": workers_per_trial}}
     params["tune"]["resnet"]["space"].update(schedule=["cosine", "onecycle"], lr=[0.01, 1.0])
     return params
 
 
 def test_the_sweep_picks_the_same_winner_at_any_concurrency_and_logs_every_trial(tmp_path):
+    """Concurrency 1 and 2 in local mode, and a 1-worker Ray Train DDP job per trial
+    (``workers_per_trial: 1``): every decision and every number the same."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
     env.update(RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
     found = {}
-    for concurrent in (1, 2):
-        root = tmp_path / f"c{concurrent}"
+    for run_name, concurrent, workers in (("c1", 1, 0), ("c2", 2, 0), ("ddp", 2, 1)):
+        root = tmp_path / run_name
         root.mkdir()
-        copy_project(root, sweep_params(concurrent))
-        if concurrent == 1:
+        copy_project(root, sweep_params(concurrent, workers))
+        if run_name == "c1":
             run(stage_command("pipelines.ingest", "--dataset", "digits"), root, env)
             run(stage_command("pipelines.preprocess", "--dataset", "digits"), root, env)
         else:  # the same data params: the same shards (and evaluator network), made once
             shutil.copytree(tmp_path / "c1" / "data", root / "data")
         out = run(stage_command("pipelines.tune", "--algo", "resnet"), root, env).stdout
         assert "5 trials" in out and "winner" in out
-        found[concurrent] = (root, (root / "models/resnet/tune/best.yaml").read_text(),
-                             json.loads((root / "models/resnet/tune/sweep.json").read_text()))
-    (_, best1, sweep1), (root2, best2, sweep2) = found[1], found[2]
+        found[run_name] = (root, (root / "models/resnet/tune/best.yaml").read_text(),
+                           json.loads((root / "models/resnet/tune/sweep.json").read_text()))
+    (_, best1, sweep1), (root2, best2, sweep2), (_, best_ddp, sweep_ddp) = found["c1"], found["c2"], found["ddp"]
     # Every decision, every trial's metric at every rung, and the winner: identical.
     assert best1 == best2 and sweep1 == sweep2
-    assert sweep1["rungs"] == [[1, 5], [3, 1]] and sweep1["epochs_spent"] == 7
+    assert best_ddp == best1 and [o["status"] for o in sweep_ddp["outcomes"]] == [o["status"] for o in sweep1["outcomes"]]
+    for a, b in zip(sweep_ddp["outcomes"], sweep1["outcomes"]):
+        assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-6), (a, b)
+    # params.yaml's own config (t00), when the first rung cuts it, goes on to the end as the control:
+    # what the sweep bought is measured at the final budget.
+    control = sweep1["outcomes"][0]["status"] == "control"
+    assert sweep1["rungs"] == [[1, 5], [3, 2 if control else 1]] and sweep1["epochs_spent"] == (9 if control else 7)
+    assert sweep1["same_budget"]["epochs"] == 3 and sweep1["outcomes"][0]["epochs"] == 3
     assert [o["status"] for o in sweep1["outcomes"]].count("completed") == 1
     best = yaml.safe_load(best1)
     assert set(best) == {"lr", "schedule"} and set(best["schedule"]) == {"name", "warmup"}
@@ -70,7 +79,7 @@ def test_the_sweep_picks_the_same_winner_at_any_concurrency_and_logs_every_trial
         name, status = r.data.tags["trial"], r.data.tags["status"]
         outcome = next(o for o in sweep2["outcomes"] if o["trial"] == name)
         assert status == outcome["status"]
-        assert r.info.status == ("FINISHED" if status == "completed" else "KILLED")
+        assert r.info.status == ("KILLED" if status == "early-stopped" else "FINISHED")
         assert float(r.data.params["lr"]) == outcome["lr"] and r.data.params["schedule.name"] == outcome["schedule"]
         # Its own val metric for every epoch it trained, and its LR per logged step.
         history = client.get_metric_history(r.info.run_id, "val_accuracy")

@@ -55,11 +55,25 @@ def test_kid_interval_from_halves_covers_the_true_value_and_a_paired_difference_
     assert as_good["kid_minus_reference_low"] <= 0 <= as_good["kid_minus_reference_high"]
     assert worse["kid_minus_reference_low"] > 0
     words = verdicts.difference("KID", worse["kid_minus_reference"], worse["kid_minus_reference_low"],
-                                worse["kid_minus_reference_high"], True, "the samples", "real images")
-    assert "excludes zero" in words and "fall short of" in words
+                                worse["kid_minus_reference_high"], True, "the samples", "real images", plural=True)
+    assert "excludes zero" in words and "the samples fall short of real images" in words
     words = verdicts.difference("KID", as_good["kid_minus_reference"], as_good["kid_minus_reference_low"],
                                 as_good["kid_minus_reference_high"], True, "the samples", "real images")
     assert "includes zero" in words and "beat" not in words
+
+
+def test_compare_pairs_every_model_on_the_same_held_out_halves():
+    rng = np.random.default_rng(5)
+    real = rng.standard_normal((300, 4))
+    features = {"good": rng.standard_normal((300, 4)), "also_good": rng.standard_normal((300, 4)),
+                "shifted": rng.standard_normal((300, 4)) + 0.5}
+    out = generative.compare(features, real, draws=100, seed=0)
+    assert list(out["pairs"]) == ["good_minus_also_good", "good_minus_shifted", "also_good_minus_shifted"]
+    for name, value in out["kid"].items():
+        assert value == pytest.approx(generative.kid(features[name], real), rel=1e-9, abs=1e-12)
+    same, worse = out["pairs"]["good_minus_also_good"], out["pairs"]["good_minus_shifted"]
+    assert same["low"] <= 0 <= same["high"]
+    assert worse["high"] < 0 and worse["difference"] == pytest.approx(out["kid"]["good"] - out["kid"]["shifted"])
 
 
 def test_memorisation_tells_a_copier_from_a_generator():

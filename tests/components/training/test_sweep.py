@@ -62,14 +62,39 @@ def test_successive_halving_keeps_the_best_third_by_whole_rungs_and_breaks_ties_
         metric="val_accuracy", mode="max", on_rung=lambda e, kept, stopped: decisions.append(
             (e, [o.trial.name for o in kept], [o.trial.name for o in stopped])))
     # Rung 1: 6 alive (t04 failed) -> keep 2: t01 and t05 tie at 0.70, same loss: the name decides.
+    # t00 (params.yaml's own) is cut there, and goes on as the control, out of the competition.
     assert decisions[0] == (1, ["t01", "t05"], ["t06", "t02", "t03", "t00"])
-    assert calls == [(1, [t.name for t in trials]), (3, ["t01", "t05"]), (9, ["t01"])]
+    assert calls == [(1, [t.name for t in trials]), (3, ["t00", "t01", "t05"]), (9, ["t00", "t01"])]
     assert result.winner.trial.name == "t01"
     status = {o.trial.name: o.status for o in result.outcomes}
     assert status["t04"] == sha.FAILED and status["t01"] == sha.COMPLETED and status["t03"] == sha.STOPPED
-    assert result.epochs_spent == 7 * 1 + 2 * 2 + 1 * 6
-    gain = result.gain()  # the baseline t00 stopped at rung 1: both compared there
-    assert gain == {"epochs": 1, "baseline": 0.5, "winner": 0.7}
+    assert status["t00"] == sha.CONTROL
+    assert result.epochs_spent == 7 * 1 + 3 * 2 + 2 * 6  # one more trial to the end than without the control
+    assert result.gain() == {"epochs": 9, "baseline": 0.5, "winner": 0.7}  # both at the final budget
+
+    calls.clear()
+    plain = sha.successive_halving(trials, fake_training(values, calls), grace_period=1, reduction_factor=3, epochs=9,
+                                   metric="val_accuracy", mode="max", control=False)
+    assert calls == [(1, [t.name for t in trials]), (3, ["t01", "t05"]), (9, ["t01"])]
+    assert plain.winner.trial.name == "t01" and plain.gain() == {"epochs": 1, "baseline": 0.5, "winner": 0.7}
+
+
+def test_the_control_never_wins_unless_it_earned_its_place_and_its_failure_stops_nothing():
+    trials = [sha.Trial(f"t{i:02d}", "cosine", 0.1, 0.0) for i in range(4)]
+    # t00 is worst at rung 1 and best at the end: as the control it cannot win.
+    late = {"t00": [0.1, 0.2, 0.3, 0.99], "t01": [0.5] * 4, "t02": [0.4] * 4, "t03": [0.3] * 4}
+    result = sha.successive_halving(trials, fake_training(late, []), grace_period=1, reduction_factor=2, epochs=4,
+                                    metric="val_accuracy", mode="max")
+    assert result.winner.trial.name == "t01" and result.gain() == {"epochs": 4, "baseline": 0.99, "winner": 0.5}
+    # Kept on merit, t00 competes like any trial and may win.
+    early = {"t00": [0.9] * 4, "t01": [0.5] * 4, "t02": [0.4] * 4, "t03": [0.3] * 4}
+    assert sha.successive_halving(trials, fake_training(early, []), grace_period=1, reduction_factor=2, epochs=4,
+                                  metric="val_accuracy", mode="max").winner.trial.name == "t00"
+    # A control that diverges later is a failed trial; the sweep goes on.
+    broken = {**late, "t00": [0.1, None, None, None]}
+    result = sha.successive_halving(trials, fake_training(broken, []), grace_period=1, reduction_factor=2, epochs=4,
+                                    metric="val_accuracy", mode="max")
+    assert result.winner.trial.name == "t01" and result.outcomes[0].status == sha.FAILED
 
 
 def test_minimising_a_metric_and_non_finite_values_rank_last():
