@@ -6,7 +6,8 @@ Paper facts this module follows:
   encodings PE(pos, 2i) = sin(pos / 10000^(2i/d_model)), PE(pos, 2i+1) = cos(...)
   (Section 3.5); learned position embeddings are the option the paper compared;
 - attention is softmax(QK^T / sqrt(d_k)) V over ``heads`` heads of d_k = d_model / heads
-  (Section 3.2), computed here by torch's fused ``scaled_dot_product_attention``;
+  (Section 3.2), computed by torch's fused ``scaled_dot_product_attention`` (training on
+  the CPU: ``components/models/dropout.py``, whose dropout draws a quarter of torch's random numbers);
 - each sub-layer is wrapped as LayerNorm(x + Dropout(Sublayer(x))) (post-norm, Section 5.4);
   ``norm: pre`` gives x + Dropout(Sublayer(LayerNorm(x))) with a final LayerNorm per stack,
   which trains without a warm-up more easily;
@@ -44,6 +45,7 @@ from components.config import ConfigError, bounds
 from components.data.shards import pad_sequences
 from components.data.tokenizer import BOS, EOS, PAD, Tokenizer
 from components.models.contract import Report
+from components.models.dropout import Dropout, attention
 from components.models.transformer_decoding import beam_search, greedy
 
 PAPER = "Vaswani et al. 2017, Attention Is All You Need (arXiv:1706.03762)"
@@ -133,15 +135,14 @@ class Attention(nn.Module):
                 if not static and "k" in cache:
                     k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
                 cache["k"], cache["v"] = k, v
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-            is_causal=causal and cache is None)  # a cached step attends to all of its past
+        out = attention(q, k, v, mask, causal=causal and cache is None,  # a cached step attends to all of its past
+                        dropout_p=self.dropout if self.training else 0.0)
         return self.out(out.transpose(1, 2).flatten(2))
 
 
 class FeedForward(nn.Sequential):
     def __init__(self, d_model: int, d_ff: int, dropout: float):
-        super().__init__(nn.Linear(d_model, d_ff), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model))
+        super().__init__(nn.Linear(d_model, d_ff), nn.ReLU(), Dropout(dropout), nn.Linear(d_ff, d_model))
 
 
 class Residual(nn.Module):
@@ -149,7 +150,7 @@ class Residual(nn.Module):
 
     def __init__(self, d_model: int, dropout: float, pre: bool):
         super().__init__()
-        self.norm, self.drop, self.pre = nn.LayerNorm(d_model), nn.Dropout(dropout), pre
+        self.norm, self.drop, self.pre = nn.LayerNorm(d_model), Dropout(dropout), pre
 
     def forward(self, x: torch.Tensor, f) -> torch.Tensor:
         if self.pre:
@@ -203,7 +204,7 @@ class Transformer(nn.Module):
             self.pos_embed = None
         else:
             self.pos_embed = nn.Embedding(cfg.max_len + 1, d)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         pre = cfg.norm == "pre"
