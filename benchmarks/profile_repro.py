@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RUNNING = re.compile(r"Running stage '([^']+)'")
+RUNNING = re.compile(r"Running stage '(?:[^':]+:)?([^':]+)'")  # stages/<algo>/dvc.yaml:train-<algo> -> its name
 
 
 def repro(clone: Path, profile: Path) -> tuple[list[tuple[str, float]], float, int]:

@@ -1,7 +1,7 @@
 """The pipeline's DAG, written into dvc.yaml: every stage with the project code it runs.
 
-    python -m pipelines.dag           # rewrite dvc.yaml from params.yaml and the code's imports
-    python -m pipelines.dag --check   # exit 1 (naming the stages) if dvc.yaml is out of date
+    python -m pipelines.dag           # rewrite the pipeline files from params.yaml and the code's imports
+    python -m pipelines.dag --check   # exit 1 (naming the stages) if one is out of date
 
 A stage's code dependencies are the import closure of its entry point inside the repository:
 ``pipelines/<stage>.py`` and every project module it can import, at module level or inside a
@@ -18,6 +18,16 @@ so ``stage.py`` and ``stage_server.py`` are no stage's dependency, as the interp
 DVC cannot interpolate a list into ``deps``, so stages are written out one per dataset or
 algorithm (``train-resnet``) instead of with ``foreach``; a test fails when dvc.yaml differs
 from what this module writes. Adding an algorithm: its params sections, then run this.
+
+The stages live in more than one file. DVC rewrites a stage's whole ``dvc.lock`` after each
+stage it runs, parsing it with a pure-Python YAML round trip: with every stage's per-file code
+dependencies in one lock (229 kB, 49 stages) that was 1.5 s a stage, a minute of a cold repro.
+So the root ``dvc.yaml`` holds the stages a user names (``ingest-<dataset>``,
+``preprocess-<dataset>``, ``register-<algo>``, ``compare-<dataset>``: ``dvc repro register-resnet``
+runs one algorithm end to end), and ``stages/<algo>/dvc.yaml`` an algorithm's tune, train and
+evaluate, run from the repository's top (``wdir``), each file with a ``dvc.lock`` beside it.
+``dvc repro``, ``dvc status``, ``dvc exp run`` and ``dvc plots`` see them all; one of those
+stages alone is ``dvc repro -s stages/resnet/dvc.yaml:train-resnet`` (``address``).
 """
 
 from __future__ import annotations
@@ -42,7 +52,8 @@ HEADER = """\
 # lacks what params.yaml names). Per dataset: ingest -> preprocess; per algorithm: tune -> train
 # (the sweep's winner, models/<algo>/tune/best.yaml) -> evaluate -> register. Each stage depends on
 # the params keys it reads, which are all it is handed (components/params.py: stage_keys), and on
-# the project files its entry point can import (pipelines/dag.py).
+# the project files its entry point can import (pipelines/dag.py). An algorithm's tune, train and
+# evaluate live in stages/<algo>/dvc.yaml, the rest in the top dvc.yaml (pipelines/dag.py says why).
 # `runtime.*` (storage root, local Ray size) says where and how a stage runs, not what it
 # computes, so no stage depends on it: moving the storage root never retrains a model.
 """
@@ -218,35 +229,103 @@ def stages(raw: dict[str, Any], root: Path = ROOT) -> dict[str, dict]:
     return out
 
 
-def render(raw: dict[str, Any], root: Path = ROOT) -> str:
-    return HEADER + yaml.safe_dump({"stages": stages(raw, root)}, sort_keys=False, width=110, default_flow_style=None)
+ROOT_FILE = "dvc.yaml"
+STAGE_DIR = "stages"  # stages/<algo>/dvc.yaml: the algorithm's tune, train and evaluate
+ROOT_KINDS = ("ingest", "preprocess", "register", "compare")
+
+
+def pipeline_file(stage: str) -> str:
+    """The dvc.yaml (relative to the repository's top) that holds stage ``stage``."""
+    kind, _, name = stage.partition("-")
+    return ROOT_FILE if kind in ROOT_KINDS else f"{STAGE_DIR}/{name}/{ROOT_FILE}"
+
+
+def address(stage: str) -> str:
+    """Stage ``stage`` as DVC's command line names it: ``register-resnet``,
+    ``stages/resnet/dvc.yaml:train-resnet``."""
+    file = pipeline_file(stage)
+    return stage if file == ROOT_FILE else f"{file}:{stage}"
+
+
+def render(raw: dict[str, Any], root: Path = ROOT) -> dict[str, str]:
+    """Every pipeline file's text, by path relative to ``root``; the root's first."""
+    files: dict[str, dict[str, dict]] = {ROOT_FILE: {}}
+    for name, stage in stages(raw, root).items():
+        file = pipeline_file(name)
+        if file != ROOT_FILE:  # its paths, like every stage's, are from the repository's top
+            stage = {"wdir": "/".join([".."] * file.count("/")), **stage}
+        files.setdefault(file, {})[name] = stage
+    return {file: HEADER + yaml.safe_dump({"stages": s}, sort_keys=False, width=110, default_flow_style=None)
+            for file, s in files.items()}
+
+
+def on_disk(root: Path = ROOT) -> dict[str, str]:
+    """The pipeline files under ``root`` now: dvc.yaml and every stages/*/dvc.yaml."""
+    paths = [root / ROOT_FILE, *sorted((root / STAGE_DIR).glob(f"*/{ROOT_FILE}"))]
+    return {p.relative_to(root).as_posix(): p.read_text() for p in paths if p.is_file()}
+
+
+def differences(rendered: dict[str, str], current: dict[str, str]) -> dict[str, list[str]]:
+    """Stages the files on disk lack, hold otherwise, or hold that are gone (by stage name), and
+    files that differ in nothing but their header or place ("files")."""
+    def parsed(texts: dict[str, str]) -> dict[str, tuple[str, dict]]:
+        out = {}
+        for file, text in texts.items():
+            for name, stage in ((yaml.safe_load(text) or {}).get("stages") or {}).items():
+                out[name] = (file, stage)
+        return out
+
+    def run_order(names: list[str]) -> list[str]:  # a file's stages are in run order; across files, by kind
+        kinds = ("ingest", "preprocess", "tune", "train", "evaluate", "compare", "register")
+        return sorted(names, key=lambda n: kinds.index(k) if (k := n.partition("-")[0]) in kinds else len(kinds))
+
+    new, old = parsed(rendered), parsed(current)
+    found = {"lacking": run_order([n for n in new if n not in old]),
+             "differing": run_order([n for n in new if n in old and old[n] != new[n]]),
+             "gone": run_order([n for n in old if n not in new])}
+    if not any(found.values()):
+        found["files"] = sorted(f for f in {*rendered, *current} if rendered.get(f) != current.get(f))
+    return found
+
+
+def write(raw: dict[str, Any], root: Path = ROOT) -> dict[str, str]:
+    """Write every pipeline file under ``root`` and remove those of algorithms params.yaml no
+    longer names (with their dvc.lock): what DVC would otherwise still run."""
+    rendered = render(raw, root)
+    for file in on_disk(root):
+        if file not in rendered:
+            folder = (root / file).parent
+            for name in (ROOT_FILE, "dvc.lock"):
+                (folder / name).unlink(missing_ok=True)
+            if not any(folder.iterdir()):
+                folder.rmdir()
+    for file, text in rendered.items():
+        (root / file).parent.mkdir(parents=True, exist_ok=True)
+        if not (root / file).is_file() or (root / file).read_text() != text:
+            (root / file).write_text(text)
+    return rendered
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml", help="path of params.yaml")
-    parser.add_argument("--check", action="store_true", help="only check that dvc.yaml is up to date")
+    parser.add_argument("--check", action="store_true", help="only check that the pipeline files are up to date")
     args = parser.parse_args()
     from components.params import load_all, load_params
 
     raw = load_params(args.params)
     load_all(raw)
     root = Path(args.params).resolve().parent
-    target = root / "dvc.yaml"
-    text = render(raw, root)
-    current = target.read_text() if target.exists() else ""
     if args.check:
-        if current != text:
-            old = (yaml.safe_load(current) or {}).get("stages", {}) if current else {}
-            new = yaml.safe_load(text)["stages"]
-            changed = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
-            sys.exit(f"dvc.yaml is out of date (stages {', '.join(changed) or 'header'}); "
-                     f"run `python -m pipelines.dag` and commit it")
-        print("dvc.yaml is up to date")
+        found = differences(render(raw, root), on_disk(root))
+        if any(found.values()):
+            what = "; ".join(f"{k}: {', '.join(v)}" for k, v in found.items() if v)
+            sys.exit(f"the pipeline files are out of date ({what}); run `python -m pipelines.dag` and commit them")
+        print("dvc.yaml and stages/*/dvc.yaml are up to date")
         return
-    target.write_text(text)
-    print(f"dvc.yaml: {len(yaml.safe_load(text)['stages'])} stages written")
-
+    rendered = write(raw, root)
+    count = sum(len(yaml.safe_load(t)["stages"]) for t in rendered.values())
+    print(f"{count} stages written: {ROOT_FILE} and {len(rendered) - 1} files {STAGE_DIR}/<algo>/{ROOT_FILE}")
 
 if __name__ == "__main__":
     main()

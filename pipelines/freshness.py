@@ -9,9 +9,10 @@ stale dvc.yaml stops the stage in about a second with one line, before any work:
 
     error: dvc.yaml is out of date with params.yaml: run python -m pipelines.dag (...)
 
-The check renders dvc.yaml (``pipelines.dag.render``, half a second) and compares. It remembers
-the inputs of the last check that passed (params.yaml, dvc.yaml and the size and time of every
-project source file) in ``.dvc/tmp``, so a ``dvc repro`` pays it once, not once per stage.
+The check renders the pipeline files (dvc.yaml and stages/<algo>/dvc.yaml: ``pipelines.dag.render``,
+half a second) and compares. It remembers the inputs of the last check that passed (params.yaml,
+the pipeline files and the size and time of every project source file) in ``.dvc/tmp``, so a
+``dvc repro`` pays it once, not once per stage.
 
 How a stage is started is not what it computes: this module, like the stage runner that calls
 it, is in no stage's dependencies.
@@ -31,8 +32,8 @@ MARK = Path(".dvc") / "tmp" / "m7-dag-fresh"
 
 def _fingerprint(root: Path) -> str:
     digest = hashlib.sha256()
-    for name in ("params.yaml", "dvc.yaml"):
-        digest.update((root / name).read_bytes())
+    for path in (root / "params.yaml", root / "dvc.yaml", *sorted((root / "stages").glob("*/dvc.yaml"))):
+        digest.update(f"{path.relative_to(root)}\0".encode() + path.read_bytes())
     for package in SOURCES:
         for folder, dirs, files in os.walk(root / package):
             dirs[:] = sorted(d for d in dirs if d != "__pycache__")
@@ -45,8 +46,6 @@ def _fingerprint(root: Path) -> str:
 def stale(root: Path) -> str | None:
     """The one-line reason dvc.yaml under ``root`` is out of date, or None when it is current (or
     params.yaml is too broken to render: the stage itself then names what is wrong with it)."""
-    import yaml
-
     from components.config import ConfigError
     from components.params import load_params
     from pipelines import dag
@@ -58,19 +57,15 @@ def stale(root: Path) -> str | None:
     if mark.is_file() and mark.read_text() == fingerprint:
         return None
     try:
-        text = dag.render(load_params(root / "params.yaml"), root)
+        rendered = dag.render(load_params(root / "params.yaml"), root)
     except (ConfigError, KeyError, TypeError, AttributeError, ValueError):
         return None
-    current = (root / "dvc.yaml").read_text()
-    if text != current:
-        old = (yaml.safe_load(current) or {}).get("stages") or {}
-        new = yaml.safe_load(text)["stages"]
-        lacking = [name for name in new if name not in old]
-        differing = [name for name in new if name in old and old[name] != new[name]]
-        extra = [name for name in old if name not in new]
+    found = dag.differences(rendered, dag.on_disk(root))
+    if any(found.values()):
         parts = [f"{label}: {', '.join(names[:6])}{' ...' if len(names) > 6 else ''}"
-                 for label, names in (("it lacks", lacking), ("differ", differing), ("gone", extra)) if names]
-        return f"{MESSAGE} and commit it (stages {'; '.join(parts) or 'header'})"
+                 for label, names in (("it lacks", found["lacking"]), ("differ", found["differing"]),
+                                      ("gone", found["gone"]), ("files", found.get("files", []))) if names]
+        return f"{MESSAGE} and commit it (stages {'; '.join(parts)})"
     if mark.parent.is_dir():
         tmp = mark.with_name(f"{mark.name}.{os.getpid()}")
         tmp.write_text(fingerprint)

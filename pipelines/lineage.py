@@ -16,16 +16,19 @@ from components.training import storage
 
 
 def dvc_outputs(root: Path) -> list[str]:
-    """What the pipeline writes (every stage's ``outs``, ``metrics`` and ``plots`` in dvc.yaml, and
-    ``dvc.lock``): files a repro rewrites, which say nothing about the code that ran."""
-    paths = ["dvc.lock"]
-    path = Path(root) / "dvc.yaml"
-    if not path.exists():
-        return paths
-    for stage in ((yaml.safe_load(path.read_text()) or {}).get("stages") or {}).values():
-        for kind in ("outs", "metrics", "plots"):
-            for out in stage.get(kind) or []:
-                paths += list(out) if isinstance(out, dict) else [out]
+    """What the pipeline writes (every stage's ``outs``, ``metrics`` and ``plots`` in dvc.yaml and
+    stages/*/dvc.yaml, and the ``dvc.lock`` beside each): files a repro rewrites, which say nothing
+    about the code that ran."""
+    root = Path(root)
+    paths = []
+    for path in (root / "dvc.yaml", *sorted(root.glob("stages/*/dvc.yaml"))):
+        paths.append(path.with_name("dvc.lock").relative_to(root).as_posix())
+        if not path.exists():
+            continue
+        for stage in ((yaml.safe_load(path.read_text()) or {}).get("stages") or {}).values():
+            for kind in ("outs", "metrics", "plots"):
+                for out in stage.get(kind) or []:
+                    paths += list(out) if isinstance(out, dict) else [out]
     return paths
 
 
@@ -56,7 +59,7 @@ def data_version(shard_dir: Path) -> str:
 
 
 def dvc_md5(root: Path, path: str) -> str:
-    """The md5 DVC recorded in dvc.lock for ``path`` (an output of an earlier stage), if any."""
+    """The md5 DVC recorded in the top dvc.lock for ``path`` (an output of ingest or preprocess), if any."""
     lock = Path(root) / "dvc.lock"
     if not lock.exists():
         return "unknown"

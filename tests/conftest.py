@@ -221,7 +221,7 @@ def shared_ray(num_cpus: int = 2):
 
 
 def copy_project(root: Path, params: dict, with_dvc: bool = False) -> Path:
-    """The project's code (and dvc.yaml, .gitignore) under ``root`` with ``params`` as params.yaml."""
+    """The project's code (and its pipeline files, .gitignore) under ``root`` with ``params`` as params.yaml."""
     import shutil
 
     for name in ("components", "pipelines"):
@@ -231,7 +231,7 @@ def copy_project(root: Path, params: dict, with_dvc: bool = False) -> Path:
         from pipelines import dag
 
         shutil.copy(REPO / ".gitignore", root / ".gitignore")
-        (root / "dvc.yaml").write_text(dag.render(params, root))
+        dag.write(params, root)
     return root
 
 

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from components.params import load_all
+from pipelines import dag
 from tests.conftest import REPO
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -97,10 +98,11 @@ def test_every_python_snippet_parses_and_its_project_imports_resolve():
 
 
 def test_every_stage_named_exists_and_every_link_and_path_points_at_a_file():
-    stages = set(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
+    stages = {name if file == "dvc.yaml" else f"{file}:{name}"  # as `dvc repro` names them
+              for file, text in dag.on_disk(REPO).items() for name in yaml.safe_load(text)["stages"]}
     for page in PAGES:
         text = _text(page)
-        for stage in re.findall(r"dvc repro (?:--force |-f )?(?:-s )?([a-z][\w]*-[\w-]+)", text):
+        for stage in re.findall(r"dvc repro (?:--force |-f )?(?:-s )?((?:stages/[\w]+/dvc\.yaml:)?[a-z][\w]*-[\w-]+)", text):
             assert stage in stages, f"{page.name}: `dvc repro {stage}`: no such stage"
         for link in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
             assert (page.parent / link).exists(), f"{page.name}: link {link} points at nothing"

@@ -33,7 +33,7 @@ def with_winner(cfg: TrainConfig, family: str, algo: str, best: Path, sweep_metr
     if not cfg.tuned:
         return cfg, {"tuned": "false"}
     if not best.exists():
-        raise ConfigError(f"{shown} is missing: run `dvc repro tune-{algo}` (or the whole pipeline) first, "
+        raise ConfigError(f"{shown} is missing: run `dvc repro stages/{algo}/dvc.yaml:tune-{algo}` (or the whole pipeline) first, "
                           f"or set train.{algo}.tuned: false to train params.yaml's own schedule")
     won = yaml.safe_load(best.read_text())
     data = to_dict(cfg)

@@ -10,6 +10,7 @@ import subprocess
 import pytest
 import yaml
 
+from pipelines import dag
 from tests.components.data.test_images import write_cifar
 from tests.conftest import REPO, copy_project
 
@@ -52,7 +53,7 @@ def test_resnet_on_a_cifar_folder_through_all_six_stages(tmp_path):
     out = run(["dvc", "repro"], root, env).stdout
     for stage in ("ingest-cifar", "preprocess-cifar", "train-resnet", "tune-resnet", "evaluate-resnet",
                   "register-resnet"):
-        assert f"Running stage '{stage}'" in out
+        assert f"Running stage '{dag.address(stage)}'" in out
     stats = json.loads((root / "data/shards/cifar/stats.json").read_text())
     assert stats["source"] == "cifar10" and stats["format"] == "cifar python batches"
     assert any(k.endswith("data_batch_1") and len(v) == 64 for k, v in stats["source_sha256"].items())

@@ -1,5 +1,5 @@
-"""dvc.yaml is derived from the code's imports, and `dvc status` then names exactly the stages
-whose code changed (real DVC in a temporary repository)."""
+"""The pipeline files (dvc.yaml, stages/<algo>/dvc.yaml) are derived from the code's imports, and
+`dvc status` then names exactly the stages whose code changed (real DVC in a temporary repository)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,35 @@ from tests.conftest import REPO, copy_project
 PER_ALGO = ("train", "tune", "evaluate", "register")
 
 
-def test_dvc_yaml_is_what_the_dag_module_writes(repo_params):
-    assert (REPO / "dvc.yaml").read_text() == dag.render(repo_params), \
-        "dvc.yaml is out of date: run `python -m pipelines.dag` and commit it"
+def test_the_pipeline_files_are_what_the_dag_module_writes(repo_params):
+    assert dag.on_disk(REPO) == dag.render(repo_params), \
+        "the pipeline files are out of date: run `python -m pipelines.dag` and commit them"
+
+
+def test_an_algorithm_s_tune_train_evaluate_live_in_its_own_file_run_from_the_top(repo_params):
+    rendered = dag.render(repo_params)
+    assert set(rendered) == {"dvc.yaml", *(f"stages/{a}/dvc.yaml" for a in repo_params["algorithms"])}
+    top = yaml.safe_load(rendered["dvc.yaml"])["stages"]
+    assert {n.split("-")[0] for n in top} == {"ingest", "preprocess", "register", "compare"}
+    own = yaml.safe_load(rendered["stages/resnet/dvc.yaml"])["stages"]
+    assert list(own) == ["tune-resnet", "train-resnet", "evaluate-resnet"]
+    assert all(stage["wdir"] == "../.." for stage in own.values())
+    assert dag.address("train-resnet") == "stages/resnet/dvc.yaml:train-resnet" and dag.address("register-resnet") == \
+        "register-resnet"
+
+
+def test_an_algorithm_gone_from_params_takes_its_file_and_lock_along(tmp_path, repo_params):
+    root = copy_project(tmp_path / "repo", repo_params, with_dvc=True)
+    (root / "stages/gnn_karate/dvc.lock").write_text("schema: '2.0'\n")
+    fewer = json.loads(json.dumps(repo_params))
+    for section in ("algorithms", "train", "tune"):
+        del fewer[section]["gnn_karate"]
+    (root / "params.yaml").write_text(yaml.safe_dump(fewer, sort_keys=False))
+    (root / ".dvc/tmp").mkdir(parents=True)
+    reason = freshness.stale(root)  # what a stage DVC started now would stop with
+    assert reason and "gone: " in reason and all(f"{s}-gnn_karate" in reason for s in PER_ALGO), reason
+    dag.write(fewer, root)
+    assert not (root / "stages/gnn_karate").exists() and freshness.stale(root) is None
 
 
 def test_closure_follows_function_level_imports_and_enters_registries_by_name(repo_params):
@@ -63,13 +89,18 @@ def _fake_outputs(root: Path, stages: dict) -> None:
 
 
 def _changed(root: Path) -> set[str]:
+    """The stages `dvc status` reports, by name (DVC prefixes those of stages/<algo>/dvc.yaml with it)."""
     out = subprocess.run(["dvc", "status", "--json"], cwd=root, capture_output=True, text=True, check=True).stdout
-    return set(json.loads(out))
+    return {address.rpartition(":")[2] for address in json.loads(out)}
+
+
+def _on_disk_stages(root: Path) -> dict[str, dict]:
+    return {name: stage for text in dag.on_disk(root).values() for name, stage in yaml.safe_load(text)["stages"].items()}
 
 
 def test_dvc_status_reports_exactly_the_stages_whose_code_changed(tmp_path, repo_params):
     root = copy_project(tmp_path / "repo", repo_params, with_dvc=True)
-    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    stages = _on_disk_stages(root)
     _fake_outputs(root, stages)
     for cmd in (["dvc", "init", "-q", "--no-scm"], ["dvc", "config", "core.analytics", "false"],
                 ["dvc", "commit", "-q", "-f"]):
@@ -115,7 +146,7 @@ def test_params_rerun_the_stages_that_read_them_and_a_stale_dvc_yaml_stops_a_sta
     train depends on the winner's file, and only with train.<algo>.tuned; algorithms.<algo> is
     every stage's of it. A dvc.yaml that lags params.yaml stops the stage DVC runs."""
     root = copy_project(tmp_path / "repo", repo_params, with_dvc=True)
-    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    stages = _on_disk_stages(root)
     assert "models/resnet/tune/best.yaml" in stages["train-resnet"]["deps"]
     assert "train.resnet.epochs" not in stages["tune-resnet"]["params"] and "train.resnet.lr" in stages["tune-resnet"]["params"]
     _fake_outputs(root, stages)
@@ -153,7 +184,7 @@ def test_params_rerun_the_stages_that_read_them_and_a_stale_dvc_yaml_stops_a_sta
     (root / "params.yaml").write_text(yaml.safe_dump(moved, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if k not in ("DVC_STAGE", "DVC_ROOT")}
     started = time.monotonic()
-    out = subprocess.run(["dvc", "repro", "-s", "tune-resnet"], cwd=root, capture_output=True, text=True, env=env)
+    out = subprocess.run(["dvc", "repro", "-s", dag.address("tune-resnet")], cwd=root, capture_output=True, text=True, env=env)
     took = time.monotonic() - started
     assert out.returncode != 0 and "Traceback" not in out.stderr + out.stdout
     line = next(x for x in out.stderr.splitlines() if "out of date" in x)
@@ -162,6 +193,4 @@ def test_params_rerun_the_stages_that_read_them_and_a_stale_dvc_yaml_stops_a_sta
     (root / "params.yaml").write_text(params)
     untuned = yaml.safe_load(params)
     untuned["train"]["resnet"]["tuned"] = False
-    from pipelines import dag
-
     assert "models/resnet/tune/best.yaml" not in dag.stages(untuned, root)["train-resnet"]["deps"]

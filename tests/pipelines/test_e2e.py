@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
+from pipelines import dag
 from tests.conftest import REPO, copy_project, free_port, shared_ray
 
 # The module's first test sets up the whole `dvc repro` (tens of stages, each a fresh process):
@@ -278,7 +279,7 @@ def assert_ran(out: str, algo: str, dataset: str | None = None) -> None:
     stages = [f"{kind}-{algo}" for kind in ("tune", "train", "evaluate", "register")]
     stages += [f"{kind}-{dataset}" for kind in ("ingest", "preprocess")] if dataset else []
     for stage in stages:
-        assert f"Running stage '{stage}'" in out, stage
+        assert f"Running stage '{dag.address(stage)}'" in out, stage
 
 
 def test_repro_runs_all_six_stages_and_writes_metrics(project):
@@ -519,7 +520,7 @@ def test_mlflow_has_train_run_tune_parent_with_nested_trials_and_champion(projec
 
     assert {"git_commit", "data_version", "dvc_data_md5", "test_accuracy"} <= set(version.tags)
     assert version.tags["dvc_data_md5"] != "unknown"
-    # The first repro rewrote dvc.lock and metrics/ (outputs), not the committed code that trained it.
+    # The first repro rewrote the dvc.lock files and metrics/ (outputs), not the committed code that trained it.
     assert version.tags["git_commit"] == run(["git", "rev-parse", "HEAD"], root, env).stdout.strip()
     assert "Test metrics" in version.description and "models:/resnet@champion" in version.description
     # Every DDP epoch logged once (rank 0 only), and the card's images are artifacts of the version's run.
