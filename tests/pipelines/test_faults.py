@@ -200,5 +200,5 @@ def test_ctrl_c_during_train_leaves_no_half_output_and_repro_resumes(tmp_path, r
     assert epochs == list(range(30))  # every epoch once: the interrupted one was truncated and redone
     assert sorted(p.name for p in (tmp_path / "models" / "resnet" / "train").iterdir()) == ["config.json",
                                                                                             "model.safetensors"]
-    status = subprocess.run(["dvc", "status", "train-resnet"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    status = subprocess.run(["dvc", "status", dag.address("train-resnet")], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert "up to date" in status.stdout, status.stdout

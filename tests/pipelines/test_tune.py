@@ -107,5 +107,5 @@ def test_train_without_a_sweep_result_says_what_to_run(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pipelines.train", "--algo", "resnet"], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "models/resnet/tune/best.yaml is missing: run `dvc repro tune-resnet`" in proc.stderr
+    assert "models/resnet/tune/best.yaml is missing: run `dvc repro stages/resnet/dvc.yaml:tune-resnet`" in proc.stderr
     assert "train.resnet.tuned: false" in proc.stderr
