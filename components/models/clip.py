@@ -1,7 +1,8 @@
 """CLIP (Radford et al. 2021): contrastive image–text pre-training, zero-shot classification, retrieval.
 
 - Image encoder: a Vision Transformer (Dosovitskiy et al. 2021) over ``patch_size`` patches
-  with a class token and pre-norm blocks, or a ResNet from the ResNet family
+  with a class token and pre-norm blocks (``components/models/vit.py``, the classification
+  family's ``arch: vit`` too), or a ResNet from the ResNet family
   (``image_encoder: resnet``, its classifier as the projection);
 - text encoder: a Transformer with a causal mask over ``<bos>`` caption ``<eos>``, pooled at
   the ``<eos>`` token (the last non-pad one);
@@ -41,6 +42,7 @@ from components.models.clip_eval import validate as validate
 from components.models.clip_loss import contrastive_loss, gather
 from components.models.common import bind_images
 from components.models.contract import Report
+from components.models.vit import VisionTransformer, encoder_blocks
 
 PAPER = "Radford et al. 2021, Learning Transferable Visual Models From Natural Language Supervision (arXiv:2103.00020)"
 PRIMARY_METRIC, PRIMARY_MODE = "zero_shot_accuracy", "max"  # test digits, prompt templates never seen in training
@@ -78,32 +80,6 @@ class Config:
             raise ConfigError(f"patch_size: must divide image_size ({self.image_size}), got {self.patch_size}")
 
 
-def _encoder(width: int, heads: int, layers: int, dropout: float) -> nn.TransformerEncoder:
-    layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout, activation="gelu", batch_first=True,
-                                       norm_first=True)
-    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-
-
-class VisionTransformer(nn.Module):
-    """Images (B, C, H, W) -> (B, embed_dim): patches, a class token, pre-norm blocks, projection."""
-
-    def __init__(self, cfg: Config):
-        super().__init__()
-        n = (cfg.image_size // cfg.patch_size) ** 2
-        self.patch = nn.Conv2d(cfg.in_channels, cfg.width, cfg.patch_size, cfg.patch_size, bias=False)
-        self.cls = nn.Parameter(torch.randn(cfg.width) * cfg.width ** -0.5)
-        self.pos = nn.Parameter(torch.randn(n + 1, cfg.width) * 0.02)
-        self.ln_pre, self.ln_post = nn.LayerNorm(cfg.width), nn.LayerNorm(cfg.width)
-        self.blocks = _encoder(cfg.width, cfg.heads, cfg.image_layers, cfg.dropout)
-        self.proj = nn.Linear(cfg.width, cfg.embed_dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.patch(x).flatten(2).transpose(1, 2)  # (B, patches, width)
-        h = torch.cat([self.cls.expand(len(h), 1, -1), h], 1) + self.pos
-        h = self.blocks(self.ln_pre(h))
-        return self.proj(self.ln_post(h[:, 0]))
-
-
 class TextTransformer(nn.Module):
     """Token ids (B, L), ``<eos>``-terminated and zero-padded -> (B, embed_dim), pooled at ``<eos>``."""
 
@@ -111,7 +87,7 @@ class TextTransformer(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(cfg.vocab_size, cfg.width)
         self.pos = nn.Parameter(torch.randn(cfg.max_len, cfg.width) * 0.01)
-        self.blocks = _encoder(cfg.width, cfg.heads, cfg.text_layers, cfg.dropout)
+        self.blocks = encoder_blocks(cfg.width, cfg.heads, cfg.text_layers, cfg.dropout)
         self.ln_final = nn.LayerNorm(cfg.width)
         self.proj = nn.Linear(cfg.width, cfg.embed_dim, bias=False)
         self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(cfg.max_len), persistent=False)
@@ -136,7 +112,8 @@ class CLIP(nn.Module):
             raise ConfigError("vocab_size/max_len: unset; the model takes them from the data's tokenizer (bind)")
         self.cfg = cfg
         if cfg.image_encoder == "vit":
-            self.visual = VisionTransformer(cfg)
+            self.visual = VisionTransformer(cfg.image_size, cfg.in_channels, cfg.patch_size, cfg.width,
+                                            cfg.image_layers, cfg.heads, cfg.embed_dim, cfg.dropout)
         else:
             self.visual = resnet.build(resnet.Config(depth=cfg.resnet_depth, in_channels=cfg.in_channels,
                                                      num_classes=cfg.embed_dim, image_size=cfg.image_size))

@@ -11,6 +11,10 @@
   3x3 stem, and ImageNet-style depths 18/34/50/101/152 with stages of 64..512 and a 7x7 stem.
 
 Residual unit (eq. 1 of the paper): y = F(x, {W_i}) + W_s x, then ReLU (post-activation).
+
+``arch: vit`` makes the family's classifier a Vision Transformer (Dosovitskiy et al. 2021) instead:
+the image tower CLIP trains (``components/models/vit.py``) with the class count as its projection,
+behind the same input normalisation; the data, training, evaluation and serving stay the family's.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from torch import nn
 from components.config import ConfigError, bounds
 from components.models.common import bind_images
 from components.models.contract import Report
+from components.models.vit import VisionTransformer
 
 PAPER = "He et al. 2016, Deep Residual Learning for Image Recognition (arXiv:1512.03385)"
 PRIMARY_METRIC = "accuracy"  # test top-1; register compares it
@@ -45,6 +50,7 @@ IMAGENET_LAYOUTS = {
 @dataclass
 class Config:
     """``train.resnet.model``."""
+    arch: Literal["resnet", "vit"] = "resnet"
     depth: int = field(default=20, metadata=bounds(ge=8))
     style: Literal["cifar", "imagenet"] = "cifar"
     block: Literal["basic", "bottleneck"] = "basic"  # CIFAR style only; ImageNet depths fix it
@@ -64,8 +70,20 @@ class Config:
     normalize: bool = True
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
+    # arch: vit: patch_size x patch_size patches, vit_layers pre-norm blocks of vit_width, vit_heads heads
+    patch_size: int = field(default=2, metadata=bounds(ge=1))
+    vit_width: int = field(default=64, metadata=bounds(ge=8))
+    vit_layers: int = field(default=4, metadata=bounds(ge=1))
+    vit_heads: int = field(default=4, metadata=bounds(ge=1))
 
     def validate(self) -> None:
+        if self.arch == "vit":  # the ResNet keys are not read
+            if self.image_size and self.image_size % self.patch_size:
+                raise ConfigError(f"patch_size: must divide image_size ({self.image_size}), got {self.patch_size}")
+            if self.vit_width % self.vit_heads:
+                raise ConfigError(f"vit_heads: vit_width ({self.vit_width}) must be divisible by vit_heads "
+                                  f"({self.vit_heads})")
+            return
         if self.style == "imagenet" and self.depth not in IMAGENET_LAYOUTS:
             raise ConfigError(f"depth: ImageNet-style depths are {sorted(IMAGENET_LAYOUTS)}, got {self.depth}")
         if self.style == "cifar":
@@ -179,15 +197,20 @@ class Bottleneck(nn.Module):
         return F.relu(out + identity)
 
 
+def _normalization(module: nn.Module, cfg: Config) -> None:
+    """The per-channel ``mean`` and ``inv_std`` buffers of the input normalisation (identity without stats)."""
+    norm = cfg.normalize and bool(cfg.mean)
+    module.register_buffer("mean", torch.tensor(cfg.mean if norm else [0.0]).view(1, -1, 1, 1))
+    module.register_buffer("inv_std", 1 / torch.tensor(cfg.std if norm else [1.0]).view(1, -1, 1, 1))
+
+
 class ResNet(nn.Module):
     """Images (B, C, H, W) -> class logits (B, num_classes)."""
 
     def __init__(self, cfg: Config):
         super().__init__()
         self.cfg = cfg
-        norm = cfg.normalize and bool(cfg.mean)
-        self.register_buffer("mean", torch.tensor(cfg.mean if norm else [0.0]).view(1, -1, 1, 1))
-        self.register_buffer("inv_std", 1 / torch.tensor(cfg.std if norm else [1.0]).view(1, -1, 1, 1))
+        _normalization(self, cfg)
         block_name, blocks, planes = cfg.layout()
         block = BasicBlock if block_name == "basic" else Bottleneck
         c = planes[0]
@@ -237,10 +260,28 @@ class ResNet(nn.Module):
         return self.fc(self.features(x))
 
 
+class ViTClassifier(nn.Module):
+    """Images (B, C, H, W) -> class logits (B, num_classes): the input normalisation, then a Vision
+    Transformer whose projection (with a bias) is the classifier."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        _normalization(self, cfg)
+        self.vit = VisionTransformer(cfg.image_size, cfg.in_channels, cfg.patch_size, cfg.vit_width, cfg.vit_layers,
+                                     cfg.vit_heads, cfg.num_classes, cfg.dropout, bias=True)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vit.features((x - self.mean) * self.inv_std)  # (B, vit_width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vit.proj(self.features(x))
+
+
 # ------------------------------------------------------------------ the family contract
 
 def build(cfg: Config) -> nn.Module:
-    return ResNet(cfg)
+    return ViTClassifier(cfg) if cfg.arch == "vit" else ResNet(cfg)
 
 
 def bind(cfg: Config, stats: dict, data_dir) -> Config:

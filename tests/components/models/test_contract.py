@@ -77,6 +77,9 @@ TINY = {  # family -> (its tiny model config, the data fixture it trains on)
     "gnn": (lambda: gnn.Config(hidden=8, heads=2), "community_shards"),
     "clip": (lambda: clip.Config(width=16, heads=2, embed_dim=8, image_layers=1, text_layers=1), "caption_shards"),
 }
+VARIANTS = {  # <family>/<variant>: a family's config option that builds another network, run as TINY's
+    "resnet/vit": (lambda: resnet.Config(arch="vit", vit_width=16, vit_layers=1, vit_heads=2), "digits_shards"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +106,11 @@ def test_the_tiny_configs_cover_every_registered_family():
     assert sorted(TINY) == sorted(FAMILIES)  # a new family adds its line here
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
-def test_a_family_runs_through_the_whole_contract_on_tiny_data(name, request, tmp_path):
+@pytest.mark.parametrize("case", sorted([*TINY, *VARIANTS]))
+def test_a_family_runs_through_the_whole_contract_on_tiny_data(case, request, tmp_path):
+    name = case.split("/")[0]
     family = get_family(name)
-    make_model, data = TINY[name]
+    make_model, data = {**TINY, **VARIANTS}[case]
     shards = request.getfixturevalue(data)
     cfg = TrainConfig(lr=1e-3, epochs=1, batch_size=32, log_every=1, schedule=ScheduleConfig(name="constant"),
                       optimizer=OptimizerConfig(name="adam", weight_decay=0.0))
@@ -117,6 +121,8 @@ def test_a_family_runs_through_the_whole_contract_on_tiny_data(name, request, tm
 
     state, meta = ckpt.load(ckpt.latest(tmp_path / "run" / "checkpoints"))
     bound = train_config_from_dict(name, meta["config"]).model  # the bound config, as a checkpoint keeps it
+    if "/" in case:  # the variant survives the checkpoint's config
+        assert to_dict(bound)["arch"] == case.split("/")[1]
     model = family.build(bound)
     model.load_state_dict(state["model"])
     model.eval()

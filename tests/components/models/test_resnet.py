@@ -92,3 +92,36 @@ def test_random_shift_moves_content_by_at_most_the_shift():
     ys, xs = torch.nonzero(moved[:, 0], as_tuple=True)[1:]
     assert set(ys.tolist()) <= {3, 4, 5} and set(xs.tolist()) <= {3, 4, 5}
     assert len(set(zip(ys.tolist(), xs.tolist()))) > 1
+
+
+# ---------------------------------------------------------------------------- arch: vit
+
+
+def test_vit_classifier_is_clips_image_tower_with_a_class_head():
+    from components.models import clip
+
+    cfg = resnet.Config(arch="vit", in_channels=3, image_size=32, patch_size=4, vit_width=32, vit_layers=2,
+                        vit_heads=4, num_classes=7, dropout=0.1)
+    cfg.validate()
+    model = resnet.build(cfg)
+    x = torch.rand(5, 3, 32, 32)
+    out = resnet.training_step(model, (x, torch.arange(5)), cfg)
+    out["loss"].backward()
+    assert model(x).shape == (5, 7) and model.vit.pos.shape == (8 * 8 + 1, 32)
+    assert all(p.grad is not None for p in model.parameters())
+    # the same tower, parameter for parameter, as CLIP's with that width, depth and patch size
+    tower = clip.build(clip.Config(image_size=32, in_channels=3, patch_size=4, width=32, image_layers=2, heads=4,
+                                   embed_dim=7, vocab_size=10, max_len=4)).visual
+    ours = {k: v.shape for k, v in model.vit.state_dict().items() if k != "proj.bias"}
+    assert ours == {k: v.shape for k, v in tower.state_dict().items()}
+    assert "fc.weight" not in model.state_dict() and {"mean", "inv_std"} <= set(model.state_dict())
+
+
+def test_vit_keys_are_checked_and_resnet_keys_ignored():
+    with pytest.raises(ConfigError, match="patch_size: must divide image_size"):
+        resnet.Config(arch="vit", image_size=8, patch_size=3).validate()
+    with pytest.raises(ConfigError, match="vit_heads"):
+        resnet.Config(arch="vit", vit_width=30, vit_heads=4).validate()
+    resnet.Config(arch="vit", depth=21).validate()  # not a CIFAR depth, and not read
+    with pytest.raises(ConfigError, match="arch"):
+        parse(resnet.Config, {"arch": "vgg"}, "model")
