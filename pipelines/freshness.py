@@ -30,10 +30,10 @@ SOURCES = ("components", "pipelines")
 MARK = Path(".dvc") / "tmp" / "m7-dag-fresh"
 
 
-def _fingerprint(root: Path) -> str:
-    digest = hashlib.sha256()
-    for path in (root / "params.yaml", root / "dvc.yaml", *sorted((root / "stages").glob("*/dvc.yaml"))):
-        digest.update(f"{path.relative_to(root)}\0".encode() + path.read_bytes())
+def _fingerprint(root: Path, pipeline_files: dict[str, str]) -> str:
+    digest = hashlib.sha256((root / "params.yaml").read_bytes())
+    for name, text in pipeline_files.items():
+        digest.update(f"{name}\0{text}".encode())
     for package in SOURCES:
         for folder, dirs, files in os.walk(root / package):
             dirs[:] = sorted(d for d in dirs if d != "__pycache__")
@@ -53,14 +53,15 @@ def stale(root: Path) -> str | None:
     if not (root / "params.yaml").is_file() or not (root / "dvc.yaml").is_file():
         return None
     mark = root / MARK
-    fingerprint = _fingerprint(root)
+    current = dag.on_disk(root)
+    fingerprint = _fingerprint(root, current)
     if mark.is_file() and mark.read_text() == fingerprint:
         return None
     try:
         rendered = dag.render(load_params(root / "params.yaml"), root)
     except (ConfigError, KeyError, TypeError, AttributeError, ValueError):
         return None
-    found = dag.differences(rendered, dag.on_disk(root))
+    found = dag.differences(rendered, current)
     if any(found.values()):
         parts = [f"{label}: {', '.join(names[:6])}{' ...' if len(names) > 6 else ''}"
                  for label, names in (("it lacks", found["lacking"]), ("differ", found["differing"]),
