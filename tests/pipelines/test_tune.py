@@ -33,38 +33,51 @@ def sweep_params(max_concurrent: int, workers_per_trial: int = 0) -> dict:
     return params
 
 
-def test_the_sweep_picks_the_same_winner_at_any_concurrency_and_logs_every_trial(tmp_path):
-    """Concurrency 1 and 2 in local mode: every decision and every number the same. And a 1-worker
-    Ray Train DDP job per trial (``workers_per_trial: 1``), on a one-rung sweep of the same first
-    two trials: params.yaml's own config (which always reaches the last rung, as a competitor or as
-    the control) ends with the same val accuracy as in local mode."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
+ENV_DROP = ("MLFLOW_", "RAY_ADDRESS")
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_DROP)}
     env.update(RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
-    found = {}
-    ddp = sweep_params(2, workers_per_trial=1)
-    ddp["tune"]["resnet"].update(samples_per_schedule=1, grace_period=3)  # t00 and t01, one rung at 3 epochs
-    ddp["tune"]["resnet"]["space"]["schedule"] = ["cosine"]  # t01: the first draw, cosine, as in c1
-    for run_name, params in (("c1", sweep_params(1)), ("c2", sweep_params(2)), ("ddp", ddp)):
-        root = tmp_path / run_name
-        root.mkdir()
-        copy_project(root, params)
-        if run_name == "c1":
-            run(stage_command("pipelines.ingest", "--dataset", "digits"), root, env)
-            run(stage_command("pipelines.preprocess", "--dataset", "digits"), root, env)
-        else:  # the same data params: the same shards (and evaluator network), made once
-            shutil.copytree(tmp_path / "c1" / "data", root / "data")
-        out = run(stage_command("pipelines.tune", "--algo", "resnet"), root, env).stdout
-        assert f"{2 if run_name == 'ddp' else 5} trials" in out and "winner" in out
-        found[run_name] = (root, (root / "models/resnet/tune/best.yaml").read_text(),
-                           json.loads((root / "models/resnet/tune/sweep.json").read_text()))
-    (_, best1, sweep1), (root2, best2, sweep2), (_, best_ddp, sweep_ddp) = found["c1"], found["c2"], found["ddp"]
+    return env
+
+
+def _sweep(root, params: dict, data_from=None) -> tuple[str, dict, str]:
+    """One tune stage process in a fresh project copy: (best.yaml text, sweep.json, stdout). The
+    shards come from ``data_from`` where given (the same data params: the same shards and
+    evaluator network), else from the ingest and preprocess stages."""
+    root.mkdir()
+    copy_project(root, params)
+    env = _env()
+    if data_from is None:
+        run(stage_command("pipelines.ingest", "--dataset", "digits"), root, env)
+        run(stage_command("pipelines.preprocess", "--dataset", "digits"), root, env)
+    else:
+        shutil.copytree(data_from / "data", root / "data")
+    out = run(stage_command("pipelines.tune", "--algo", "resnet"), root, env).stdout
+    assert "winner" in out
+    return ((root / "models/resnet/tune/best.yaml").read_text(),
+            json.loads((root / "models/resnet/tune/sweep.json").read_text()), out)
+
+
+@pytest.fixture(scope="module")
+def serial_sweep(tmp_path_factory):
+    """The reference: the sweep at concurrency 1, on shards made by the stages themselves."""
+    root = tmp_path_factory.mktemp("tune") / "c1"
+    best, sweep, out = _sweep(root, sweep_params(1))
+    assert "5 trials" in out
+    return root, best, sweep
+
+
+def test_the_sweep_picks_the_same_winner_at_any_concurrency_and_logs_every_trial(tmp_path, serial_sweep):
+    """Concurrency 2 against 1 in local mode: every decision and every number the same; every
+    trial in its own nested MLflow run; and train trains the winner."""
+    c1, best1, sweep1 = serial_sweep
+    root2 = tmp_path / "c2"
+    best2, sweep2, out = _sweep(root2, sweep_params(2), data_from=c1)
+    assert "5 trials" in out
     # Every decision, every trial's metric at every rung, and the winner: identical.
     assert best1 == best2 and sweep1 == sweep2
-    assert [o["status"] for o in sweep_ddp["outcomes"]] == ["completed", "completed"] and sweep_ddp["rungs"] == [[3, 2]]
-    for a, b in zip(sweep_ddp["outcomes"], sweep1["outcomes"]):
-        assert (a["trial"], a["lr"], a["schedule"]) == (b["trial"], b["lr"], b["schedule"])
-        if b["epochs"] == 3:  # t00 always; t01 where c1's first rung kept it
-            assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-6), (a, b)
     # params.yaml's own config (t00), when the first rung cuts it, goes on to the end as the control:
     # what the sweep bought is measured at the final budget.
     control = sweep1["outcomes"][0]["status"] == "control"
@@ -95,16 +108,32 @@ def test_the_sweep_picks_the_same_winner_at_any_concurrency_and_logs_every_trial
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"sweep.png", "trials.csv", "sweep.json"}
 
     # train trains the winner at its own epochs, naming the sweep that chose it.
-    run(stage_command("pipelines.train", "--algo", "resnet"), root2, env)
+    run(stage_command("pipelines.train", "--algo", "resnet"), root2, _env())
     meta = json.loads((root2 / "models/resnet/train/config.json").read_text())
     assert meta["train"]["lr"] == best["lr"] and meta["train"]["schedule"]["name"] == best["schedule"]["name"]
     assert meta["train"]["epochs"] == 2 and meta["tune_run_id"] == parent.info.run_id
 
 
+def test_a_ddp_job_per_trial_gets_the_numbers_of_local_mode(tmp_path, serial_sweep):
+    """A 1-worker Ray Train DDP job per trial (``workers_per_trial: 1``), on a one-rung sweep of the
+    same first two trials: params.yaml's own config (which always reaches the last rung, as a
+    competitor or as the control) ends with the same val accuracy as in local mode."""
+    c1, _, sweep1 = serial_sweep
+    ddp = sweep_params(2, workers_per_trial=1)
+    ddp["tune"]["resnet"].update(samples_per_schedule=1, grace_period=3)  # t00 and t01, one rung at 3 epochs
+    ddp["tune"]["resnet"]["space"]["schedule"] = ["cosine"]  # t01: the first draw, cosine, as in c1
+    _, sweep_ddp, out = _sweep(tmp_path / "ddp", ddp, data_from=c1)
+    assert "2 trials" in out
+    assert [o["status"] for o in sweep_ddp["outcomes"]] == ["completed", "completed"] and sweep_ddp["rungs"] == [[3, 2]]
+    for a, b in zip(sweep_ddp["outcomes"], sweep1["outcomes"]):
+        assert (a["trial"], a["lr"], a["schedule"]) == (b["trial"], b["lr"], b["schedule"])
+        if b["epochs"] == 3:  # t00 always; t01 where c1's first rung kept it
+            assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-6), (a, b)
+
+
 def test_train_without_a_sweep_result_says_what_to_run(tmp_path):
     root = copy_project(tmp_path, sweep_params(0))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_ADDRESS"))}
-    proc = subprocess.run([sys.executable, "-m", "pipelines.train", "--algo", "resnet"], cwd=root, env=env,
+    proc = subprocess.run([sys.executable, "-m", "pipelines.train", "--algo", "resnet"], cwd=root, env=_env(),
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "models/resnet/tune/best.yaml is missing: run `dvc repro stages/resnet/dvc.yaml:tune-resnet`" in proc.stderr
