@@ -71,3 +71,20 @@ def test_the_project_imports_form_no_circle():
 def test_the_circle_finder_finds_a_circle():
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert circles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_module_imports_project_types_behind_type_checking():
+    """An import under ``if TYPE_CHECKING`` is a circle the graph above cannot see (dvc.yaml's deps
+    skip them): a part that needs a caller's type describes it (a ``Protocol``) instead."""
+    import ast
+
+    hidden = []
+    for package in dag.PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.If) and dag._is_type_checking(node):
+                    hidden += [f"{path.relative_to(ROOT)}:{n.lineno}" for n in ast.walk(node)
+                               if isinstance(n, ast.ImportFrom) and (n.level or (n.module or "").split(".")[0]
+                                                                     in dag.PACKAGES)]
+    assert hidden == []

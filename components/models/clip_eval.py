@@ -1,26 +1,33 @@
 """CLIP's evaluation (``components/models/clip.py``): zero-shot classification with a prompt
 ensemble over templates never seen in training, image↔text retrieval recall@k, a linear probe on
 frozen image embeddings, and the InfoNCE of a whole split.
+
+It reads any image-text model with ``encode_image``, ``encode_text``, a logit ``scale``, a
+``tokenizer`` and ``cfg.max_len``, and a config with ``class_names`` and ``zero_shot_templates``.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from components.models.clip_loss import contrastive_loss
 
-if TYPE_CHECKING:
-    from components.models.clip import CLIP, Config
+
+class ZeroShot(Protocol):
+    """What zero-shot classification reads of a config."""
+    class_names: list[str]
+    zero_shot_templates: list[str]
 
 EVAL_FIELDS = ("jpg;jpeg;png;webp;npy", "tokens.npy", "cls", "caption.txt")  # the image, encoded as the data has it
 
 
-def tokens_of(model: CLIP, texts: list[str]) -> torch.Tensor:
+def tokens_of(model: nn.Module, texts: list[str]) -> torch.Tensor:
     from components.data.captions import encode
 
     if model.tokenizer is None:
@@ -29,7 +36,7 @@ def tokens_of(model: CLIP, texts: list[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def class_embeddings(model: CLIP, class_names: list[str], templates: list[str]) -> torch.Tensor:
+def class_embeddings(model: nn.Module, class_names: list[str], templates: list[str]) -> torch.Tensor:
     """(classes, d): per class, the normalised mean of its prompts' normalised text embeddings
     (the prompt ensemble of Radford et al. 2021, section 3.1.4)."""
     prompts = [t.format(digit=name) for name in class_names for t in templates]
@@ -52,18 +59,18 @@ def _read_split(shard_dir: str, split: str) -> tuple[torch.Tensor, torch.Tensor,
 # Evaluation embeds on the model's device (the GPU, while training on one) and hands back CPU
 # float32, which the metrics (numpy, scikit-learn) read.
 @torch.no_grad()
-def _embed_images(model: CLIP, images: torch.Tensor) -> torch.Tensor:
+def _embed_images(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     device = next(model.parameters()).device
     return torch.cat([model.encode_image(chunk.to(device)).float().cpu() for chunk in images.split(512)])
 
 
 @torch.no_grad()
-def _embed_texts(model: CLIP, tokens: torch.Tensor) -> torch.Tensor:
+def _embed_texts(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     device = next(model.parameters()).device
     return model.encode_text(tokens.to(device)).float().cpu()
 
 
-def zero_shot(model: CLIP, image_emb: torch.Tensor, cfg: Config) -> np.ndarray:
+def zero_shot(model: nn.Module, image_emb: torch.Tensor, cfg: ZeroShot) -> np.ndarray:
     """Class probabilities of each image against the class prompts (softmax of scaled cosines)."""
     classes = class_embeddings(model, cfg.class_names, cfg.zero_shot_templates)
     return torch.softmax(model.scale().cpu() * image_emb @ classes.T, 1).numpy()
@@ -77,7 +84,7 @@ def recall_at(similarity: np.ndarray, relevant: np.ndarray, ks=(1, 5, 10)) -> di
 
 
 @torch.no_grad()
-def validate(model: CLIP, cfg: Config, data_dir) -> dict[str, float]:
+def validate(model: nn.Module, cfg: ZeroShot, data_dir) -> dict[str, float]:
     """Zero-shot accuracy on val (the held-out templates) and the InfoNCE of the whole val split."""
     model.eval()
     images, tokens, labels, _ = _read_split(str(data_dir), "val")
@@ -90,7 +97,7 @@ def validate(model: CLIP, cfg: Config, data_dir) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate(model: CLIP, cfg: Config, shard_dir, split: str, detail: bool = True) -> dict:
+def evaluate(model: nn.Module, cfg: ZeroShot, shard_dir, split: str, detail: bool = True) -> dict:
     """Zero-shot accuracy (unseen templates), image↔text recall@1/5/10, a linear probe on frozen
     image embeddings (fitted on train), the InfoNCE and the learned temperature."""
     from sklearn.linear_model import LogisticRegression

@@ -188,7 +188,8 @@ class Diffusion(nn.Module):
         self.cfg = cfg
         self.denoiser = UNet(cfg)
         self.ema = copy.deepcopy(self.denoiser).requires_grad_(False)
-        self.scheduler = NoiseScheduler(cfg)
+        self.scheduler = NoiseScheduler(cfg.timesteps, cfg.schedule, cfg.beta_start, cfg.beta_end, cfg.cosine_s,
+                                        cfg.prediction)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.denoiser(x_t, t, y)

@@ -1,4 +1,6 @@
-"""The fixed forward process of a DDPM and its reverse-step rules (``components/models/diffusion.py``).
+"""The fixed forward process of a DDPM and its reverse-step rules, a part with explicit arguments
+(as diffusers' schedulers): the pixel-space diffusion family (``components/models/diffusion.py``)
+builds it from its config.
 
 - q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I), ᾱ_t = Π_{s≤t} (1 − β_s);
 - β schedules: linear (Ho et al. 2020) and cosine (Nichol & Dhariwal 2021), β clipped at 0.999;
@@ -9,22 +11,25 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Literal
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from components.models.diffusion import Config
+BetaSchedule = Literal["linear", "cosine"]
+Prediction = Literal["eps", "v"]
 
 
-def betas_for(cfg: Config) -> torch.Tensor:
-    """β_1..β_T (float64)."""
-    T = cfg.timesteps
-    if cfg.schedule == "linear":
-        return torch.linspace(cfg.beta_start, cfg.beta_end, T, dtype=torch.float64)
+def betas_for(timesteps: int, schedule: BetaSchedule, beta_start: float = 1e-4, beta_end: float = 0.02,
+              cosine_s: float = 0.008) -> torch.Tensor:
+    """β_1..β_T (float64): linear from ``beta_start`` to ``beta_end``, or cosine with offset ``cosine_s``."""
+    T = timesteps
+    if schedule == "linear":
+        return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+    if schedule != "cosine":
+        raise ValueError(f"unknown beta schedule {schedule!r}; valid: linear, cosine")
     t = torch.arange(T + 1, dtype=torch.float64) / T
-    f = torch.cos((t + cfg.cosine_s) / (1 + cfg.cosine_s) * math.pi / 2) ** 2
+    f = torch.cos((t + cosine_s) / (1 + cosine_s) * math.pi / 2) ** 2
     alpha_bar = f / f[0]
     return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
 
@@ -35,12 +40,15 @@ class NoiseScheduler:
     Index ``t`` runs 0..T−1 (step t of the papers' 1..T).
     """
 
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
-        self.betas = betas_for(cfg)
+    def __init__(self, timesteps: int = 1000, schedule: BetaSchedule = "linear", beta_start: float = 1e-4,
+                 beta_end: float = 0.02, cosine_s: float = 0.008, prediction: Prediction = "eps"):
+        if prediction not in ("eps", "v"):
+            raise ValueError(f"unknown prediction {prediction!r}; valid: eps, v")
+        self.prediction = prediction
+        self.betas = betas_for(timesteps, schedule, beta_start, beta_end, cosine_s)
         self.alphas = 1 - self.betas
         self.alpha_bar = torch.cumprod(self.alphas, 0)
-        self.T = cfg.timesteps
+        self.T = timesteps
         self._tables: dict[tuple[str, torch.device], torch.Tensor] = {}
 
     def _at(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -58,7 +66,7 @@ class NoiseScheduler:
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """What the denoiser learns to output: ε, or v = √ᾱ ε − √(1−ᾱ) x_0."""
-        if self.cfg.prediction == "eps":
+        if self.prediction == "eps":
             return noise
         ab = self._at("alpha_bar", t, x0)
         return ab.sqrt() * noise - (1 - ab).sqrt() * x0
@@ -66,7 +74,7 @@ class NoiseScheduler:
     def to_eps_x0(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(ε, x̂_0) from the denoiser's output at x_t."""
         ab = self._at("alpha_bar", t, x_t)
-        if self.cfg.prediction == "eps":
+        if self.prediction == "eps":
             eps = out
             x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
         else:

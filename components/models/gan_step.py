@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,9 +17,6 @@ from torch import nn
 from components.models.common import ema_update
 from components.training import optim, schedules
 from components.training.steps import StepResult
-
-if TYPE_CHECKING:
-    from components.models.gan import GAN, Config
 
 LOSSES = ("minimax", "non_saturating", "wgan_gp", "least_squares", "hinge")
 
@@ -102,9 +99,9 @@ class Step:
     latents, and a resumed run draws exactly what the uninterrupted one would have.
     """
 
-    def __init__(self, model: GAN, cfg: Any, family: Any, total_steps: int,
+    def __init__(self, model: nn.Module, cfg: Any, family: Any, total_steps: int,
                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
-        m: Config = cfg.model
+        m = cfg.model  # the GAN's own config: loss, n_critic, latent_dim, d_lr_scale, d_optimizer, ...
         self.model, self.m, self.seed, self.autocast = model, m, cfg.seed, autocast
         self.real_target = 1.0 - cfg.label_smoothing
         self.grad_clip = cfg.grad_clip

@@ -45,8 +45,9 @@ from components.config import ConfigError, bounds
 from components.data.shards import pad_sequences
 from components.data.tokenizer import BOS, EOS, PAD, Tokenizer
 from components.models.contract import Report
-from components.models.dropout import Dropout, attention
-from components.models.transformer_decoding import beam_search, greedy
+from components.models.attention import Block, sinusoidal_table
+from components.models.dropout import Dropout
+from components.models.transformer_decoding import DecodeState, beam_search, greedy
 
 PAPER = "Vaswani et al. 2017, Attention Is All You Need (arXiv:1706.03762)"
 PRIMARY_METRIC = "exact_match"  # test exact match of beam-search translations; register compares it
@@ -64,6 +65,8 @@ class Config:
     decoder_layers: int = field(default=2, metadata=bounds(ge=1))
     d_ff: int = field(default=512, metadata=bounds(ge=1))
     dropout: float = field(default=0.1, metadata=bounds(ge=0, lt=1))
+    arch: Literal["encoder_decoder", "decoder_only"] = "encoder_decoder"  # decoder_only: GPT-style over
+    # `source <bos> target <eos>`, decoder_layers causal blocks without cross-attention; encoder_layers unused
     norm: Literal["post", "pre"] = "post"
     positional: Literal["sinusoidal", "learned"] = "sinusoidal"
     share_embeddings: bool = True  # encoder and decoder embeddings (needs the joint vocabulary)
@@ -94,121 +97,37 @@ def bind(cfg: Config, stats: dict, data_dir) -> Config:
     return replace(cfg, vocab_size=len(tok), tokenizer=tok.to_dict())
 
 
-# ---------------------------------------------------------------------------- layers
-
-def sinusoidal_table(length: int, d_model: int) -> torch.Tensor:
-    """PE (length, d_model): sin on even channels, cos on odd, wavelengths 2pi..10000*2pi."""
-    pos = torch.arange(length, dtype=torch.float64)[:, None]
-    freq = torch.exp(-math.log(10000.0) * torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
-    table = torch.zeros(length, d_model, dtype=torch.float64)
-    table[:, 0::2] = torch.sin(pos * freq)
-    table[:, 1::2] = torch.cos(pos * freq)
-    return table.float()
-
-
-class Attention(nn.Module):
-    """Multi-head attention through ``F.scaled_dot_product_attention``.
-
-    ``mask`` is boolean, broadcastable to (B, heads, Lq, Lk), True where attending is allowed.
-    ``cache`` (a dict) makes it incremental: self-attention appends this step's keys and
-    values; cross-attention (``static=True``) computes the memory's keys/values once.
-    """
-
-    def __init__(self, d_model: int, heads: int, dropout: float):
-        super().__init__()
-        self.heads, self.d_k, self.dropout = heads, d_model // heads, dropout
-        self.q = nn.Linear(d_model, d_model)
-        self.kv = nn.Linear(d_model, 2 * d_model)
-        self.out = nn.Linear(d_model, d_model)
-
-    def _split(self, x: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B, H, L, d_k)
-        return x.unflatten(-1, (self.heads, self.d_k)).transpose(1, 2)
-
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None = None,
-                causal: bool = False, cache: dict | None = None, static: bool = False) -> torch.Tensor:
-        q = self._split(self.q(x))
-        if cache is not None and static and "k" in cache:
-            k, v = cache["k"], cache["v"]
-        else:
-            k, v = (self._split(t) for t in self.kv(memory).chunk(2, dim=-1))
-            if cache is not None:
-                if not static and "k" in cache:
-                    k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
-                cache["k"], cache["v"] = k, v
-        out = attention(q, k, v, mask, causal=causal and cache is None,  # a cached step attends to all of its past
-                        dropout_p=self.dropout if self.training else 0.0)
-        return self.out(out.transpose(1, 2).flatten(2))
-
-
-class FeedForward(nn.Sequential):
-    def __init__(self, d_model: int, d_ff: int, dropout: float):
-        super().__init__(nn.Linear(d_model, d_ff), nn.ReLU(), Dropout(dropout), nn.Linear(d_ff, d_model))
-
-
-class Residual(nn.Module):
-    """Post-norm LN(x + drop(f(x))) or pre-norm x + drop(f(LN(x)))."""
-
-    def __init__(self, d_model: int, dropout: float, pre: bool):
-        super().__init__()
-        self.norm, self.drop, self.pre = nn.LayerNorm(d_model), Dropout(dropout), pre
-
-    def forward(self, x: torch.Tensor, f) -> torch.Tensor:
-        if self.pre:
-            return x + self.drop(f(self.norm(x)))
-        return self.norm(x + self.drop(f(x)))
-
-
-class EncoderLayer(nn.Module):
-    def __init__(self, cfg: Config):
-        super().__init__()
-        pre = cfg.norm == "pre"
-        self.attn = Attention(cfg.d_model, cfg.heads, cfg.dropout)
-        self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
-        self.res1, self.res2 = Residual(cfg.d_model, cfg.dropout, pre), Residual(cfg.d_model, cfg.dropout, pre)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = self.res1(x, lambda h: self.attn(h, h, mask))
-        return self.res2(x, self.ff)
-
-
-class DecoderLayer(nn.Module):
-    def __init__(self, cfg: Config):
-        super().__init__()
-        pre = cfg.norm == "pre"
-        self.self_attn = Attention(cfg.d_model, cfg.heads, cfg.dropout)
-        self.cross_attn = Attention(cfg.d_model, cfg.heads, cfg.dropout)
-        self.ff = FeedForward(cfg.d_model, cfg.d_ff, cfg.dropout)
-        self.res = nn.ModuleList(Residual(cfg.d_model, cfg.dropout, pre) for _ in range(3))
-
-    def forward(self, y: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor,
-                cache: dict | None = None) -> torch.Tensor:
-        self_cache = cross_cache = None
-        if cache is not None:
-            self_cache, cross_cache = cache.setdefault("self", {}), cache.setdefault("cross", {})
-        y = self.res[0](y, lambda h: self.self_attn(h, h, causal=True, cache=self_cache))
-        y = self.res[1](y, lambda h: self.cross_attn(h, memory, memory_mask, cache=cross_cache, static=True))
-        return self.res[2](y, self.ff)
-
+# ---------------------------------------------------------------------------- the model
 
 class Transformer(nn.Module):
+    """The encoder-decoder (``arch: encoder_decoder``) or a decoder-only language model over
+    ``source <bos> target <eos>`` (``arch: decoder_only``), from :mod:`components.models.attention`'s
+    blocks. Either way ``forward(src, tgt_in)`` gives the logits (B, T, V) of the target positions,
+    and :meth:`start`/:meth:`step` decode incrementally (``components/models/transformer_decoding.py``)."""
+
     def __init__(self, cfg: Config):
         super().__init__()
         if cfg.vocab_size < 5:
             raise ConfigError("vocab_size: unset; the model takes it from the data's tokenizer (bind)")
         self.cfg = cfg
-        d = cfg.d_model
+        self.decoder_only = cfg.arch == "decoder_only"
+        d, pre = cfg.d_model, cfg.norm == "pre"
         self.tgt_embed = nn.Embedding(cfg.vocab_size, d, padding_idx=PAD)
-        self.src_embed = self.tgt_embed if cfg.share_embeddings else nn.Embedding(cfg.vocab_size, d, padding_idx=PAD)
+        one_table = cfg.share_embeddings or self.decoder_only  # one sequence, one table
+        self.src_embed = self.tgt_embed if one_table else nn.Embedding(cfg.vocab_size, d, padding_idx=PAD)
+        # positions: a target (<bos> + max_len) after, for the decoder-only model, a source of max_len
+        self.positions = 2 * cfg.max_len + 1 if self.decoder_only else cfg.max_len + 1
         if cfg.positional == "sinusoidal":
-            self.register_buffer("pe", sinusoidal_table(cfg.max_len + 1, d), persistent=False)
+            self.register_buffer("pe", sinusoidal_table(self.positions, d), persistent=False)
             self.pos_embed = None
         else:
-            self.pos_embed = nn.Embedding(cfg.max_len + 1, d)
+            self.pos_embed = nn.Embedding(self.positions, d)
         self.drop = Dropout(cfg.dropout)
-        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
-        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
-        pre = cfg.norm == "pre"
-        self.enc_norm = nn.LayerNorm(d) if pre else nn.Identity()
+        encoder_layers = 0 if self.decoder_only else cfg.encoder_layers
+        self.encoder = nn.ModuleList(Block(d, cfg.heads, cfg.d_ff, cfg.dropout, pre) for _ in range(encoder_layers))
+        self.decoder = nn.ModuleList(Block(d, cfg.heads, cfg.d_ff, cfg.dropout, pre, cross=not self.decoder_only)
+                                     for _ in range(cfg.decoder_layers))
+        self.enc_norm = nn.LayerNorm(d) if pre and encoder_layers else nn.Identity()
         self.dec_norm = nn.LayerNorm(d) if pre else nn.Identity()
         self.generator = nn.Linear(d, cfg.vocab_size, bias=False)
         # Built once here, not per request: the model translates raw strings with it.
@@ -226,20 +145,24 @@ class Transformer(nn.Module):
             with torch.no_grad():
                 emb.weight[PAD].zero_()
 
-    def _embed(self, table: nn.Embedding, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        if ids.shape[1] + offset > self.cfg.max_len + 1:
-            raise ValueError(f"sequence of {ids.shape[1] + offset} tokens exceeds max_len {self.cfg.max_len}")
+    def _embed(self, table: nn.Embedding, ids: torch.Tensor, offset: int = 0,
+               positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled token embeddings plus positions ``offset..`` (or per token, ``positions``)."""
         x = table(ids) * math.sqrt(self.cfg.d_model)
-        if self.pos_embed is None:
-            x = x + self.pe[offset:offset + ids.shape[1]]
-        else:
-            x = x + self.pos_embed(torch.arange(offset, offset + ids.shape[1], device=ids.device))
-        return self.drop(x)
+        if positions is None:
+            if ids.shape[1] + offset > self.positions:
+                raise ValueError(f"sequence of {ids.shape[1] + offset} tokens exceeds max_len {self.cfg.max_len}")
+            if self.pos_embed is None:
+                return self.drop(x + self.pe[offset:offset + ids.shape[1]])
+            positions = torch.arange(offset, offset + ids.shape[1], device=ids.device)
+        return self.drop(x + (self.pe[positions] if self.pos_embed is None else self.pos_embed(positions)))
 
     @staticmethod
     def source_mask(src: torch.Tensor) -> torch.Tensor:
         """(B, 1, 1, S) True at real source tokens: every query may attend to them."""
         return (src != PAD)[:, None, None, :]
+
+    # -------------------------------------------------------------- encoder-decoder
 
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mask = self.source_mask(src)
@@ -253,12 +176,85 @@ class Transformer(nn.Module):
         """Logits (B, T, V) for decoder inputs ``tgt_in`` (starting with <bos>)."""
         y = self._embed(self.tgt_embed, tgt_in, offset)
         for i, layer in enumerate(self.decoder):
-            y = layer(y, memory, memory_mask, None if caches is None else caches[i])
+            y = layer(y, causal=True, memory=memory, memory_mask=memory_mask,
+                      cache=None if caches is None else caches[i])
         return self.generator(self.dec_norm(y))
 
+    # -------------------------------------------------------------- decoder-only
+
+    def _stack(self, ids: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+               causal: bool = False, caches: list[dict] | None = None) -> torch.Tensor:
+        """The decoder-only stack's last hidden states (B, L, d) over ``ids``."""
+        h = self._embed(self.tgt_embed, ids, positions=positions)
+        for i, layer in enumerate(self.decoder):
+            h = layer(h, mask, causal=causal, cache=None if caches is None else caches[i])
+        return self.dec_norm(h)
+
+    def _language_model(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, V) of the target positions of ``source <bos> target``, one causal pass.
+
+        Row b is its source's real tokens, then its ``tgt_in`` (from <bos>), then padding: the
+        padding only ever follows real tokens, so the causal mask is the only mask needed."""
+        b, s = src.shape
+        t = tgt_in.shape[1]
+        start = (src != PAD).sum(1, keepdim=True)  # where each row's <bos> goes
+        if s:
+            i = torch.arange(s + t, device=src.device).expand(b, -1)
+            j = i - start
+            seq = torch.where(i < start, src.gather(1, i.clamp(max=s - 1)),
+                              torch.where(j < t, tgt_in.gather(1, j.clamp(0, t - 1)), PAD))
+        else:
+            seq = tgt_in
+        h = self._stack(seq, causal=True)
+        at = (start + torch.arange(t, device=src.device))[..., None].expand(-1, -1, h.shape[-1])
+        return self.generator(h.gather(1, at))
+
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        if self.decoder_only:
+            return self._language_model(src, tgt_in)
         memory, mask = self.encode(src)
         return self.decode(tgt_in, memory, mask)
+
+    # -------------------------------------------------------------- incremental decoding
+
+    def start(self, src: torch.Tensor, repeat: int = 1) -> DecodeState:
+        """The state decoding starts from, each source ``repeat`` times (a beam per source).
+
+        Encoder-decoder: the encoded sources. Decoder-only: the sources, left-padded (so every
+        row's next token goes in the same column), run through the stack once to fill the caches;
+        each row keeps its own positions, as in training."""
+        caches: list[dict] = [{} for _ in self.decoder]
+        if not self.decoder_only:
+            memory, mask = self.encode(src)
+            if repeat > 1:
+                memory, mask = memory.repeat_interleave(repeat, 0), mask.repeat_interleave(repeat, 0)
+            return DecodeState(caches, {"memory": memory, "mask": mask})
+        b, s = src.shape
+        start = (src != PAD).sum(1)
+        j = torch.arange(s, device=src.device) - (s - start)[:, None]  # position in the source; < 0: padding
+        real = j >= 0
+        if s:
+            left = torch.where(real, src.gather(1, j.clamp(min=0)), PAD)
+            causal = torch.ones(s, s, dtype=torch.bool, device=src.device).tril()
+            own = torch.eye(s, dtype=torch.bool, device=src.device)  # a padding query sees itself: no empty row
+            allowed = causal & (real[:, None, :] | own)
+            self._stack(left, positions=j.clamp(min=0), mask=allowed[:, None], caches=caches)
+        keys = real[:, None, None, :]
+        if repeat > 1:
+            keys, start = keys.repeat_interleave(repeat, 0), start.repeat_interleave(repeat, 0)
+            for cache in caches:
+                for part in cache.values():
+                    part.update({k: part[k].repeat_interleave(repeat, 0) for k in ("k", "v")})
+        return DecodeState(caches, {"keys": keys, "start": start})
+
+    def step(self, state: DecodeState, token: torch.Tensor, t: int) -> torch.Tensor:
+        """Logits (N, V) of the token after ``token`` (N, 1), the ``t``-th target input (0: <bos>)."""
+        if not self.decoder_only:
+            return self.decode(token, state.extra["memory"], state.extra["mask"], state.caches, offset=t)[:, -1]
+        keys, start = state.extra["keys"], state.extra["start"]
+        mask = torch.cat([keys, keys.new_ones(*keys.shape[:3], t + 1)], -1)
+        h = self._stack(token, positions=(start + t)[:, None], mask=mask, caches=state.caches)
+        return self.generator(h[:, -1])
 
 
 # ---------------------------------------------------------------------------- the family contract

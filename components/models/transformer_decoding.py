@@ -1,23 +1,41 @@
-"""Decoding for the encoder-decoder Transformer (``components/models/transformer.py``): greedy and
+"""Decoding for sequence models (``components/models/transformer.py``, either arch): greedy and
 beam search with the GNMT length penalty ((5 + |Y|) / 6)^alpha (Wu et al. 2016).
 
-Both run incrementally: each decoder layer caches its self-attention keys/values and the
-cross-attention keys/values of the encoder output, so step t costs O(t), not O(t^2). The model
-gives ``encode(src) -> (memory, mask)``, ``decode(tokens, memory, mask, caches, offset)`` and
-``decoder`` (its layers) and ``cfg.max_len``.
+Both run incrementally: each layer caches its self-attention keys/values (and the encoder-decoder
+the cross-attention keys/values of the encoder output), so step t costs O(t), not O(t^2). A
+model decodes through two methods: ``start(src, repeat) -> DecodeState`` (each source ``repeat``
+times: a beam per source) and ``step(state, token, t) -> logits (N, V)`` of the token after the
+``t``-th target input (``t`` = 0: <bos>), which appends to ``state.caches``; and ``cfg.max_len``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 
 from components.data.tokenizer import BOS, EOS, PAD
 
-if TYPE_CHECKING:
-    from components.models.transformer import Transformer
+
+@dataclass
+class DecodeState:
+    """What a model decodes from: its layers' key/value caches (one dict per layer, each a dict of
+    ``{"k", "v"}`` dicts), reordered with the beams, and whatever else the model keeps per row
+    (``extra``: the same for every beam of a source, so never reordered)."""
+    caches: list[dict]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Decoder(Protocol):
+    cfg: Any
+
+    def start(self, src: torch.Tensor, repeat: int = 1) -> DecodeState: ...
+
+    def step(self, state: DecodeState, token: torch.Tensor, t: int) -> torch.Tensor: ...
+
+    def eval(self) -> Any: ...
 
 
 def _reorder(caches: list[dict], index: torch.Tensor) -> None:
@@ -29,17 +47,16 @@ def _reorder(caches: list[dict], index: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def greedy(model: Transformer, src: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
+def greedy(model: Decoder, src: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
     """Token ids (B, <= max_len) by argmax at every step; rows end with <eos> then <pad>."""
     model.eval()
     max_len = max_len or model.cfg.max_len
-    memory, mask = model.encode(src)
+    state = model.start(src)
     b = src.shape[0]
-    caches: list[dict] = [{} for _ in model.decoder]
     token = torch.full((b, 1), BOS, dtype=torch.long, device=src.device)
     out, done = [], torch.zeros(b, dtype=torch.bool, device=src.device)
     for t in range(max_len):
-        logits = model.decode(token, memory, mask, caches, offset=t)[:, -1]
+        logits = model.step(state, token, t)
         logits[:, [PAD, BOS]] = -math.inf  # never produced by a live hypothesis
         token = logits.argmax(-1, keepdim=True)
         token[done] = PAD
@@ -56,7 +73,7 @@ def length_penalty(length: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def beam_search(model: Transformer, src: torch.Tensor, beam_size: int, alpha: float = 0.6,
+def beam_search(model: Decoder, src: torch.Tensor, beam_size: int, alpha: float = 0.6,
                 max_len: int | None = None) -> torch.Tensor:
     """Token ids (B, <= max_len) of the best of ``beam_size`` hypotheses by length-penalised score.
 
@@ -68,9 +85,7 @@ def beam_search(model: Transformer, src: torch.Tensor, beam_size: int, alpha: fl
     model.eval()
     max_len = max_len or model.cfg.max_len
     b, k, device = src.shape[0], beam_size, src.device
-    memory, mask = model.encode(src)
-    memory, mask = memory.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)
-    caches: list[dict] = [{} for _ in model.decoder]
+    state = model.start(src, repeat=k)
     scores = torch.zeros(b, k, device=device)
     scores[:, 1:] = -math.inf  # all beams start identical: expand only the first
     lengths = torch.zeros(b, k, device=device)
@@ -78,7 +93,7 @@ def beam_search(model: Transformer, src: torch.Tensor, beam_size: int, alpha: fl
     tokens = torch.zeros(b, k, 0, dtype=torch.long, device=device)
     last = torch.full((b * k, 1), BOS, dtype=torch.long, device=device)
     for t in range(max_len):
-        logits = model.decode(last, memory, mask, caches, offset=t)[:, -1].float()
+        logits = model.step(state, last, t).float()
         logits[:, [PAD, BOS]] = -math.inf  # never produced by a live hypothesis
         logp = logits.log_softmax(-1)
         v = logp.shape[-1]
@@ -94,7 +109,7 @@ def beam_search(model: Transformer, src: torch.Tensor, beam_size: int, alpha: fl
         was_done = done.gather(1, beam)
         lengths = lengths.gather(1, beam) + (~was_done).float()
         done = was_done | (token == EOS)
-        _reorder(caches, (beam + torch.arange(b, device=device)[:, None] * k).view(-1))
+        _reorder(state.caches, (beam + torch.arange(b, device=device)[:, None] * k).view(-1))
         last = token.view(-1, 1)
         if done.all():
             break

@@ -79,6 +79,8 @@ TINY = {  # family -> (its tiny model config, the data fixture it trains on)
 }
 VARIANTS = {  # <family>/<variant>: a family's config option that builds another network, run as TINY's
     "resnet/vit": (lambda: resnet.Config(arch="vit", vit_width=16, vit_layers=1, vit_heads=2), "digits_shards"),
+    "transformer/decoder_only": (lambda: T.Config(arch="decoder_only", d_model=16, heads=2, decoder_layers=1,
+                                                   d_ff=32, dropout=0.0, beam_size=2), "number_shards"),
 }
 
 

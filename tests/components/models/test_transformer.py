@@ -15,6 +15,7 @@ from components.config import (
 from components.data import translation
 from components.data.shards import ShardDataset, read_shard, read_stats
 from components.data.tokenizer import BOS, EOS, PAD, Tokenizer
+from components.models import attention as A
 from components.models import transformer as T
 from components.models import transformer_decoding as D
 from components.training.loop import train_loop_per_worker
@@ -36,8 +37,12 @@ def ids(rng: np.random.Generator, b: int, n: int, vocab: int = 40) -> torch.Tens
 
 # ---------------------------------------------------------------------------- masks
 
-def test_a_decoder_position_never_sees_the_future():
-    m, rng = model(), np.random.default_rng(0)
+ARCHS = ["encoder_decoder", "decoder_only"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_decoder_position_never_sees_the_future(arch):
+    m, rng = model(arch=arch), np.random.default_rng(0)
     src, tgt = ids(rng, 2, 7), ids(rng, 2, 9)
     base = m(src, tgt)
     for j in range(1, 9):
@@ -48,15 +53,21 @@ def test_a_decoder_position_never_sees_the_future():
         assert not torch.allclose(out[:, j:], base[:, j:])  # and the changed ones do change
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("norm", ["post", "pre"])
-def test_padding_never_changes_the_outputs_of_real_tokens(norm):
-    m, rng = model(norm=norm), np.random.default_rng(1)
+def test_padding_never_changes_the_outputs_of_real_tokens(norm, arch):
+    m, rng = model(norm=norm, arch=arch), np.random.default_rng(1)
     src, tgt = ids(rng, 3, 6), ids(rng, 3, 5)
     base = m(src, tgt)
     padded_src = F.pad(src, (0, 4), value=PAD)
     padded_tgt = F.pad(tgt, (0, 3), value=PAD)
     out = m(padded_src, padded_tgt)
     torch.testing.assert_close(out[:, :5], base, atol=1e-5, rtol=1e-5)
+    if arch == "decoder_only":  # and a row's own padding: a shorter source in the same batch
+        short = src.clone()
+        short[0, 4:] = PAD
+        torch.testing.assert_close(m(short, tgt)[0], m(short[:1, :4], tgt[:1])[0], atol=1e-5, rtol=1e-5)
+        return
     memory, mask = m.encode(padded_src)
     torch.testing.assert_close(memory[:, :6], m.encode(src)[0], atol=1e-5, rtol=1e-5)
     assert mask[:, 0, 0].tolist() == [[True] * 6 + [False] * 4] * 3
@@ -64,7 +75,7 @@ def test_padding_never_changes_the_outputs_of_real_tokens(norm):
 
 def test_attention_is_softmax_of_scaled_dot_products():
     torch.manual_seed(0)
-    attn = T.Attention(16, 4, 0.0).eval()
+    attn = A.Attention(16, 4, 0.0).eval()
     x, mem = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
     mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
     mask[1, ..., 5:] = False
@@ -77,7 +88,7 @@ def test_attention_is_softmax_of_scaled_dot_products():
 
 
 def test_sinusoidal_table_is_the_papers_formula():
-    pe = T.sinusoidal_table(50, 16)
+    pe = A.sinusoidal_table(50, 16)
     for pos in (0, 7, 49):
         for i in range(8):
             angle = pos / 10000 ** (2 * i / 16)
@@ -95,24 +106,55 @@ def test_output_projection_is_tied_to_the_embeddings():
 
 # ---------------------------------------------------------------------------- decoding
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("positional", ["sinusoidal", "learned"])
-def test_cached_incremental_decoding_equals_the_full_forward(positional):
-    m, rng = model(positional=positional), np.random.default_rng(2)
-    src = F.pad(ids(rng, 2, 6), (0, 2), value=PAD)
-    tgt_in = torch.cat([torch.full((2, 1), BOS), ids(rng, 2, 6)], 1)
+def test_cached_incremental_decoding_equals_the_full_forward(positional, arch):
+    """Step by step from ``start`` (the decoder-only model's sources left-padded, each row at its
+    own positions) gives the teacher-forced logits, for sources of different lengths in one batch."""
+    m, rng = model(positional=positional, arch=arch), np.random.default_rng(2)
+    src = F.pad(ids(rng, 3, 6), (0, 2), value=PAD)
+    src[1, 3:] = PAD
+    src[2, :] = PAD  # an empty source
+    tgt_in = torch.cat([torch.full((3, 1), BOS), ids(rng, 3, 6)], 1)
     full = m(src, tgt_in)
-    memory, mask = m.encode(src)
-    caches = [{} for _ in m.decoder]
-    steps = [m.decode(tgt_in[:, t:t + 1], memory, mask, caches, offset=t) for t in range(tgt_in.shape[1])]
-    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+    state = m.start(src)
+    steps = [m.step(state, tgt_in[:, t:t + 1], t) for t in range(tgt_in.shape[1])]
+    torch.testing.assert_close(torch.stack(steps, 1), full, atol=1e-5, rtol=1e-5)
 
 
-def test_beam_search_with_beam_one_equals_greedy():
-    m, rng = model(), np.random.default_rng(3)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_beam_search_with_beam_one_equals_greedy(arch):
+    m, rng = model(arch=arch), np.random.default_rng(3)
     src = F.pad(ids(rng, 5, 8), (0, 3), value=PAD)
     g = D.greedy(m, src, max_len=12)
     b = D.beam_search(m, src, beam_size=1, max_len=12)
     assert torch.equal(g, b[:, :g.shape[1]]) and (b[:, g.shape[1]:] == PAD).all()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_source_decodes_the_same_alone_and_in_a_batch_of_other_lengths(arch):
+    m, rng = model(arch=arch), np.random.default_rng(4)
+    src = F.pad(ids(rng, 4, 7), (0, 2), value=PAD)
+    for row, length in enumerate((7, 2, 5, 1)):
+        src[row, length:] = PAD
+    together = D.beam_search(m, src, beam_size=3, max_len=10)
+    for row, length in enumerate((7, 2, 5, 1)):
+        alone = D.beam_search(m, src[row:row + 1, :length], beam_size=3, max_len=10)[0]
+        got = together[row][together[row] != PAD]
+        assert torch.equal(got, alone[alone != PAD]), row
+
+
+def test_the_decoder_only_model_has_no_cross_attention_and_the_encoder_decoders_parameters():
+    """The variant's default-size counterpart: 4 causal blocks of d_ff 640 against 2 + 2 of 512,
+    the same weight matrices (d_model 128: 917,504 of them), within 1% with biases and norms."""
+    def size(**kw):
+        cfg = T.Config(d_model=128, heads=4, vocab_size=90, max_len=64, **kw)
+        return sum(p.numel() for p in T.build(cfg).parameters())
+
+    decoder_only = T.build(T.Config(arch="decoder_only", d_model=32, heads=4, decoder_layers=2, vocab_size=40))
+    assert not decoder_only.encoder and all(block.cross_attn is None for block in decoder_only.decoder)
+    assert size(arch="decoder_only", decoder_layers=4, d_ff=640) == pytest.approx(
+        size(encoder_layers=2, decoder_layers=2, d_ff=512), rel=0.01)
 
 
 def test_length_penalty_is_gnmt():
