@@ -11,7 +11,13 @@
   (Bowman et al. 2016), or repeats that rise over ``kl_cycles`` cycles (cyclical, Fu et al.
   2019, ramping over the first half of each); both fight posterior collapse;
 - a conditional VAE (Sohn et al. 2015): the class, one-hot, enters encoder and decoder;
-- MLP or convolutional encoder/decoder (the conv one sized by the image size like DCGAN).
+- MLP or convolutional encoder/decoder (the conv one sized by the image size like DCGAN);
+- ``prior: adversarial``: an adversarial autoencoder (Makhzani et al. 2016) instead of the KL
+  term: a discriminator on the latent space tells samples of the prior N(0, I) from codes of
+  q(z|x), and the encoder learns to fool it, so the aggregate posterior matches the prior and
+  decoded prior samples look like the data. One optimizer serves both players: the
+  discriminator's loss reaches only its own weights (the codes are detached), and the encoder's
+  (non-saturating) loss reads the discriminator through detached weights.
 
 Evaluation is in nats on the test split: the ELBO and the importance-weighted bound
 (Burda et al. 2016) log p(x) ≥ E log (1/k) Σ_i p(x, z_i) / q(z_i|x), which is ≥ the ELBO
@@ -56,6 +62,9 @@ class Config:
     kl_warmup: float = field(default=0.3, metadata=bounds(ge=0, le=1))  # linear: fraction of the run
     kl_cycles: int = field(default=4, metadata=bounds(ge=1))  # cyclical
     conditional: bool = False
+    prior: Literal["gaussian", "adversarial"] = "gaussian"  # adversarial: an adversarial autoencoder
+    adversarial_weight: float = field(default=1.0, metadata=bounds(gt=0))  # of the two players' losses
+    disc_hidden: int = field(default=256, metadata=bounds(ge=1))  # the latent discriminator's width
     image_size: int = field(default=8, metadata=bounds(ge=0))  # 0: from the data (bind), as the next two
     in_channels: int = field(default=1, metadata=bounds(ge=0))
     num_classes: int = field(default=10, metadata=bounds(ge=0))
@@ -119,6 +128,11 @@ class VAE(nn.Module):
                 dec += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1), nn.ReLU()]
                 c //= 2
             self.decoder = nn.Sequential(*dec, nn.Conv2d(c, cfg.in_channels, 3, padding=1))
+        self.discriminator = None
+        if cfg.prior == "adversarial":
+            h = cfg.disc_hidden
+            self.discriminator = nn.Sequential(nn.Linear(d + cond, h), nn.LeakyReLU(0.2), nn.Linear(h, h), nn.LeakyReLU(0.2),
+                                               nn.Linear(h, 1))
 
     def _onehot(self, y: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
         if not self.cfg.conditional:
@@ -156,18 +170,44 @@ class VAE(nn.Module):
         std = self.cfg.decoder_std
         return (-0.5 * ((x - out) / std) ** 2 - math.log(std) - 0.5 * LOG_2PI).flatten(1).sum(1)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    def adversarial(self, z: torch.Tensor, onehot: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The two players' losses on codes ``z`` of q(z|x) against as many draws of the prior.
+
+        ``discriminator``: −log D(prior) − log(1 − D(z)), with ``z`` detached, so only the
+        discriminator learns from it; ``encoder``: −log D(z) (non-saturating), through a copy of
+        the discriminator's weights that takes no gradient, so only the encoder learns from it.
+        A conditional model's discriminator also sees the class: the codes of every class must
+        match the prior, so the class is left to the label and the code holds the style."""
+        def joined(codes: torch.Tensor) -> torch.Tensor:
+            return codes if onehot is None else torch.cat([codes, onehot], 1)
+
+        prior = torch.randn_like(z)
+        real, fake = self.discriminator(joined(prior)), self.discriminator(joined(z.detach()))
+        frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
+        fooled = torch.func.functional_call(self.discriminator, frozen, (joined(z),))
+        return {"discriminator": F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+                + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)),
+                "encoder": F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled)),
+                "d_real": torch.sigmoid(real).mean().detach(), "d_fake": torch.sigmoid(fake).mean().detach()}
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[Any, ...]:
+        """(decoder output, μ, log σ², the adversarial losses or None). Everything trained runs
+        here, so DDP sees every parameter's gradient come from one forward."""
         mu, logvar = self.encode(x, y)
         z = reparameterise(mu, logvar)
-        return self.decode(z, y), mu, logvar
+        adversarial = None
+        if self.discriminator is not None and self.training:
+            adversarial = self.adversarial(z, self._onehot(y, z))
+        return self.decode(z, y), mu, logvar, adversarial
 
 
-def elbo_terms(model: VAE, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(log p(x|z) with one z ~ q, KL per dimension (B, d), μ) for a batch. ``model`` may be
-    wrapped in DDP: the forward goes through the wrapper (gradient sync), helpers through the module."""
-    out, mu, logvar = model(x, y)
+def elbo_terms(model: VAE, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """(log p(x|z) with one z ~ q, KL per dimension (B, d), the adversarial losses or None) for a
+    batch. ``model`` may be wrapped in DDP: the forward goes through the wrapper (gradient sync),
+    helpers through the module."""
+    out, mu, logvar, adversarial = model(x, y)
     core = model.module if hasattr(model, "module") else model
-    return core.log_likelihood(out, x), kl_divergence(mu, logvar), mu
+    return core.log_likelihood(out, x), kl_divergence(mu, logvar), adversarial
 
 
 # ------------------------------------------------------------------------- the family contract
@@ -187,11 +227,18 @@ def _labels(cfg: Config, batch: tuple) -> torch.Tensor | None:
 
 def training_step(model: VAE, batch: tuple[torch.Tensor, torch.Tensor], cfg: Config,
                   label_smoothing: float = 0.0, progress: float = 0.0) -> dict[str, Any]:
-    """−(E_q log p(x|z) − w·KL) per image, w = β × the annealing factor at ``progress``."""
+    """−(E_q log p(x|z) − w·KL) per image, w = β × the annealing factor at ``progress``; for the
+    adversarial autoencoder −E_q log p(x|z) plus ``adversarial_weight`` × both players' losses."""
     x = batch[0]
-    rec, kl, _ = elbo_terms(model, x, _labels(cfg, batch))
-    w = kl_weight(cfg, progress)
+    rec, kl, adversarial = elbo_terms(model, x, _labels(cfg, batch))
     kl_sum = kl.sum(1)
+    if adversarial is not None:
+        loss = -rec.mean() + cfg.adversarial_weight * (adversarial["discriminator"] + adversarial["encoder"])
+        return {"loss": loss, "count": torch.tensor(len(x)),
+                "log": {"recon": -rec.detach().mean(), "kl": kl_sum.detach().mean(),
+                        "d_loss": adversarial["discriminator"].detach(), "g_loss": adversarial["encoder"].detach(),
+                        "d_real": adversarial["d_real"], "d_fake": adversarial["d_fake"]}}
+    w = kl_weight(cfg, progress)
     loss = (-rec + w * kl_sum).mean()
     return {"loss": loss, "count": torch.tensor(len(x)),
             "log": {"recon": -rec.detach().mean(), "kl": kl_sum.detach().mean(), "kl_weight": w}}

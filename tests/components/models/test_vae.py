@@ -68,7 +68,7 @@ def test_beta_zero_reduces_to_an_autoencoder_loss():
     torch.manual_seed(1)
     out = vae.training_step(model, (x, torch.zeros(8, dtype=torch.long)), cfg)
     torch.manual_seed(1)
-    recon, _, _ = model(x)
+    recon, _, _, _ = model(x)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(recon, x, reduction="none").flatten(1).sum(1).mean()
     assert out["loss"].item() == pytest.approx(bce.item(), rel=1e-6)
     assert out["log"]["kl_weight"] == 0.0 and out["log"]["kl"] > 0  # the KL is there, it just has no weight
@@ -81,6 +81,28 @@ def test_beta_zero_reduces_to_an_autoencoder_loss():
 def test_kl_weight_schedules(anneal, progress, want):
     cfg = cfg_of(beta=2.0, kl_anneal=anneal, kl_warmup=0.3, kl_cycles=4)
     assert vae.kl_weight(cfg, progress) == pytest.approx(want)
+
+
+def test_the_adversarial_autoencoders_players_each_learn_only_from_their_own_loss():
+    """The discriminator's loss reaches only its weights; the encoder's loss only the encoder's
+    (not the decoder's, not the discriminator's); a conditional discriminator reads the class."""
+    torch.manual_seed(0)
+    cfg = vae.Config(arch="mlp", latent_dim=4, hidden=16, disc_hidden=8, prior="adversarial", conditional=True,
+                     image_size=8, in_channels=1, num_classes=10)
+    model = vae.build(cfg).train()
+    assert model.discriminator[0].in_features == 4 + 10
+    x, y = torch.rand(16, 1, 8, 8), torch.arange(16) % 10
+    _, _, _, losses = model(x, y)
+    groups = {"encoder": [*model.encoder.parameters(), *model.to_stats.parameters()],
+              "decoder": list(model.decoder.parameters()), "discriminator": list(model.discriminator.parameters())}
+    for loss, learns in (("discriminator", {"discriminator"}), ("encoder", {"encoder"})):
+        for group, params in groups.items():
+            grads = torch.autograd.grad(losses[loss], params, retain_graph=True, allow_unused=True)
+            moved = any(g is not None and g.abs().sum() > 0 for g in grads)
+            assert moved == (group in learns), (loss, group)
+    step = vae.training_step(model, (x, y), cfg)
+    assert {"d_loss", "g_loss", "d_real", "d_fake"} <= set(step["log"]) and torch.isfinite(step["loss"])
+    assert model.eval()(x, y)[3] is None and vae.build(vae.Config(**{**cfg.__dict__, "prior": "gaussian"})).discriminator is None
 
 
 @pytest.mark.parametrize("arch", ["mlp", "conv"])
