@@ -63,7 +63,8 @@ def sweep_rows(sweep: dict, algo: str) -> list[str]:
 
 def model_card(family: Any, algo: str, version_meta: dict, test: dict, primary: str, mode: str, *,
                data_version: str, dvc_md5: str, commit: str, images: list[str], selected_by: list[str],
-               data: dict | None = None, sweep: dict | None = None, compared: dict | None = None) -> str:
+               usage: str, data: dict | None = None, sweep: dict | None = None,
+               compared: dict | None = None) -> str:
     """The registered version's description (MLflow renders it as markdown on the version page)."""
     train = version_meta["train"]
     keys = {k: train[k] for k in ("lr", "epochs", "batch_size", "num_workers") if k in train}
@@ -102,7 +103,7 @@ def model_card(family: Any, algo: str, version_meta: dict, test: dict, primary: 
           for c in (compared or {}).values()],
         *([""] if compared else []),
         "## Load",
-        family.usage(algo),
+        usage,
         "",
         "## Aliases",
         (f"`champion`: the best version of {algo} so far on test {primary}; `challenger`: the newest "

@@ -81,6 +81,7 @@ def main() -> None:
         model_uri, algo, tags=tags, description=model_card(
             family, algo, meta, test, metric, mode, data_version=meta["data_version"], dvc_md5=tags["dvc_data_md5"],
             commit=commit, images=[image.name for image in images], selected_by=summary.get("selected_by", []),
+            usage=family.usage(algo, cfg),
             data=data_stats, sweep=summary.get("sweep"), compared=compared(layout, p, family)),
         metric=metric, value=value, mode=mode, min_improvement=p.register.min_improvement, version=existing)
     tracking.failpoint("register:aliased")

@@ -275,8 +275,9 @@ def serving_example(cfg: Config):
                          "text": ["a bold seven", "a thin, upright one"]})
 
 
-def usage(name: str) -> str:
+def usage(name: str, cfg: Config) -> str:
     return (f'`model = mlflow.pyfunc.load_model("models:/{name}@champion")`; `model.predict(pd.DataFrame({{"image": '
             f'rows, "text": captions}}))` scores each image–caption pair (scaled cosine); `params={{"mode": '
-            f'"embed_image"}}` or `"embed_text"` returns normalised embeddings (N, 64). Images are rows of 64 pixel '
-            f'values in [0, 1], like sklearn\'s digits.data / 16.')
+            f'"embed_image"}}` or `"embed_text"` returns normalised embeddings (N, {cfg.embed_dim}). Images are rows '
+            f'of {cfg.in_channels * cfg.image_size ** 2} pixel values in [0, 1] (C·H·W), like sklearn\'s '
+            f'digits.data / 16.')

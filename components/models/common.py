@@ -42,6 +42,13 @@ def bind_images(cfg: Any, stats: dict) -> Any:
     return cfg
 
 
+def image_shape(cfg: Any, n: str | int = "N") -> str:
+    """How the family's images are shaped in and out of serving: ``(N, H, W)`` for one channel
+    (sklearn's digits, MNIST), ``(N, C, H, W)`` otherwise, from the bound config."""
+    side = f"{cfg.image_size}, {cfg.image_size}"
+    return f"({n}, {side})" if cfg.in_channels == 1 else f"({n}, {cfg.in_channels}, {side})"
+
+
 def base_resolution(size: int) -> tuple[int, int]:
     """(base, doublings): ``size`` halved while it is even and above 7, e.g. 8 -> (4, 1),
     32 -> (4, 3), 28 -> (7, 2), 224 -> (7, 5). A generator grows from base x base."""

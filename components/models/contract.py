@@ -81,7 +81,7 @@ class Family(Protocol):
     def serving_example(self, cfg: Any) -> Any:
         """A small valid input of ``predict`` (the registry's input example)."""
 
-    def usage(self, name: str) -> str:
+    def usage(self, name: str, cfg: Any) -> str:
         """One line of markdown: how to load the registered model ``name`` and call it."""
 
 
@@ -96,7 +96,7 @@ CALLS: dict[str, tuple[tuple, dict]] = {
     "predict": ((0, 0, 0), {}),
     "signature": ((0,), {}),
     "serving_example": ((0,), {}),
-    "usage": ((0,), {}),
+    "usage": ((0, 0), {}),
     "loader_options": ((0, 0), {}),  # optional: extra ShardDataset arguments of the train split
     "validate": ((0, 0, 0), {}),  # optional: replaces eval_step's sums as the per-epoch val metric
     "compiled_modules": ((0,), {}),  # optional: what ``compile`` compiles (default: the model)

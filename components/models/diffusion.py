@@ -38,6 +38,7 @@ from components.models.common import (
     generation_example,
     generation_requests,
     generation_signature,
+    image_shape,
 )
 from components.models.contract import Report
 from components.models.diffusion_scheduler import NoiseScheduler
@@ -404,7 +405,9 @@ def serving_example(cfg: Config):
     return generation_example()
 
 
-def usage(name: str) -> str:
+def usage(name: str, cfg: Config) -> str:
+    label = min(7, cfg.num_classes - 1)
     return (f'`mlflow.pyfunc.load_model("models:/{name}@champion").predict(pd.DataFrame({{"count": [16], '
-            f'"seed": [0], "label": [7]}}), params={{"steps": 50, "sampler": "ddim", "guidance_scale": 2.0}})` '
-            f'returns 16 sevens, float32 (16, 8, 8) in [0, 1]; sampler "ddpm" runs all T steps.')
+            f'"seed": [0], "label": [{label}]}}), params={{"steps": 50, "sampler": "ddim", "guidance_scale": 2.0}})` '
+            f'returns 16 images of class {label}, float32 {image_shape(cfg, 16)} in [0, 1]; sampler "ddpm" runs '
+            f'all T steps.')

@@ -41,6 +41,7 @@ from components.models.common import (
     generation_example,
     generation_requests,
     generation_signature,
+    image_shape,
 )
 from components.models.contract import Report
 from components.models.gan_step import (
@@ -281,7 +282,8 @@ def serving_example(cfg: Config):
     return generation_example()
 
 
-def usage(name: str) -> str:
+def usage(name: str, cfg: Config) -> str:
+    label = min(7, cfg.num_classes - 1)
     return (f'`mlflow.pyfunc.load_model("models:/{name}@champion").predict(pd.DataFrame({{"count": [16], '
-            f'"seed": [0], "label": [7]}}))` returns 16 images of a 7, float32 (16, 8, 8) in [0, 1]; '
-            f'label -1 (or no label column) draws random classes.')
+            f'"seed": [0], "label": [{label}]}}))` returns 16 images of class {label}, float32 '
+            f'{image_shape(cfg, 16)} in [0, 1]; label -1 (or no label column) draws random classes.')

@@ -306,7 +306,7 @@ def serving_example(cfg: Config) -> dict:
     return example
 
 
-def usage(name: str) -> str:
+def usage(name: str, cfg: Config) -> str:
     return (f'`mlflow.pyfunc.load_model("models:/{name}@champion").predict({{"x": x, "edge_index": edge_index}})` '
             f'with x float32 (num_nodes, features) and edge_index int64 (2, num_edges), both directions of each '
             f'edge; returns class probabilities per node. A graph-classification model also takes "batch" (each '

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.config import ConfigError, bounds
-from components.models.common import bind_images
+from components.models.common import bind_images, image_shape
 from components.models.contract import Report
 from components.models.vit import VisionTransformer
 
@@ -396,6 +396,6 @@ def serving_example(cfg: Config) -> np.ndarray:
     return np.zeros(shape, dtype=np.float32)
 
 
-def usage(name: str) -> str:
+def usage(name: str, cfg: Config) -> str:
     return (f'`mlflow.pyfunc.load_model("models:/{name}@champion").predict(images)` with images a float32 array '
-            f'(N, 8, 8) of pixel values in [0, 1]; returns class probabilities (N, 10).')
+            f'{image_shape(cfg)} of pixel values in [0, 1]; returns class probabilities (N, {cfg.num_classes}).')

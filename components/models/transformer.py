@@ -385,6 +385,6 @@ def serving_example(cfg: Config) -> list[str]:
     return ["three hundred and forty-two", "seventeen"]
 
 
-def usage(name: str) -> str:
+def usage(name: str, cfg: Config) -> str:
     return (f'`mlflow.pyfunc.load_model("models:/{name}@champion").predict(["three hundred and forty-two"])` '
             f'returns the German translations as a list of strings; `params={{"beam_size": 1}}` decodes greedily.')

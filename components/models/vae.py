@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.config import ConfigError, bounds
-from components.models.common import base_resolution, bind_images
+from components.models.common import base_resolution, bind_images, image_shape
 from components.models.contract import Report
 
 PAPER = "Kingma & Welling 2014, Auto-Encoding Variational Bayes (arXiv:1312.6114)"
@@ -439,7 +439,10 @@ def serving_example(cfg: Config) -> np.ndarray:
     return np.zeros((2, cfg.pixels), dtype=np.float32)
 
 
-def usage(name: str) -> str:
-    return (f'`model = mlflow.pyfunc.load_model("models:/{name}@champion")`; `model.predict(images.reshape(n, 64), '
-            f'params={{"mode": "encode"}})` gives latent means; mode `reconstruct` (default), `decode` (input: '
-            f'latents) and `sample` (input: n rows, `seed` param) give float32 images (n, 8, 8) in [0, 1].')
+def usage(name: str, cfg: Config) -> str:
+    label = (' A conditional model takes the class as `params={"label": k}` (required but for `sample`).'
+             if cfg.conditional else '')
+    return (f'`model = mlflow.pyfunc.load_model("models:/{name}@champion")`; `model.predict(images.reshape(n, '
+            f'{cfg.pixels}), params={{"mode": "encode"}})` gives latent means (n, {cfg.latent_dim}); mode '
+            f'`reconstruct` (default), `decode` (input: latents) and `sample` (input: n rows, `seed` param) give '
+            f'float32 images {image_shape(cfg, "n")} in [0, 1].{label}')

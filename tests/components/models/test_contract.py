@@ -140,4 +140,4 @@ def test_a_family_runs_through_the_whole_contract_on_tiny_data(case, request, tm
     example = family.serving_example(bound)
     out = family.predict(model, example, bound)
     assert len(out) > 0
-    assert isinstance(family.usage(name), str) and family.signature(bound) is not None
+    assert isinstance(family.usage(name, bound), str) and family.signature(bound) is not None
