@@ -141,3 +141,12 @@ def test_a_family_runs_through_the_whole_contract_on_tiny_data(case, request, tm
     out = family.predict(model, example, bound)
     assert len(out) > 0
     assert isinstance(family.usage(name, bound), str) and family.signature(bound) is not None
+
+
+def test_usage_speaks_of_the_bound_data_not_of_the_embedded_digits():
+    cifar = {"in_channels": 3, "image_size": 32, "num_classes": 100}
+    assert "(N, 3, 32, 32)" in resnet.usage("r", resnet.Config(**cifar)) and "(N, 100)" in resnet.usage(
+        "r", resnet.Config(**cifar))
+    assert "(16, 3, 32, 32)" in gan.usage("g", gan.Config(**cifar))
+    assert "(16, 28, 28)" in diffusion.usage("d", diffusion.Config(in_channels=1, image_size=28, num_classes=10))
+    assert "reshape(n, 3072)" in vae.usage("v", vae.Config(**cifar))
