@@ -104,6 +104,8 @@ def dataset_shards(params: dict, name: str, root: Path) -> Path:
     return root / "shards"
 
 
+# gnn_hetero is not among them: torch-geometric's HeteroConv takes a dict of per-type tensors, which the
+# model cuts from the batch with boolean masks, a read of the device per step (see the note in gnn.py).
 ALGOS = ["resnet", "transformer", "gan", "vae", "diffusion", "gnn", "gnn_graphs", "gnn_karate", "clip"]
 
 
@@ -159,6 +161,15 @@ def community_shards(tmp_path_factory) -> Path:
 
     return graph_dataset(tmp_path_factory.mktemp("community"), source="sbm", samples_per_shard=40,
                          sbm=SBMConfig(num_nodes=600, communities=4, feature_dim=8))
+
+
+@pytest.fixture(scope="session")
+def typed_shards(tmp_path_factory) -> Path:
+    """A typed graph of 600 papers (4 fields), 300 authors and 20 venues; paper seeds in shards of 60."""
+    from components.data.graphs import TypedConfig
+
+    return graph_dataset(tmp_path_factory.mktemp("typed"), source="typed", samples_per_shard=60,
+                         typed=TypedConfig(papers=600, authors=300, venues=20, fields=4, feature_dim=8))
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,11 @@ Sources (``data.<name>.source``):
   with thousands of nodes: each node has ``degree_in`` expected neighbours in its own
   community and ``degree_out`` elsewhere, and noisy features (its community's centroid
   plus unit Gaussian noise), so neither the features nor the edges alone classify it well.
+- ``typed``: a generated heterogeneous graph of papers, authors and venues (as OGB-MAG's, small),
+  where the types carry the signal: a paper's class is its field; its features say so only
+  weakly; its authors and its venue mostly share its field; its citations are drawn at random.
+  A model that tells the edge types apart reads the field off the author and venue paths; a
+  type-blind one averages them with the random citations.
 - ``karate``: Zachary's karate club (34 nodes, 4 classes), shipped inside torch-geometric.
 - ``planetoid``: Cora, CiteSeer or PubMed (``name``) in the Planetoid format
   (``<path>/<name>/raw/ind.<name>.{x,tx,allx,y,ty,ally,graph,test.index}``), read by
@@ -29,7 +34,10 @@ One data interface: a sample is a row of the WebDataset shards either way.
   is ``(x, edge_index, index, target)`` with the graphs' nodes concatenated, edge ids
   offset, and ``index`` each node's graph, as torch-geometric's ``Batch`` does.
 
-Edges are stored in both directions, without self-loops or duplicates.
+Edges are stored in both directions, without self-loops or duplicates. A typed graph keeps
+each node's type and each edge's relation beside them (``node_type``, ``edge_type``; the names
+in stats.json), and its batches carry them: ``(x, edge_index, index, target, node_type,
+edge_type)``, sampled over all relations at once. Only the target type's nodes are labelled.
 """
 
 from __future__ import annotations
@@ -51,7 +59,10 @@ from components.data.splits import SPLITS, stratified_split
 from components.data.writer import write_shards
 
 GRAPH = "graph.npz"
-NODE_SOURCES = ("sbm", "karate", "planetoid")
+NODE_SOURCES = ("sbm", "karate", "planetoid", "typed")
+NODE_TYPES = ("paper", "author", "venue")  # a typed graph's node types, the first the labelled one
+EDGE_TYPES = (("paper", "written_by", "author"), ("author", "writes", "paper"), ("paper", "published_in", "venue"),
+              ("venue", "publishes", "paper"), ("paper", "cites", "paper"))
 FAMILIES = ("erdos_renyi", "barabasi_albert", "watts_strogatz", "two_communities", "random_geometric")
 
 
@@ -64,6 +75,21 @@ class SBMConfig:
     degree_out: float = field(default=4.0, metadata=bounds(ge=0))  # expected neighbours in all others
     feature_dim: int = field(default=32, metadata=bounds(ge=1))
     feature_signal: float = field(default=1.0, metadata=bounds(ge=0))  # centroid norm; the noise is N(0, I)
+
+
+@dataclass
+class TypedConfig:
+    """``data.<name>.typed``: the generated graph of papers, authors and venues."""
+    papers: int = field(default=2000, metadata=bounds(ge=10))
+    authors: int = field(default=1000, metadata=bounds(ge=2))
+    venues: int = field(default=50, metadata=bounds(ge=2))
+    fields: int = field(default=5, metadata=bounds(ge=2))  # the classes
+    feature_dim: int = field(default=16, metadata=bounds(ge=1))
+    feature_signal: float = field(default=0.6, metadata=bounds(ge=0))  # a paper's field centroid's norm
+    authors_per_paper: int = field(default=3, metadata=bounds(ge=1))
+    author_in_field: float = field(default=0.8, metadata=bounds(ge=0, le=1))  # else any author
+    venue_in_field: float = field(default=0.7, metadata=bounds(ge=0, le=1))  # else any venue
+    cites_per_paper: int = field(default=5, metadata=bounds(ge=0))  # drawn at random: no signal
 
 
 @dataclass
@@ -82,7 +108,7 @@ class FamiliesConfig:
 @dataclass
 class Config:
     """``data.<name>`` for a graph dataset (``type: graphs``)."""
-    source: Literal["sbm", "karate", "planetoid", "families", "tu"] = "sbm"
+    source: Literal["sbm", "karate", "planetoid", "typed", "families", "tu"] = "sbm"
     name: str = ""  # planetoid: Cora, CiteSeer, PubMed; tu: MUTAG, PROTEINS, ...
     path: str = ""  # the folder holding <name>/raw/ (relative to the repository root or absolute)
     split: Literal["random", "public"] = "random"  # public: the dataset's own masks (planetoid)
@@ -91,6 +117,7 @@ class Config:
     test_fraction: float = field(default=0.2, metadata=bounds(gt=0, lt=0.5))
     samples_per_shard: int = field(default=256, metadata=bounds(ge=1))
     sbm: SBMConfig = field(default_factory=SBMConfig)
+    typed: TypedConfig = field(default_factory=TypedConfig)
     families: FamiliesConfig = field(default_factory=FamiliesConfig)
 
     def validate(self) -> None:
@@ -155,6 +182,39 @@ def stochastic_block_model(cfg: SBMConfig, seed: int) -> tuple[np.ndarray, np.nd
     centroids *= cfg.feature_signal / np.linalg.norm(centroids, axis=1, keepdims=True)
     x = (centroids[y] + rng.standard_normal((cfg.num_nodes, cfg.feature_dim))).astype(np.float32)
     return x, edge_index, y.astype(np.int64)
+
+
+def typed_graph(cfg: TypedConfig, seed: int) -> dict[str, np.ndarray]:
+    """Papers, then authors, then venues, in one node table: ``x`` (N, feature_dim), ``y`` (the
+    paper's field; -1 for the others), ``node_type`` (N,), and ``edge_index`` (2, E) with each
+    edge's relation (an index into :data:`EDGE_TYPES`) in ``edge_type``; no duplicate edges."""
+    rng = np.random.default_rng(seed)
+    k, p, a, v = cfg.fields, cfg.papers, cfg.authors, cfg.venues
+    y = rng.integers(0, k, p)
+    author_field, venue_field = rng.integers(0, k, a), np.arange(v) % k
+    centroids = rng.standard_normal((k, cfg.feature_dim))
+    centroids *= cfg.feature_signal / np.linalg.norm(centroids, axis=1, keepdims=True)
+    x = np.concatenate([centroids[y] + rng.standard_normal((p, cfg.feature_dim)),
+                        rng.standard_normal((a + v, cfg.feature_dim))]).astype(np.float32)
+
+    def pick(count: int, field_of: np.ndarray, in_field: float, per_paper: int) -> np.ndarray:
+        """``per_paper`` picks per paper: one of its field's with probability ``in_field``, else any."""
+        paper = np.repeat(np.arange(p), per_paper)
+        by_field = [np.flatnonzero(field_of == f) for f in range(k)]
+        own = np.array([rng.choice(by_field[f]) if len(by_field[f]) else rng.integers(count) for f in y[paper]])
+        return np.stack([paper, np.where(rng.random(len(paper)) < in_field, own, rng.integers(0, count, len(paper)))])
+
+    writes = pick(a, author_field, cfg.author_in_field, cfg.authors_per_paper)
+    venue = pick(v, venue_field, cfg.venue_in_field, 1)
+    cites = np.stack([np.repeat(np.arange(p), cfg.cites_per_paper), rng.integers(0, p, p * cfg.cites_per_paper)])
+    cites = undirected(cites, p)
+    relations = [writes + [[0], [p]], (writes + [[0], [p]])[::-1], venue + [[0], [p + a]],
+                 (venue + [[0], [p + a]])[::-1], cites]
+    relations = [np.unique(r, axis=1) for r in relations]
+    node_type = np.repeat(np.arange(3), [p, a, v])
+    return {"x": x, "y": np.concatenate([y, np.full(a + v, -1)]).astype(np.int64), "node_type": node_type,
+            "edge_index": np.concatenate(relations, axis=1).astype(np.int64),
+            "edge_type": np.repeat(np.arange(len(relations)), [r.shape[1] for r in relations])}
 
 
 def _family_graph(family: str, n: int, degree: float, rng: np.random.Generator):
@@ -228,8 +288,12 @@ def ingest(cfg: Config, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.task == "node":
         split = None
+        typed = None
         if cfg.source == "sbm":
             x, edge_index, y = stochastic_block_model(cfg.sbm, cfg.seed)
+        elif cfg.source == "typed":
+            typed = typed_graph(cfg.typed, cfg.seed)
+            x, edge_index, y = typed["x"], typed["edge_index"], typed["y"]
         else:
             if cfg.source == "karate":
                 from torch_geometric.datasets import KarateClub
@@ -240,10 +304,15 @@ def ingest(cfg: Config, out_dir: Path) -> dict:
             edge_index = undirected(data.edge_index.numpy(), len(y))
             if cfg.split == "public":
                 split = {k: np.flatnonzero(getattr(data, f"{k}_mask").numpy()) for k in SPLITS}
-        split = split or stratified_split(y, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-        np.savez(out_dir / GRAPH, x=x, edge_index=edge_index, y=y)
-        num_classes, count = int(y.max()) + 1, len(y)
+        labelled = np.flatnonzero(y >= 0)  # a typed graph labels its papers only (they come first)
+        split = split or {k: labelled[v] for k, v in
+                          stratified_split(y[labelled], cfg.val_fraction, cfg.test_fraction, cfg.seed).items()}
+        np.savez(out_dir / GRAPH, x=x, edge_index=edge_index, y=y,
+                 **({k: typed[k] for k in ("node_type", "edge_type")} if typed else {}))
+        num_classes, count = int(y.max()) + 1, len(labelled)
         extra = {"num_nodes": len(y), "num_edges": int(edge_index.shape[1]), "homophily": homophily(edge_index, y)}
+        if typed:
+            extra.update(node_types=list(NODE_TYPES), edge_types=[list(t) for t in EDGE_TYPES])
     else:
         if cfg.source == "families":
             graphs = random_graph_families(cfg.families, cfg.seed)
@@ -280,11 +349,14 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, manifest: dict) -> dic
             "raw_manifest_sha256": {k: v["sha256"] for k, v in manifest["files"].items()}}
     if manifest["task"] == "node":
         with np.load(raw_dir / GRAPH) as f:
-            x, edge_index, y = f["x"], f["edge_index"], f["y"]
-        np.savez(out_dir / GRAPH, x=x, edge_index=edge_index, y=y)
+            arrays = {k: f[k] for k in f.files}
+        x, edge_index, y = arrays["x"], arrays["edge_index"], arrays["y"]
+        np.savez(out_dir / GRAPH, **arrays)
         meta.update(graph={"file": GRAPH, "sha256": sha256(out_dir / GRAPH)}, num_features=int(x.shape[1]),
                     num_nodes=int(len(y)), num_edges=int(edge_index.shape[1]),
                     homophily=homophily(edge_index, y))
+        if "node_types" in manifest:  # a typed graph: its type names, in the order of the ids
+            meta.update(node_types=manifest["node_types"], edge_types=manifest["edge_types"])
         columns = {k: {"node.cls": idx, "target.cls": y[idx]} for k, idx in split.items()}
         labels = {k: y[idx] for k, idx in split.items()}
     else:
@@ -312,28 +384,32 @@ def load_graph(path: str, expected_sha256: str) -> dict[str, torch.Tensor]:
     if sha256(Path(path)) != expected_sha256:
         raise DataError(f"{path}: sha256 differs from stats.json (corrupt or changed); {fix}")
     with np.load(path) as f:
-        graph = {k: torch.from_numpy(f[k]) for k in ("x", "edge_index", "y")}
+        graph = {k: torch.from_numpy(f[k]) for k in ("x", "edge_index", "y", "node_type", "edge_type") if k in f.files}
     order = torch.argsort(graph["edge_index"][1] * len(graph["y"]) + graph["edge_index"][0])
     graph["edge_index"] = graph["edge_index"][:, order]  # sorted by target: a CSR of incoming edges
+    if "edge_type" in graph:
+        graph["edge_type"] = graph["edge_type"][order]
     graph["rowptr"] = torch.cat([torch.zeros(1, dtype=torch.long),
                                  torch.bincount(graph["edge_index"][1], minlength=len(graph["y"])).cumsum(0)])
     return graph
 
 
 def sample_neighbors(rowptr: torch.Tensor, sources: torch.Tensor, seeds: torch.Tensor, fanout: Sequence[int],
-                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     generator: torch.Generator | None = None,
+                     edge_ids: bool = False) -> tuple[torch.Tensor, ...]:
     """The seeds' sampled L-hop computation graph, as torch-geometric's NeighborLoader samples it.
 
     Hop ``l`` draws up to ``fanout[l]`` incoming neighbours (without replacement; -1 = all)
     of each node first reached at hop ``l - 1``. Returns ``(n_id, edge_index)``: the global
-    ids of the subgraph's nodes (seeds first, in order) and its sampled edges in local ids.
+    ids of the subgraph's nodes (seeds first, in order) and its sampled edges in local ids;
+    with ``edge_ids``, also each sampled edge's position in ``sources`` (for its relation).
     ``rowptr``/``sources`` are the CSR of incoming edges (``sources[rowptr[v]:rowptr[v+1]]``
     are the sources of edges into ``v``).
     """
     num_nodes = len(rowptr) - 1
     local = torch.full((num_nodes,), -1, dtype=torch.long)
     local[seeds] = torch.arange(len(seeds))
-    n_id, frontier, src_parts, dst_parts = [seeds], seeds, [], []
+    n_id, frontier, src_parts, dst_parts, id_parts = [seeds], seeds, [], [], []
     for k in fanout:
         start, deg = rowptr[frontier], rowptr[frontier + 1] - rowptr[frontier]
         total = int(deg.sum())
@@ -345,8 +421,10 @@ def sample_neighbors(rowptr: torch.Tensor, sources: torch.Tensor, seeds: torch.T
             order = torch.argsort(seg.double() + keys)  # by node, then by a random key
             keep = order[(torch.arange(total) - first[seg[order]]) < k]
             seg, cand = seg[keep], cand[keep]
-        src = sources[start[seg] + cand]
+        position = start[seg] + cand
+        src = sources[position]
         dst = frontier[seg]
+        id_parts.append(position)
         new = torch.unique(src[local[src] < 0])
         local[new] = torch.arange(len(new)) + sum(len(p) for p in n_id)
         n_id.append(new)
@@ -355,12 +433,15 @@ def sample_neighbors(rowptr: torch.Tensor, sources: torch.Tensor, seeds: torch.T
         frontier = new
     edge_index = torch.stack([local[torch.cat(src_parts)], local[torch.cat(dst_parts)]]) if src_parts else \
         torch.zeros(2, 0, dtype=torch.long)
+    if edge_ids:
+        return torch.cat(n_id), edge_index, torch.cat(id_parts) if id_parts else torch.zeros(0, dtype=torch.long)
     return torch.cat(n_id), edge_index
 
 
 class NodeBatcher:
     """Seed nodes -> ``(x, edge_index, index, target)``: the whole graph (``fanout`` empty) or the
-    seeds' sampled neighbourhood (``fanout`` one entry per hop)."""
+    seeds' sampled neighbourhood (``fanout`` one entry per hop, over all relations of a typed
+    graph at once); a typed graph's batches add ``(node_type, edge_type)``."""
 
     def __init__(self, shard_dir: Path, stats: dict, fanout: Sequence[int] | None = None):
         self.graph = load_graph(str(Path(shard_dir) / stats["graph"]["file"]), stats["graph"]["sha256"])
@@ -370,10 +451,15 @@ class NodeBatcher:
         seeds = torch.tensor([s[0] for s in samples], dtype=torch.long)
         target = torch.tensor([s[1] for s in samples], dtype=torch.long)
         g = self.graph
+        typed = "node_type" in g
         if not self.fanout:
-            return g["x"], g["edge_index"], seeds, target
-        n_id, edge_index = sample_neighbors(g["rowptr"], g["edge_index"][0], seeds, self.fanout, generator)
-        return g["x"][n_id], edge_index, torch.arange(len(seeds)), target
+            return (g["x"], g["edge_index"], seeds, target) + ((g["node_type"], g["edge_type"]) if typed else ())
+        if not typed:
+            n_id, edge_index = sample_neighbors(g["rowptr"], g["edge_index"][0], seeds, self.fanout, generator)
+            return g["x"][n_id], edge_index, torch.arange(len(seeds)), target
+        n_id, edge_index, e_id = sample_neighbors(g["rowptr"], g["edge_index"][0], seeds, self.fanout, generator,
+                                                  edge_ids=True)
+        return g["x"][n_id], edge_index, torch.arange(len(seeds)), target, g["node_type"][n_id], g["edge_type"][e_id]
 
 
 def collate_graphs(samples: list[tuple], generator: torch.Generator | None = None) -> tuple:

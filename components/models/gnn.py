@@ -9,7 +9,12 @@
 - dropout, DropEdge (Rong et al. 2020), BatchNorm / LayerNorm / GraphNorm (Cai et al. 2021),
   residual connections for deeper stacks;
 - a node-classification head, and a graph-classification head after a readout (mean, sum or
-  attention pooling, Li et al. 2016).
+  attention pooling, Li et al. 2016);
+- ``hetero: true`` on a typed graph (``components/data/graphs.py``, source ``typed``): the same
+  stack with its own weights per relation, torch-geometric's ``HeteroConv`` summing each node
+  type's incoming relations (Schlichtkrull et al. 2018's relational message passing, as HetGNN
+  and PyG's ``to_hetero`` build it); ``hetero: false`` runs the type-blind network on the same
+  graph, so the two compare.
 
 Data (``components/data/graphs.py``): a batch is ``(x, edge_index, index, target)``. For
 the node task ``index`` holds the seed nodes' positions in ``x`` (the whole graph on one
@@ -60,8 +65,14 @@ class Config:
     # fanout = neighbours drawn per hop, one entry per layer (-1 = all).
     sampling: Literal["auto", "full", "neighbor"] = "auto"
     fanout: list[int] = field(default_factory=lambda: [10, 10])
+    hetero: bool = False  # a weight set per relation of a typed graph (HeteroConv); false: type-blind
+    node_types: list[str] = field(default_factory=list)  # a typed graph's, from the data (bind); leave unset
+    edge_types: list[list[str]] = field(default_factory=list)  # (source, relation, target), from the data
 
     def validate(self) -> None:
+        if self.hetero and (self.conv not in HETERO_CONVS or self.task != "node" or self.norm != "none"):
+            raise ConfigError(f"hetero: relation-wise layers are {HETERO_CONVS} for node classification without "
+                              f"norm layers; got conv {self.conv}, task {self.task}, norm {self.norm}")
         if self.conv == "gat" and self.hidden % self.heads:
             raise ConfigError(f"heads: GAT concatenates heads, so hidden ({self.hidden}) must be divisible by "
                               f"heads ({self.heads})")
@@ -78,6 +89,7 @@ class Config:
 # every step. Edges arrive without self-loops (graphs.undirected stores none; predict strips them),
 # so the edges and their order, hence the numbers, are the same.
 SELF_LOOPS = ("gcn", "gat")
+HETERO_CONVS = ("sage", "gat", "gin")  # layers that read a (source, target) pair of node sets
 
 
 def _conv(kind: str, c_in: int, c_out: int, heads: int) -> nn.Module:
@@ -150,8 +162,77 @@ class GNN(nn.Module):
         return self.head(F.dropout(h, self.cfg.dropout, self.training))
 
 
-def build(cfg: Config) -> GNN:
-    return GNN(cfg)
+def _relation_conv(kind: str, c_in: int, c_out: int, heads: int) -> nn.Module:
+    """One relation's layer, from its source type's nodes to its target type's (no self-loops:
+    the two are different node sets; SAGE's root weight is the node's own term)."""
+    if kind == "sage":
+        return gnn.SAGEConv((c_in, c_in), c_out, aggr="mean")
+    if kind == "gat":
+        return gnn.GATConv((c_in, c_in), c_out // heads, heads=heads, add_self_loops=False)
+    if kind == "gin":
+        return gnn.GINConv(nn.Sequential(nn.Linear(c_in, c_out), nn.ReLU(), nn.Linear(c_out, c_out)), train_eps=True)
+    raise ValueError(f"conv {kind!r} has no relation-wise form; use one of {HETERO_CONVS}")
+
+
+class HeteroGNN(nn.Module):
+    """The GNN with a weight set per relation: each layer is a ``HeteroConv`` that sums, per node
+    type, its incoming relations' messages. Takes the typed graph as one node table with
+    ``node_type`` and ``edge_type`` (as batches carry it) and returns logits (N, C), the rows of
+    the labelled type (``node_types[0]``) filled, the others zero."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        if cfg.in_channels < 1 or cfg.num_classes < 2 or not cfg.edge_types:
+            raise ConfigError("in_channels/num_classes/edge_types: bind the config to a typed graph first")
+        self.cfg = cfg
+        self.relations = [tuple(t) for t in cfg.edge_types]
+        dims = [cfg.in_channels] + [cfg.hidden] * cfg.layers
+        self.convs = nn.ModuleList(
+            gnn.HeteroConv({r: _relation_conv(cfg.conv, a, b, cfg.heads) for r in self.relations}, aggr="sum")
+            for a, b in zip(dims[:-1], dims[1:]))
+        self.head = nn.Linear(cfg.hidden, cfg.num_classes)
+
+    def _split(self, x: torch.Tensor, edge_index: torch.Tensor, node_type: torch.Tensor, edge_type: torch.Tensor):
+        """The node table and edge list as torch-geometric's dicts by type, each node renumbered
+        within its type. The boolean masks make the host wait for the device once per type and
+        relation each step (their sizes are data); the GPU floors do not cover this model yet."""
+        types = self.cfg.node_types
+        local = (F.one_hot(node_type, len(types)).cumsum(0) - 1).gather(1, node_type[:, None])[:, 0]
+        x_dict = {t: x[node_type == i] for i, t in enumerate(types)}
+        edge_dict = {}
+        for r, relation in enumerate(self.relations):
+            e = edge_index[:, edge_type == r]
+            edge_dict[relation] = torch.stack([local[e[0]], local[e[1]]])
+        return x_dict, edge_dict
+
+    def embed(self, x: torch.Tensor, edge_index: torch.Tensor, batch: torch.Tensor | None = None,
+              node_type: torch.Tensor | None = None, edge_type: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings (N, hidden) of the labelled type's nodes, in their rows (the others zero)."""
+        if node_type is None or edge_type is None:
+            raise ValueError("a relation-wise GNN needs each node's node_type and each edge's edge_type")
+        edge_index, kept = dropout_edge(edge_index, p=self.cfg.drop_edge, training=self.training)
+        x_dict, edge_dict = self._split(x, edge_index, node_type, edge_type[kept])
+        for i, conv in enumerate(self.convs):
+            h_in = x_dict
+            x_dict = conv({t: F.dropout(h, self.cfg.dropout, self.training) if i else h for t, h in x_dict.items()},
+                          edge_dict)
+            x_dict = {t: F.relu(h) for t, h in x_dict.items()}
+            if self.cfg.residual:
+                x_dict = {t: h + h_in[t] if h_in[t].shape == h.shape else h for t, h in x_dict.items()}
+        target = node_type == 0
+        out = x.new_zeros(len(x), self.cfg.hidden)
+        out[target] = x_dict[self.cfg.node_types[0]]
+        return out
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor, batch: torch.Tensor | None = None,
+                num_graphs: int | None = None, node_type: torch.Tensor | None = None,
+                edge_type: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.embed(x, edge_index, None, node_type, edge_type)
+        return self.head(F.dropout(h, self.cfg.dropout, self.training)) * (node_type == 0)[:, None]
+
+
+def build(cfg: Config) -> nn.Module:
+    return HeteroGNN(cfg) if cfg.hetero else GNN(cfg)
 
 
 def bind(cfg: Config, stats: dict, data_dir) -> Config:
@@ -167,6 +248,11 @@ def bind(cfg: Config, stats: dict, data_dir) -> Config:
         if getattr(cfg, key) not in (0, have):
             raise ConfigError(f"{key}: the data has {have}, the model {getattr(cfg, key)}; set it to {have} or 0")
     cfg.in_channels, cfg.num_classes = stats["num_features"], stats["num_classes"]
+    if cfg.hetero and "edge_types" not in stats:
+        raise ConfigError(f"hetero: {data_dir} is an untyped graph (no node or edge types); point the algorithm "
+                          f"at a typed graph (data.<name>.source: typed) or set hetero: false")
+    if cfg.hetero:
+        cfg.node_types, cfg.edge_types = list(stats["node_types"]), [list(t) for t in stats["edge_types"]]
     return cfg
 
 
@@ -176,10 +262,15 @@ def loader_options(cfg: Config, world_size: int) -> dict:
     return {"fanout": list(cfg.fanout)} if sample else {}
 
 
+def _types(batch: tuple, cfg: Config) -> dict[str, torch.Tensor]:
+    """A typed graph's node and edge types, for a relation-wise model (a type-blind one ignores them)."""
+    return {"node_type": batch[4], "edge_type": batch[5]} if cfg.hetero else {}
+
+
 def _logits(model: nn.Module, batch: tuple, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
-    x, edge_index, index, target = batch
+    x, edge_index, index, target = batch[:4]
     if cfg.task == "node":
-        return model(x, edge_index)[index], target
+        return model(x, edge_index, **_types(batch, cfg))[index], target
     return model(x, edge_index, index, len(target)), target
 
 
@@ -212,8 +303,9 @@ def evaluate(model: GNN, cfg: Config, shard_dir, split: str, detail: bool = True
 
     model.eval()
     probs, labels, embeddings = [], [], []
-    for x, edge_index, index, target in ShardDataset(shard_dir, split, batch_size=1 << 16):
-        h = model.embed(x, edge_index, index if cfg.task == "graph" else None)
+    for batch in ShardDataset(shard_dir, split, batch_size=1 << 16):
+        x, edge_index, index, target = batch[:4]
+        h = model.embed(x, edge_index, index if cfg.task == "graph" else None, **_types(batch, cfg))
         h = h[index] if cfg.task == "node" else model.readout(h, index, len(target))
         probs.append(torch.softmax(model.head(h), 1).numpy())
         labels.append(target.numpy())
@@ -257,8 +349,31 @@ def _tensor(inputs: dict, key: str, kind: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)) if kind == "float" else torch.as_tensor(value)
 
 
+def _typed_inputs(inputs: dict, x: torch.Tensor, edge_index: torch.Tensor, cfg: Config) -> dict[str, torch.Tensor]:
+    """``node_type`` (num_nodes,) and ``edge_type`` (num_edges,) of a typed graph, checked against
+    the model's types."""
+    out = {}
+    for key, count, names in (("node_type", len(x), cfg.node_types), ("edge_type", edge_index.shape[1],
+                                                                         cfg.edge_types)):
+        if inputs.get(key) is None:
+            raise ValueError(f"missing input {key!r}: this model reads a typed graph; pass {key} ({count},) int64, "
+                             f"ids into {names}")
+        value = _tensor(inputs, key, "int").long()
+        if value.shape != (count,) or (count and (int(value.min()) < 0 or int(value.max()) >= len(names))):
+            raise ValueError(f"{key}: expected shape ({count},) with ids 0..{len(names) - 1} ({names}), got shape "
+                             f"{tuple(value.shape)}")
+        out[key] = value
+    ends = torch.tensor([[cfg.node_types.index(s), cfg.node_types.index(d)] for s, _, d in cfg.edge_types])
+    bad = (out["node_type"][edge_index.T] != ends[out["edge_type"]]).any(1)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"edge {i}: its edge_type {cfg.edge_types[int(out['edge_type'][i])]} does not join the types "
+                         f"of its nodes")
+    return out
+
+
 @torch.no_grad()
-def predict(model: GNN, inputs: Any, cfg: Config) -> np.ndarray:
+def predict(model: nn.Module, inputs: Any, cfg: Config) -> np.ndarray:
     """Class probabilities: per node (num_nodes, C) for a node model; per graph (num_graphs, C) for
     a graph model, whose ``batch`` assigns each node to its graph (0..G-1; absent = one graph).
 
@@ -272,6 +387,9 @@ def predict(model: GNN, inputs: Any, cfg: Config) -> np.ndarray:
     if x.dim() != 2 or x.shape[1] != cfg.in_channels:
         raise ValueError(f"x: expected node features of shape (num_nodes, {cfg.in_channels}), got {tuple(x.shape)}")
     edge_index = check_edge_index(_tensor(inputs, "edge_index", "int"), len(x))
+    if cfg.hetero:  # probabilities of the labelled type's nodes, in their order
+        types = _typed_inputs(inputs, x, edge_index, cfg)
+        return torch.softmax(model(x, edge_index, **types)[types["node_type"] == 0], 1).numpy()
     edge_index = edge_index[:, edge_index[0] != edge_index[1]]  # the model adds each node's own loop
     if cfg.task == "node":
         return torch.softmax(model(x, edge_index), 1).numpy()
@@ -293,6 +411,8 @@ def signature(cfg: Config):
               TensorSpec(np.dtype(np.int64), (-1, -1), "edge_index")]
     if cfg.task == "graph":
         inputs.append(TensorSpec(np.dtype(np.int64), (-1,), "batch"))
+    if cfg.hetero:
+        inputs += [TensorSpec(np.dtype(np.int64), (-1,), "node_type"), TensorSpec(np.dtype(np.int64), (-1,), "edge_type")]
     return ModelSignature(inputs=Schema(inputs), outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, cfg.num_classes))]))
 
 
@@ -303,6 +423,16 @@ def serving_example(cfg: Config) -> dict:
     if cfg.task == "graph":
         example["edge_index"] = np.array([[0, 1, 2, 3], [1, 0, 3, 2]], dtype=np.int64)
         example["batch"] = np.array([0, 0, 1, 1], dtype=np.int64)
+    if cfg.hetero:  # nodes 0..3 of types 0, 0, 1, 2 (two of the labelled type); one edge per relation
+        types = [cfg.node_types.index(t) for t in (cfg.node_types[0], cfg.node_types[0])] + \
+            list(range(1, len(cfg.node_types)))
+        node_of = {t: types.index(t) for t in set(types)}
+        ends = [(node_of[cfg.node_types.index(s)], node_of[cfg.node_types.index(d)]) for s, _, d in cfg.edge_types]
+        ends = [(0, 1) if a == b else (a, b) for a, b in ends]  # a relation within one type: two of its nodes
+        example = {"x": np.ones((len(types), cfg.in_channels), dtype=np.float32),
+                   "edge_index": np.array(ends, dtype=np.int64).T.reshape(2, -1),
+                   "node_type": np.array(types, dtype=np.int64),
+                   "edge_type": np.arange(len(cfg.edge_types), dtype=np.int64)}
     return example
 
 
@@ -310,4 +440,7 @@ def usage(name: str, cfg: Config) -> str:
     return (f'`mlflow.pyfunc.load_model("models:/{name}@champion").predict({{"x": x, "edge_index": edge_index}})` '
             f'with x float32 (num_nodes, features) and edge_index int64 (2, num_edges), both directions of each '
             f'edge; returns class probabilities per node. A graph-classification model also takes "batch" (each '
-            f'node\'s graph id) and returns probabilities per graph.')
+            f'node\'s graph id) and returns probabilities per graph.'
+            + (f' This one reads a typed graph: also "node_type" (num_nodes,) ids into {cfg.node_types} and '
+               f'"edge_type" (num_edges,) ids into its relations; it returns probabilities per {cfg.node_types[0]}.'
+               if cfg.hetero else ''))

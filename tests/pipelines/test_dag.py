@@ -132,9 +132,9 @@ def test_dvc_status_reports_exactly_the_stages_whose_code_changed(tmp_path, repo
     assert "train-resnet" not in translation
     # The reader knows no data type: the graph sampler re-runs exactly the graph datasets and algorithms,
     # token batching exactly the translation ones.
-    graph_data = {"community", "karate", "graph_families"}
+    graph_data = {"community", "karate", "graph_families", "papers"}
     assert edit("components/data/graphs.py") == {f"{s}-{d}" for s in ("ingest", "preprocess") for d in graph_data} | {
-        f"{s}-{a}" for s in PER_ALGO for a in ("gnn", "gnn_graphs", "gnn_karate")}
+        f"{s}-{a}" for s in PER_ALGO for a in ("gnn", "gnn_graphs", "gnn_karate", "gnn_hetero")}
     assert edit("components/data/batching.py") == {"ingest-translation", "preprocess-translation"} | {
         f"{s}-transformer" for s in PER_ALGO}
     # The sweep's code re-runs the sweeps; train follows only through best.yaml, when the winner changes.

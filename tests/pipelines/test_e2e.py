@@ -61,10 +61,14 @@ def tiny_params() -> dict:
     params["tune"]["diffusion"]["space"]["schedule"] = ["cosine", "linear"]
     # GNN: node classification as a 2-worker DDP job on neighbour-sampled mini-batches, and graph
     # classification (the graph families, batched whole graphs) in local mode. The karate club takes
-    # the node stages with another dataset (tests/pipelines/test_edges.py runs its stages), so it stays out.
+    # the node stages with another dataset (tests/pipelines/test_edges.py runs its stages), so it stays out,
+    # as does the typed graph's (its data, batches, training and serving: tests/components/models/test_gnn.py
+    # and the contract test).
     for section in ("algorithms", "train", "tune"):
         del params[section]["gnn_karate"]
+        del params[section]["gnn_hetero"]
     del params["data"]["karate"]
+    del params["data"]["papers"]
     params["data"]["graph_families"].update(samples_per_shard=25)
     params["data"]["graph_families"]["families"].update(graphs_per_family=40, min_nodes=12, max_nodes=20)
     params["train"]["gnn_graphs"].update(epochs=20, batch_size=16)  # 160 steps, about 2 s
