@@ -106,7 +106,7 @@ def test_the_repository_params_give_every_algorithm_its_data_train_and_tune_sect
 def test_one_family_serves_several_algorithms_and_names_its_module(repo_params):
     assert repo_params["algorithms"]["gnn_graphs"]["family"] == "gnn"
     params = load_all(repo_params)
-    assert {n for n, a in params.algorithms.items() if a.family == "gnn"} == {"gnn", "gnn_graphs", "gnn_karate"}
+    assert {n for n, a in params.algorithms.items() if a.family == "gnn"} == {"gnn", "gnn_graphs", "gnn_karate", "gnn_hetero"}
     raw = _with(repo_params, "algorithms.gnn_graphs.family", "gnnn")
     with pytest.raises(ConfigError, match=r"algorithms.gnn_graphs.family: unknown family 'gnnn'"):
         load_all(raw)
