@@ -454,12 +454,10 @@ class NodeBatcher:
         typed = "node_type" in g
         if not self.fanout:
             return (g["x"], g["edge_index"], seeds, target) + ((g["node_type"], g["edge_type"]) if typed else ())
-        if not typed:
-            n_id, edge_index = sample_neighbors(g["rowptr"], g["edge_index"][0], seeds, self.fanout, generator)
-            return g["x"][n_id], edge_index, torch.arange(len(seeds)), target
         n_id, edge_index, e_id = sample_neighbors(g["rowptr"], g["edge_index"][0], seeds, self.fanout, generator,
                                                   edge_ids=True)
-        return g["x"][n_id], edge_index, torch.arange(len(seeds)), target, g["node_type"][n_id], g["edge_type"][e_id]
+        batch = (g["x"][n_id], edge_index, torch.arange(len(seeds)), target)
+        return batch + ((g["node_type"][n_id], g["edge_type"][e_id]) if typed else ())
 
 
 def collate_graphs(samples: list[tuple], generator: torch.Generator | None = None) -> tuple:

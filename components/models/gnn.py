@@ -169,8 +169,8 @@ def _relation_conv(kind: str, c_in: int, c_out: int, heads: int) -> nn.Module:
         return gnn.SAGEConv((c_in, c_in), c_out, aggr="mean")
     if kind == "gat":
         return gnn.GATConv((c_in, c_in), c_out // heads, heads=heads, add_self_loops=False)
-    if kind == "gin":
-        return gnn.GINConv(nn.Sequential(nn.Linear(c_in, c_out), nn.ReLU(), nn.Linear(c_out, c_out)), train_eps=True)
+    if kind == "gin":  # GINConv reads a (source, target) pair as it is
+        return _conv(kind, c_in, c_out, heads)
     raise ValueError(f"conv {kind!r} has no relation-wise form; use one of {HETERO_CONVS}")
 
 
