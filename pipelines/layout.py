@@ -126,8 +126,9 @@ def run_stage(main) -> None:
 
     Ending is immediate (``os._exit`` once the output streams are flushed): a stage's outputs are
     closed files by then, and tearing down an interpreter that imported torch, MLflow and Ray
-    costs about a second more, and stopping a local Ray gracefully a few; the kernel ends the
-    Ray processes this one started (Ray's fate sharing), and a cluster drops the driver's job.
+    costs about a second more, and stopping a local Ray gracefully a few; a local Ray this process
+    started is killed instead (``launch.kill_local_ray``: its agents too), and a cluster drops the
+    driver's job.
     Anything else raised goes up as usual (a traceback, exit 1).
 
     With ``M7_PROFILE=<file>`` set, appends one JSON line per stage process to that file: the
@@ -154,6 +155,9 @@ def _end_process(code: int) -> None:
     logging.shutdown()  # flushes every handler
     sys.stdout.flush()
     sys.stderr.flush()
+    launch = sys.modules.get("components.training.launch")  # imported only by stages that start Ray
+    if launch is not None:
+        launch.kill_local_ray()
     os._exit(code)
 
 

@@ -4,6 +4,7 @@ with its client; it sees the project's code as it is now. Real processes, real s
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -156,3 +157,46 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+RAY_STAGE = '''
+import json
+import psutil
+import ray
+from components.training import launch
+from pipelines.layout import run_stage
+
+def main():
+    launch.init_ray(1, dashboard=False)
+    procs = []
+    for infos in ray._private.worker._global_node.all_processes.values():
+        for info in infos:
+            proc = psutil.Process(info.process.pid)
+            procs += [proc, *proc.children(recursive=True)]
+    json.dump({p.pid: " ".join(p.cmdline()) for p in procs}, open("ray_procs.json", "w"))
+
+run_stage(main)
+'''
+
+
+def test_a_stage_that_started_a_local_ray_leaves_none_of_its_processes_behind(tmp_path):
+    """The raylet's dashboard and runtime-env agents included: left behind, they held their ports
+    and CPU for a minute or more, and the next stage's Ray took twice as long to start."""
+    (tmp_path / "ray_probe").mkdir()
+    (tmp_path / "ray_probe" / "__init__.py").write_text("")
+    (tmp_path / "ray_probe" / "run.py").write_text(RAY_STAGE)
+    sockets = tmp_path / "sockets"
+    sockets.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "M7_STAGE_SOCKET_DIR": str(sockets), "M7_STAGE_SERVER_IDLE": "5"}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-m", "pipelines.stage", "ray_probe.run"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    procs = {int(pid): cmd for pid, cmd in json.loads((tmp_path / "ray_procs.json").read_text()).items()}
+    assert any("agent" in cmd for cmd in procs.values()), procs  # the raylet's agents were running
+    deadline = time.time() + 5
+    alive = procs
+    while alive and time.time() < deadline:
+        alive = {pid: cmd for pid, cmd in procs.items() if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)}
+        time.sleep(0.1)
+    assert not alive, f"left running after the stage ended: {alive}"
