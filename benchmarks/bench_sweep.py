@@ -27,7 +27,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from components.config import to_dict
+from components.config import replace  # noqa: E402
 from components.params import train_config, tune_config  # noqa: E402
 from components.training import launch, tune_run  # noqa: E402
 from components.training import sweep as sha  # noqa: E402
@@ -66,7 +66,7 @@ def main() -> None:
 
     family = get_family(raw["algorithms"][args.algo].get("family") or args.algo)
     metric, mode = family.VAL_METRIC, family.VAL_MODE
-    base = {**to_dict(cfg), "epochs": tcfg.epochs, "checkpoint_every": tcfg.epochs, "num_workers": 0, "tuned": False}
+    base = replace(cfg, f"train.{args.algo}", epochs=tcfg.epochs, checkpoint_every=tcfg.epochs, num_workers=0, tuned=False)
     launch.init_ray()
     work = Path(tempfile.mkdtemp(prefix="bench_sweep_"))
     table = []
@@ -78,7 +78,7 @@ def main() -> None:
                        data_dir=str(shards), runs_root=runs_root, storage_path=str(work / "ray"), name=method,
                        train_fraction=tcfg.train_fraction)
         if method == "sweep":
-            trials = sha.draw(tcfg.space, base, tcfg.samples_per_schedule, tcfg.seed)
+            trials = sha.draw(tcfg.space, base, tcfg.samples_per_schedule, tcfg.seed, args.algo)
             result = tune_run.sweep(trials, grace_period=tcfg.grace_period, reduction_factor=tcfg.reduction_factor,
                                     epochs=tcfg.epochs, **options)
         else:

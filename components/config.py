@@ -129,7 +129,11 @@ def parse(cls: type[T], data: Any, path: str) -> T:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and f.metadata:
             _check_bounds(value, f.metadata, key_path)
         kwargs[name] = value
-    obj = cls(**kwargs)
+    return _validated(cls(**kwargs), path)
+
+
+def _validated(obj: T, path: str) -> T:
+    """``obj`` after its section's own ``validate`` (checks across keys), errors prefixed with ``path``."""
     validate = getattr(obj, "validate", None)
     if validate is not None:
         try:
@@ -137,6 +141,25 @@ def parse(cls: type[T], data: Any, path: str) -> T:
         except ConfigError as exc:
             raise ConfigError(f"{path}.{exc}") from None
     return obj
+
+
+def replace(obj: T, path: str, **changes: Any) -> T:
+    """``obj`` (a config dataclass) with ``changes``, each checked as :func:`parse` checks a value of
+    params.yaml (type, range, the section's ``validate``), errors naming ``path.<key>``: a typed
+    config changed in place of a round trip through its plain form. A change that is itself a
+    config dataclass of the field's type is taken as it is (build it with this function)."""
+    hints = typing.get_type_hints(type(obj))
+    fields = {f.name: f for f in dataclasses.fields(obj) if f.init}
+    checked = {}
+    for name, value in changes.items():
+        if name not in fields:
+            raise ConfigError(f"{path}.{name}: unknown key; valid keys are {sorted(fields)}")
+        if not (dataclasses.is_dataclass(hints[name]) and isinstance(value, hints[name])):
+            value = _coerce(value, hints[name], f"{path}.{name}")
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and fields[name].metadata:
+                _check_bounds(value, fields[name].metadata, f"{path}.{name}")
+        checked[name] = value
+    return _validated(dataclasses.replace(obj, **checked), path)
 
 
 def to_dict(obj: Any) -> Any:
@@ -263,6 +286,12 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     model: Any = None  # the family's Config dataclass, parsed by train_config()
+
+
+def with_schedule(train: TrainConfig, path: str, lr: float, name: str, warmup: float) -> TrainConfig:
+    """``train`` with another peak LR, schedule and warm-up (a sweep trial's, or the winner that
+    train trains), checked as params.yaml's values are; its other schedule keys kept."""
+    return replace(train, path, lr=lr, schedule=replace(train.schedule, f"{path}.schedule", name=name, warmup=warmup))
 
 
 @dataclass

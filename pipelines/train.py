@@ -39,9 +39,8 @@ def main() -> None:
     quiet_third_parties()
     p, layout = load(args, "train")
     algo = p.name
-    cfg, lineage_tags = winner.with_winner(p.train, p.family, algo, layout.tuned(algo),
-                                                 layout.metrics("tune", algo),
-                                                 str(layout.tuned(algo).relative_to(layout.root)))
+    cfg, lineage_tags = winner.with_winner(p.train, algo, layout.tuned(algo), layout.metrics("tune", algo),
+                                           str(layout.tuned(algo).relative_to(layout.root)))
     family = get_family(p.family)
     data_version = lineage.data_version(layout.shards(p.dataset))
     storage = layout.storage_root(p.runtime.storage_root)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 
 from components import tracking
-from components.config import to_dict
+from components.config import replace, to_dict
 from components.evaluation import plots
 from components.models import get_family
 from components.training import launch, tune_run, winner
@@ -42,13 +42,13 @@ def main() -> None:
     metric, mode = family.VAL_METRIC, family.VAL_MODE  # what the rungs compare
     # Every trial's schedule spans the sweep's budget; keys it does not read (params.TRAIN_ONLY) are
     # fixed, so that the run key, like the stage, ignores them.
-    base = {**to_dict(p.train), "epochs": tcfg.epochs, "checkpoint_every": tcfg.epochs, "num_workers": 0, "tuned": False}
-    trials = sha.draw(tcfg.space, base, tcfg.samples_per_schedule, tcfg.seed)
+    base = replace(p.train, f"train.{algo}", epochs=tcfg.epochs, checkpoint_every=tcfg.epochs, num_workers=0, tuned=False)
+    trials = sha.draw(tcfg.space, base, tcfg.samples_per_schedule, tcfg.seed, algo)
     data_version = lineage.data_version(layout.shards(p.dataset))
     storage = layout.storage_root(p.runtime.storage_root)
     worker_shards = layout.worker_shards(p.dataset, data_version, p.runtime.storage_root)
     code = lineage.code_version(layout.root, dag.code_deps("tune", p.raw, algo, layout.root))
-    key = lineage.run_key(algo, base, to_dict(tcfg), data_version, code)
+    key = lineage.run_key(algo, to_dict(base), to_dict(tcfg), data_version, code)
     runs_root = f"{storage}/runs/{algo}/tune-{key}"  # same key: an interrupted sweep resumes its trials
 
     uri = tracking.configure(layout.root)
@@ -56,7 +56,7 @@ def main() -> None:
         tracking.MlflowClient(), tracking.experiment_id(algo, layout.root), algo, f"tune-{key}", tags={
             "git_commit": lineage.git_commit(layout.root), "data_version": data_version,
             "dvc_data_md5": lineage.dvc_md5(layout.root, f"data/shards/{p.dataset}")},
-        params={"base": base, "sweep": to_dict(tcfg)}, trials=trials, base=base)
+        params={"base": to_dict(base), "sweep": to_dict(tcfg)}, trials=trials, base=base)
 
     steps = sha.plan(len(trials), tcfg.grace_period, tcfg.reduction_factor, tcfg.epochs)
     print(f"tune {algo}: {len(trials)} trials (params.yaml's own + {tcfg.samples_per_schedule} x "

@@ -3,10 +3,12 @@
 A ``data.<name>`` section is of type ``<name>`` unless it says ``type: <module>``, so one
 module can serve several datasets (``graphs``: a community graph, karate club, graph families).
 
-Each module exports ``Config`` (its ``data.<name>`` section), ``ingest(cfg, out_dir) ->
-manifest`` (raw files, a fixed split, checksums) and ``preprocess(cfg, raw_dir, out_dir,
-manifest) -> stats`` (WebDataset shards per split, ``stats.json`` and any assets such as
-a tokenizer, fitted on the train split only).
+Each module meets the dataset contract, :class:`components.data.contract.Dataset`, checked
+by :func:`get_dataset` when the module is loaded: ``Config`` (its ``data.<name>`` section),
+``ingest(cfg, out_dir) -> manifest`` (raw files, a fixed split, checksums),
+``preprocess(cfg, raw_dir, out_dir, manifest) -> stats`` (WebDataset shards per split,
+``stats.json`` and any assets such as a tokenizer, fitted on the train split only) and
+``batcher(stats, shard_dir, options)`` (how the reader turns its samples into batches).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import importlib
 from types import ModuleType
 
 from components.config import ConfigError
+from components.data import contract
 
 # Name -> module, imported when asked for: a stage loads only the dataset module it runs.
 DATASETS: dict[str, str] = {
@@ -24,6 +27,8 @@ DATASETS: dict[str, str] = {
     "captions": "components.data.captions",
 }
 
+_CHECKED: set[str] = set()
+
 
 def get_dataset(name: str, path: str = "dataset") -> ModuleType:
     """The dataset module registered as ``name``; an unknown name lists the valid ones."""
@@ -31,4 +36,8 @@ def get_dataset(name: str, path: str = "dataset") -> ModuleType:
         module = DATASETS[name]
     except KeyError:
         raise ConfigError(f"{path}: unknown dataset {name!r}; valid: {sorted(DATASETS)}") from None
-    return importlib.import_module(module)
+    dataset = importlib.import_module(module)
+    if module not in _CHECKED:
+        contract.check(dataset, name)
+        _CHECKED.add(module)
+    return dataset

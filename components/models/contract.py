@@ -10,10 +10,11 @@ through the contract end to end on tiny data.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, ClassVar, Literal, Protocol
+
+from components.conformance import call_problems
 
 Mode = Literal["max", "min"]
 MODES = ("max", "min")
@@ -113,15 +114,7 @@ def problems(module: ModuleType) -> list[str]:
     """What ``module`` lacks or gets wrong of the contract, one line each (empty: it conforms)."""
     out = [f"lacks {name}" for name in REQUIRED if not hasattr(module, name)]
     out += [f"lacks {a} (or {b})" for a, b in ONE_OF if not hasattr(module, a) and not hasattr(module, b)]
-    for name, (args, kwargs) in CALLS.items():
-        fn = getattr(module, name, None)
-        if fn is None:
-            continue
-        try:
-            inspect.signature(fn).bind(*args, **kwargs)
-        except TypeError as exc:
-            params = ", ".join(inspect.signature(fn).parameters)
-            out.append(f"{name}({params}) cannot take the pipeline's call {name}{_shape(args, kwargs)}: {exc}")
+    out += call_problems(module, CALLS)
     step = getattr(module, "Step", None)
     if step is not None:
         out += [f"Step lacks {m}" for m in STEP_METHODS if not callable(getattr(step, m, None))]
@@ -134,11 +127,6 @@ def problems(module: ModuleType) -> list[str]:
     if hasattr(module, "VAL_METRIC") and not str(module.VAL_METRIC).startswith("val_"):
         out.append(f"VAL_METRIC {module.VAL_METRIC!r} must name a per-epoch metric, val_<metric>")
     return out
-
-
-def _shape(args: tuple, kwargs: dict) -> str:
-    names = [f"arg{i}" for i in range(len(args))] + [f"{k}=" for k in kwargs]
-    return "(" + ", ".join(names) + ")"
 
 
 def check(module: ModuleType, name: str) -> None:

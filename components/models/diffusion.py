@@ -6,8 +6,8 @@ classifier-free guidance.
   2021), ᾱ_t = f(t)/f(0), f(t) = cos²(((t/T + s)/(1 + s))·π/2), β clipped at 0.999;
 - the denoiser predicts ε and is trained with the simple loss ‖ε − ε_θ(x_t, t)‖², or predicts
   v = √ᾱ ε − √(1−ᾱ) x_0 (Salimans & Ho 2022) as an option;
-- a small U-Net: sinusoidal time embedding, residual blocks with GroupNorm, self-attention
-  at the lowest resolution, skip connections;
+- the shared U-Net (``components/models/unet.py``): sinusoidal time embedding, residual blocks
+  with GroupNorm, self-attention at the lowest resolution, skip connections;
 - EMA of the denoiser's weights, which is what is sampled and served;
 - ``NoiseScheduler`` holds no parameters (``add_noise`` for training, ``step`` for sampling);
   samplers: ancestral DDPM (the survey's eq. 9, x_{t−1} = (x_t − β_t/√(1−ᾱ_t) ε_θ)/√α_t + σ_t z
@@ -21,7 +21,6 @@ Images are in [0, 1] outside the model and in [−1, 1] inside it.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -42,6 +41,7 @@ from components.models.common import (
 )
 from components.models.contract import Report
 from components.models.diffusion_scheduler import NoiseScheduler
+from components.models.unet import UNet
 from components.training.steps import StepResult, SupervisedStep
 
 PAPER = ("Ho et al. 2020, Denoising Diffusion Probabilistic Models (arXiv:2006.11239); DDIM: Song et al. 2021 "
@@ -92,102 +92,14 @@ class Config:
             raise ConfigError(f"sweep: unknown sampler {bad}; use ddim<steps> (e.g. ddim50) or ddpm")
 
 
-# ---------------------------------------------------------------------------------- the U-Net
-
-def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal embedding of the step (as the Transformer's positions): (B, dim)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10_000) * torch.arange(half, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([args.sin(), args.cos()], 1)
-
-
-class ResBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, emb: int, groups: int, dropout: float):
-        super().__init__()
-        self.norm1, self.conv1 = nn.GroupNorm(groups, c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.emb = nn.Linear(emb, c_out)
-        self.norm2, self.conv2 = nn.GroupNorm(groups, c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
-        self.drop = nn.Dropout(dropout)
-        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-        nn.init.zeros_(self.conv2.weight)  # each block starts as the identity
-        nn.init.zeros_(self.conv2.bias)
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.emb(emb)[:, :, None, None]
-        h = self.conv2(self.drop(F.silu(self.norm2(h))))
-        return self.skip(x) + h
-
-
-class SelfAttention(nn.Module):
-    def __init__(self, c: int, groups: int, heads: int = 4):
-        super().__init__()
-        self.norm, self.qkv, self.out, self.heads = nn.GroupNorm(groups, c), nn.Conv2d(c, 3 * c, 1), nn.Conv2d(c, c, 1), heads
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).view(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2).unbind(1)
-        y = F.scaled_dot_product_attention(q, k, v)  # (b, heads, hw, c/heads)
-        return x + self.out(y.transpose(-1, -2).reshape(b, c, h, w))
-
-
-class UNet(nn.Module):
-    """ε_θ(x_t, t, y): two resolutions (S and S/2), ``blocks`` residual blocks each, attention
-    and a middle block at S/2, skip connections from the way down to the way up."""
-
-    def __init__(self, cfg: Config):
-        super().__init__()
-        w, g, emb, drop = cfg.width, cfg.groups, 4 * cfg.width, cfg.dropout
-        self.cfg = cfg
-        self.time = nn.Sequential(nn.Linear(w, emb), nn.SiLU(), nn.Linear(emb, emb))
-        # the last class index is "no class": what label dropout trains and guidance subtracts
-        self.classes = nn.Embedding(cfg.num_classes + 1, emb) if cfg.conditional else None
-        self.inp = nn.Conv2d(cfg.in_channels, w, 3, padding=1)
-        self.down1 = nn.ModuleList([ResBlock(w, w, emb, g, drop) for _ in range(cfg.blocks)])
-        self.downsample = nn.Conv2d(w, w, 3, stride=2, padding=1)
-        self.down2 = nn.ModuleList([ResBlock(w if i == 0 else 2 * w, 2 * w, emb, g, drop) for i in range(cfg.blocks)])
-        self.mid1, self.mid_attn, self.mid2 = ResBlock(2 * w, 2 * w, emb, g, drop), SelfAttention(2 * w, g), \
-            ResBlock(2 * w, 2 * w, emb, g, drop)
-        self.up2 = nn.ModuleList([ResBlock(4 * w, 2 * w, emb, g, drop) for _ in range(cfg.blocks)])
-        self.upsample = nn.Conv2d(2 * w, w, 3, padding=1)
-        self.up1 = nn.ModuleList([ResBlock(2 * w, w, emb, g, drop) for _ in range(cfg.blocks)])
-        self.out = nn.Sequential(nn.GroupNorm(g, w), nn.SiLU(), nn.Conv2d(w, cfg.in_channels, 3, padding=1))
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        emb = self.time(time_embedding(t, self.cfg.width))
-        if self.classes is not None:
-            y = torch.full_like(t, self.cfg.num_classes) if y is None else y
-            emb = emb + self.classes(y)
-        h = self.inp(x)
-        skips = []
-        for block in self.down1:
-            h = block(h, emb)
-            skips.append(h)
-        h = self.downsample(h)
-        for block in self.down2:
-            h = block(h, emb)
-            skips.append(h)
-        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
-        for block in self.up2:
-            h = block(torch.cat([h, skips.pop()], 1), emb)
-        h = self.upsample(F.interpolate(h, scale_factor=2, mode="nearest"))
-        for block in self.up1:
-            h = block(torch.cat([h, skips.pop()], 1), emb)
-        return self.out(h)
-
-
 class Diffusion(nn.Module):
     """The denoiser and its EMA copy (sampled and served); the scheduler is rebuilt from the config."""
 
     def __init__(self, cfg: Config):
         super().__init__()
         self.cfg = cfg
-        self.denoiser = UNet(cfg)
+        self.denoiser = UNet(cfg.in_channels, cfg.width, cfg.blocks, cfg.groups, cfg.dropout,
+                             cfg.num_classes if cfg.conditional else 0)
         self.ema = copy.deepcopy(self.denoiser).requires_grad_(False)
         self.scheduler = NoiseScheduler(cfg.timesteps, cfg.schedule, cfg.beta_start, cfg.beta_end, cfg.cosine_s,
                                         cfg.prediction)

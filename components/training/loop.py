@@ -30,6 +30,7 @@ metric such as FID), else exact sums of ``family.eval_step`` over the val split.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import time
@@ -232,8 +233,8 @@ class _Run:
         self.config, self.algo = config, config.algo
         name = config.family or config.algo
         self.family = family = get_family(name)
-        # A copy through its plain form (what a checkpoint keeps): the model section is bound below.
-        self.cfg = cfg = train_config_from_dict(name, to_dict(config.train))
+        # A copy of the typed config: the model section is bound below, the caller's is left as it was.
+        self.cfg = cfg = copy.deepcopy(config.train)
         self.hooks: list[Hook] = list(config.hooks)
         self.run_dir = config.run_dir  # a local path or a URL (components.training.storage)
         self.data_dir = localize(config.data_dir)  # a URL under the storage root is copied to this node once

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from components import tracking
+from components.config import TrainConfig, to_dict
 from components.evaluation import plots
 from components.training import sweep as sha
 from components.training.loop import HISTORY, read_rows
@@ -24,9 +25,9 @@ class SweepRuns:
     """The sweep's MLflow runs: a parent, and a child per trial created up front."""
 
     def __init__(self, client: Any, experiment: str, algo: str, name: str, tags: dict[str, str],
-                 params: dict[str, Any], trials: list[sha.Trial], base: dict[str, Any]):
+                 params: dict[str, Any], trials: list[sha.Trial], base: TrainConfig):
         self.client, self.algo = client, algo
-        self.epochs = int(base["epochs"])  # the sweep's budget: the last rung
+        self.epochs = base.epochs  # the sweep's budget: the last rung
         self.parent = client.create_run(experiment, run_name=name, tags={"stage": "tune", "algo": algo, **tags})
         self.parent_id = self.parent.info.run_id
         tracking.log_batch(client, self.parent_id, params=tracking.params_of(params))
@@ -35,7 +36,7 @@ class SweepRuns:
             run = client.create_run(experiment, run_name=f"{t.name} {t.schedule} lr {t.lr:.3g}", tags={
                 "mlflow.parentRunId": self.parent_id, "stage": "tune", "algo": algo, "trial": t.name,
                 "status": "running", **({"baseline": "params.yaml's own config"} if t.name == "t00" else {})})
-            tracking.log_batch(client, run.info.run_id, params=tracking.params_of(t.apply(base)))
+            tracking.log_batch(client, run.info.run_id, params=tracking.params_of(to_dict(t.apply(base))))
             self.run_ids[t.name] = run.info.run_id
 
     def decided(self, epochs: int, kept: list[sha.Outcome], stopped: list[sha.Outcome], metric: str) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.search import Searcher
 
+from components.config import TrainConfig
 from components.training import launch
 from components.training import sweep as sha
 from components.training.loop import LoopConfig, train_loop_per_worker
@@ -43,7 +44,7 @@ class TuneReport:
 
 
 
-def _sweep_trial(config: dict[str, Any], *, algo: str, family: str, base: dict[str, Any], data_dir: str,
+def _sweep_trial(config: dict[str, Any], *, algo: str, family: str, base: TrainConfig, data_dir: str,
                  runs_root: str, uri: str, workers_per_trial: int, storage_path: str, train_fraction: float) -> None:
     """One trial of one rung (runs in a Ray Tune trial actor): train ``config["trial"]`` up to epoch
     ``config["epochs"]``, resuming from its run directory, reporting each epoch to Tune and MLflow."""
@@ -52,15 +53,14 @@ def _sweep_trial(config: dict[str, Any], *, algo: str, family: str, base: dict[s
     t = config["trial"]
     trial = sha.Trial(t["name"], t["schedule"], t["lr"], t["warmup"])
     hooks = [tracking.MlflowHook(uri, t["run_id"])] if t.get("run_id") else []
-    loop = LoopConfig.of({"algo": algo, "family": family, "train": trial.apply(base), "data_dir": data_dir,
-                          "run_dir": f"{runs_root}/{trial.name}", "max_epochs": config["epochs"],
-                          "train_fraction": train_fraction})
+    loop = LoopConfig(algo, trial.apply(base), data_dir, f"{runs_root}/{trial.name}", family=family,
+                      max_epochs=config["epochs"], train_fraction=train_fraction)
     if workers_per_trial == 0:
         train_loop_per_worker(dataclasses.replace(loop, hooks=(TuneReport(), *hooks), single_thread=True))
     else:
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        launch.fit(dataclasses.replace(loop, hooks=(launch.RayTrainReport(), *hooks)), num_workers=workers_per_trial, use_gpu=base["use_gpu"],
+        launch.fit(dataclasses.replace(loop, hooks=(launch.RayTrainReport(), *hooks)), num_workers=workers_per_trial, use_gpu=base.use_gpu,
             storage_path=storage_path, name=f"{algo}-{trial.name}-to-{config['epochs']}",
             callbacks=[TuneReportCallback()], workers_param=f"tune.{algo}.workers_per_trial")
 
@@ -135,7 +135,7 @@ class _RungSearch(Searcher):
 
 
 def sweep(trials: list[sha.Trial], *, grace_period: int, reduction_factor: int, epochs: int, metric: str, mode: str,
-          algo: str, family: str, base: dict[str, Any], data_dir: str, runs_root: str, storage_path: str, name: str,
+          algo: str, family: str, base: TrainConfig, data_dir: str, runs_root: str, storage_path: str, name: str,
           max_concurrent: int = 0, workers_per_trial: int = 0, uri: str = "", train_fraction: float = 1.0,
           run_ids: dict[str, str] | None = None,
           on_rung: Callable[[int, list[sha.Outcome], list[sha.Outcome]], None] | None = None) -> sha.Sweep:
@@ -157,7 +157,7 @@ def sweep(trials: list[sha.Trial], *, grace_period: int, reduction_factor: int, 
     from components.training.loop import EPOCHS, read_rows
 
     launch.init_ray()
-    launch.check_resources(max(1, workers_per_trial), bool(workers_per_trial and base["use_gpu"]),
+    launch.check_resources(max(1, workers_per_trial), bool(workers_per_trial and base.use_gpu),
                            f"tune.{algo}.workers_per_trial")
     # Tune's console output prints a configuration table and result paths for every Tuner, even
     # at verbose=0: a sweep prints its own line per trial and decision instead.

@@ -14,8 +14,7 @@ from typing import Any
 
 import yaml
 
-from components.config import ConfigError, TrainConfig, to_dict
-from components.params import train_config_from_dict
+from components.config import ConfigError, TrainConfig, with_schedule
 
 
 def winner_yaml(overrides: dict[str, Any], algo: str) -> str:
@@ -25,7 +24,7 @@ def winner_yaml(overrides: dict[str, Any], algo: str) -> str:
             + yaml.safe_dump(overrides, sort_keys=True))
 
 
-def with_winner(cfg: TrainConfig, family: str, algo: str, best: Path, sweep_metrics: Path,
+def with_winner(cfg: TrainConfig, algo: str, best: Path, sweep_metrics: Path,
                 shown: str) -> tuple[TrainConfig, dict[str, str]]:
     """``cfg`` with the sweep's winning schedule, peak LR and warm-up (``best``, the tune stage's
     ``best.yaml``, shown as ``shown``) where ``cfg.tuned``, and lineage tags naming the tune run that
@@ -36,8 +35,12 @@ def with_winner(cfg: TrainConfig, family: str, algo: str, best: Path, sweep_metr
         raise ConfigError(f"{shown} is missing: run `dvc repro stages/{algo}/dvc.yaml:tune-{algo}` (or the whole pipeline) first, "
                           f"or set train.{algo}.tuned: false to train params.yaml's own schedule")
     won = yaml.safe_load(best.read_text())
-    data = to_dict(cfg)
-    tuned = train_config_from_dict(family, {**data, "lr": won["lr"], "schedule": {**data["schedule"], **won["schedule"]}})
+    if not isinstance(won, dict) or not isinstance(won.get("schedule", {}), dict):
+        raise ConfigError(f"{shown}: not the tune stage's lr and schedule; run `dvc repro --force "
+                          f"stages/{algo}/dvc.yaml:tune-{algo}` to write it again")
+    schedule = won.get("schedule") or {}
+    tuned = with_schedule(cfg, shown, won.get("lr", cfg.lr), schedule.get("name", cfg.schedule.name),
+                          schedule.get("warmup", cfg.schedule.warmup))
     # Which run chose them (not a stage dependency: a re-run sweep with the same winner leaves train alone).
     sweep = json.loads(sweep_metrics.read_text()) if sweep_metrics.exists() else {}
     return tuned, {"tuned": "true", "tune_run_id": str(sweep.get("mlflow_run_id", "")),
