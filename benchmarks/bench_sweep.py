@@ -78,7 +78,7 @@ def main() -> None:
                        data_dir=str(shards), runs_root=runs_root, storage_path=str(work / "ray"), name=method,
                        train_fraction=tcfg.train_fraction)
         if method == "sweep":
-            trials = sha.draw(tcfg.space, base, tcfg.samples_per_schedule, tcfg.seed, args.algo)
+            trials = sha.draw(tcfg.space, base, tcfg.samples_per_schedule, tcfg.seed)
             result = tune_run.sweep(trials, grace_period=tcfg.grace_period, reduction_factor=tcfg.reduction_factor,
                                     epochs=tcfg.epochs, **options)
         else:

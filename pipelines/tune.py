@@ -43,7 +43,7 @@ def main() -> None:
     # Every trial's schedule spans the sweep's budget; keys it does not read (params.TRAIN_ONLY) are
     # fixed, so that the run key, like the stage, ignores them.
     base = replace(p.train, f"train.{algo}", epochs=tcfg.epochs, checkpoint_every=tcfg.epochs, num_workers=0, tuned=False)
-    trials = sha.draw(tcfg.space, base, tcfg.samples_per_schedule, tcfg.seed, algo)
+    trials = sha.draw(tcfg.space, base, tcfg.samples_per_schedule, tcfg.seed)
     data_version = lineage.data_version(layout.shards(p.dataset))
     storage = layout.storage_root(p.runtime.storage_root)
     worker_shards = layout.worker_shards(p.dataset, data_version, p.runtime.storage_root)

@@ -1,9 +1,9 @@
 """A learning-rate-schedule sweep as synchronous successive halving: the same winner at any concurrency.
 
-Trials are drawn once, from the algorithm's name and ``tune.<algo>.seed``: trial ``t00`` is
-``train.<algo>``'s own schedule, peak LR and warm-up (the baseline every sweep is measured
-against), then ``samples_per_schedule`` draws for each schedule of the space (peak LR
-log-uniform, stratified over the range; warm-up from its choices in turn). Every trial's schedule spans ``epochs`` (the sweep's ``max_t``).
+Trials are drawn once, from ``tune.<algo>.seed``: trial ``t00`` is ``train.<algo>``'s own
+schedule, peak LR and warm-up (the baseline every sweep is measured against), then
+``samples_per_schedule`` draws for each schedule of the space (peak LR log-uniform, warm-up
+from its choices). Every trial's schedule spans ``epochs`` (the sweep's ``max_t``).
 
 Rungs are at ``grace_period * reduction_factor**k`` epochs, and at ``epochs``. Every live trial
 trains to the rung (resuming from its run directory's last checkpoint, which continues bit for
@@ -52,26 +52,20 @@ class Trial:
         return with_schedule(train, "trial", self.lr, self.schedule, self.warmup)
 
 
-def draw(space: Any, base: TrainConfig, samples_per_schedule: int, seed: int, name: str = "") -> list[Trial]:
+def draw(space: Any, base: TrainConfig, samples_per_schedule: int, seed: int) -> list[Trial]:
     """The sweep's trials: the base config first, then ``samples_per_schedule`` per schedule.
 
-    Stratified, so that any seed covers the space: a schedule's ``n`` peak LRs fall one in each
-    of ``n`` equal slices of the log-LR range (where in its slice, and which slice comes first, is
-    the seed's), and its warm-ups take the choices in turn. The seed is ``name`` (the algorithm)
-    with ``seed``: two algorithms' sweeps do not draw the same quantiles of their ranges.
-    ``inverse_sqrt`` has no meaning without a warm-up, so it takes only the non-zero warm-up
+    ``inverse_sqrt`` has no meaning without a warm-up, so it draws from the non-zero warm-up
     choices (``SearchSpace.validate`` makes sure there is one).
     """
-    rng = random.Random(f"{name}/{seed}")  # a str seeds through SHA-512: the same draws in every process
+    rng = random.Random(seed)
     trials = [Trial("t00", base.schedule.name, float(base.lr), float(base.schedule.warmup))]
-    lo, hi, n = math.log(space.lr[0]), math.log(space.lr[1]), samples_per_schedule
-    slices = {schedule: rng.sample(range(n), n) for schedule in space.schedule}
-    first_warmup = {schedule: rng.randrange(len(space.warmup)) for schedule in space.schedule}
-    for i in range(n):
+    lo, hi = math.log(space.lr[0]), math.log(space.lr[1])
+    for _ in range(samples_per_schedule):
         for schedule in space.schedule:
             warmups = [w for w in space.warmup if w > 0] if schedule == "inverse_sqrt" else list(space.warmup)
-            lr = math.exp(lo + (hi - lo) * (slices[schedule][i] + rng.random()) / n)
-            warmup = warmups[(first_warmup[schedule] + i) % len(warmups)]
+            lr = math.exp(rng.uniform(lo, hi))
+            warmup = warmups[rng.randrange(len(warmups))]
             trials.append(Trial(f"t{len(trials):02d}", schedule, float(f"{lr:.4g}"), float(warmup)))
     return trials
 

@@ -115,21 +115,20 @@ def test_the_sweep_picks_the_same_winner_at_any_concurrency_and_logs_every_trial
 
 
 def test_a_ddp_job_per_trial_gets_the_numbers_of_local_mode(tmp_path, serial_sweep):
-    """A 1-worker Ray Train DDP job per trial (``workers_per_trial: 1``), on a one-rung sweep of two
-    trials: params.yaml's own config (which always reaches the last rung, as a competitor or as the
-    control) ends with the same val accuracy as in local mode."""
+    """A 1-worker Ray Train DDP job per trial (``workers_per_trial: 1``), on a one-rung sweep of the
+    same first two trials: params.yaml's own config (which always reaches the last rung, as a
+    competitor or as the control) ends with the same val accuracy as in local mode."""
     c1, _, sweep1 = serial_sweep
     ddp = sweep_params(2, workers_per_trial=1)
     ddp["tune"]["resnet"].update(samples_per_schedule=1, grace_period=3)  # t00 and t01, one rung at 3 epochs
-    ddp["tune"]["resnet"]["space"]["schedule"] = ["cosine"]
+    ddp["tune"]["resnet"]["space"]["schedule"] = ["cosine"]  # t01: the first draw, cosine, as in c1
     _, sweep_ddp, out = _sweep(tmp_path / "ddp", ddp, data_from=c1)
     assert "2 trials" in out
     assert [o["status"] for o in sweep_ddp["outcomes"]] == ["completed", "completed"] and sweep_ddp["rungs"] == [[3, 2]]
-    a, b = sweep_ddp["outcomes"][0], sweep1["outcomes"][0]
-    # params.yaml's own config in both sweeps, trained to the last rung
-    assert (a["trial"], a["lr"], a["schedule"], a["epochs"]) == (b["trial"], b["lr"], b["schedule"], b["epochs"])
-    assert a["trial"] == "t00" and a["epochs"] == 3
-    assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-6), (a, b)
+    for a, b in zip(sweep_ddp["outcomes"], sweep1["outcomes"]):
+        assert (a["trial"], a["lr"], a["schedule"]) == (b["trial"], b["lr"], b["schedule"])
+        if b["epochs"] == 3:  # t00 always; t01 where c1's first rung kept it
+            assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=1e-6), (a, b)
 
 
 def test_train_without_a_sweep_result_says_what_to_run(tmp_path):

@@ -22,7 +22,6 @@ def test_trials_are_the_base_config_then_draws_fixed_by_the_seed():
     assert sorted(t.schedule for t in a[1:]) == ["cosine"] * 3 + ["inverse_sqrt"] * 3
     assert all(0.01 <= t.lr <= 0.5 and t.warmup in (0.0, 0.1) for t in a[1:])
     assert all(t.warmup > 0 for t in a if t.schedule == "inverse_sqrt")  # undefined without a warm-up
-    assert a != sha.draw(space, BASE, 3, seed=7, name="gan")  # two algorithms' sweeps draw apart
     applied = a[1].apply(BASE)
     assert isinstance(applied, TrainConfig) and applied.schedule.gamma == 0.2 and applied.lr == a[1].lr
     assert applied.schedule.name == a[1].schedule and BASE.lr == 0.1 and BASE.schedule.name == "cosine"  # unchanged
@@ -30,18 +29,6 @@ def test_trials_are_the_base_config_then_draws_fixed_by_the_seed():
         sha.Trial("t99", "inverse_sqrt", 0.1, 0.0).apply(BASE)  # checked as params.yaml's values are
     with pytest.raises(ConfigError, match=r"trial.lr: must be in \(0"):
         sha.Trial("t99", "cosine", -1.0, 0.0).apply(BASE)
-
-
-def test_any_seed_covers_the_lr_range_and_the_warmups_of_every_schedule():
-    space = SearchSpace(schedule=["cosine", "step", "onecycle"], lr=[0.001, 1.0], warmup=[0.0, 0.05, 0.1])
-    for seed in range(20):
-        trials = sha.draw(space, BASE, 6, seed=seed, name="algo")[1:]
-        for schedule in space.schedule:
-            mine = [t for t in trials if t.schedule == schedule]
-            # one LR in each sixth of the log range: 10^-3 .. 10^0 in slices of half a decade
-            slices = sorted(int((math.log10(t.lr) + 3) * 2) for t in mine)
-            assert slices == list(range(6)), (seed, schedule, [t.lr for t in mine])
-            assert sorted(t.warmup for t in mine) == [0.0, 0.0, 0.05, 0.05, 0.1, 0.1]
 
 
 def test_rungs_and_the_epochs_a_plan_costs():
