@@ -125,11 +125,16 @@ def parse(cls: type[T], data: Any, path: str) -> T:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"{key_path}: required key is missing")
             continue
-        value = _coerce(data[name], hints[name], key_path)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and f.metadata:
-            _check_bounds(value, f.metadata, key_path)
-        kwargs[name] = value
+        kwargs[name] = _checked(data[name], hints[name], f, key_path)
     return _validated(cls(**kwargs), path)
+
+
+def _checked(value: Any, tp: Any, f: dataclasses.Field, path: str) -> Any:
+    """One key's value in the field's type and range (its ``bounds`` metadata)."""
+    value = _coerce(value, tp, path)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and f.metadata:
+        _check_bounds(value, f.metadata, path)
+    return value
 
 
 def _validated(obj: T, path: str) -> T:
@@ -154,11 +159,8 @@ def replace(obj: T, path: str, **changes: Any) -> T:
     for name, value in changes.items():
         if name not in fields:
             raise ConfigError(f"{path}.{name}: unknown key; valid keys are {sorted(fields)}")
-        if not (dataclasses.is_dataclass(hints[name]) and isinstance(value, hints[name])):
-            value = _coerce(value, hints[name], f"{path}.{name}")
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and fields[name].metadata:
-                _check_bounds(value, fields[name].metadata, f"{path}.{name}")
-        checked[name] = value
+        typed = dataclasses.is_dataclass(hints[name]) and isinstance(value, hints[name])
+        checked[name] = value if typed else _checked(value, hints[name], fields[name], f"{path}.{name}")
     return _validated(dataclasses.replace(obj, **checked), path)
 
 

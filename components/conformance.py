@@ -1,9 +1,24 @@
-"""What the family and dataset contracts share: whether a module's functions take the pipeline's calls."""
+"""What the family and dataset registries share: loading a module once checked against its
+contract, and whether a module's functions take the pipeline's calls."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
+from collections.abc import Callable
 from types import ModuleType
+
+_CHECKED: set[str] = set()
+
+
+def load_checked(module: str, name: str, check: Callable[[ModuleType, str], None]) -> ModuleType:
+    """Import ``module`` (registered as ``name``) and hold it to its contract with ``check`` the
+    first time it is loaded in this process."""
+    loaded = importlib.import_module(module)
+    if module not in _CHECKED:
+        check(loaded, name)
+        _CHECKED.add(module)
+    return loaded
 
 
 def call_problems(module: ModuleType, calls: dict[str, tuple[tuple, dict]]) -> list[str]:

@@ -48,7 +48,8 @@ def main() -> None:
     storage = layout.storage_root(p.runtime.storage_root)
     worker_shards = layout.worker_shards(p.dataset, data_version, p.runtime.storage_root)
     code = lineage.code_version(layout.root, dag.code_deps("tune", p.raw, algo, layout.root))
-    key = lineage.run_key(algo, to_dict(base), to_dict(tcfg), data_version, code)
+    plain = {"base": to_dict(base), "sweep": to_dict(tcfg)}  # the run key's, and the MLflow params'
+    key = lineage.run_key(algo, plain["base"], plain["sweep"], data_version, code)
     runs_root = f"{storage}/runs/{algo}/tune-{key}"  # same key: an interrupted sweep resumes its trials
 
     uri = tracking.configure(layout.root)
@@ -56,7 +57,7 @@ def main() -> None:
         tracking.MlflowClient(), tracking.experiment_id(algo, layout.root), algo, f"tune-{key}", tags={
             "git_commit": lineage.git_commit(layout.root), "data_version": data_version,
             "dvc_data_md5": lineage.dvc_md5(layout.root, f"data/shards/{p.dataset}")},
-        params={"base": to_dict(base), "sweep": to_dict(tcfg)}, trials=trials, base=base)
+        params=plain, trials=trials, base=base)
 
     steps = sha.plan(len(trials), tcfg.grace_period, tcfg.reduction_factor, tcfg.epochs)
     print(f"tune {algo}: {len(trials)} trials (params.yaml's own + {tcfg.samples_per_schedule} x "

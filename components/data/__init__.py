@@ -13,10 +13,10 @@ by :func:`get_dataset` when the module is loaded: ``Config`` (its ``data.<name>`
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
 from components.config import ConfigError
+from components.conformance import load_checked
 from components.data import contract
 
 # Name -> module, imported when asked for: a stage loads only the dataset module it runs.
@@ -27,8 +27,6 @@ DATASETS: dict[str, str] = {
     "captions": "components.data.captions",
 }
 
-_CHECKED: set[str] = set()
-
 
 def get_dataset(name: str, path: str = "dataset") -> ModuleType:
     """The dataset module registered as ``name``; an unknown name lists the valid ones."""
@@ -36,8 +34,4 @@ def get_dataset(name: str, path: str = "dataset") -> ModuleType:
         module = DATASETS[name]
     except KeyError:
         raise ConfigError(f"{path}: unknown dataset {name!r}; valid: {sorted(DATASETS)}") from None
-    dataset = importlib.import_module(module)
-    if module not in _CHECKED:
-        contract.check(dataset, name)
-        _CHECKED.add(module)
-    return dataset
+    return load_checked(module, name, contract.check)

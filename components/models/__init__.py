@@ -7,10 +7,10 @@ fields and functions, the optional ones, and how the pipeline calls each), check
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
 from components.config import ConfigError
+from components.conformance import load_checked
 from components.models import contract
 
 # Name -> module. A family is imported when it is asked for, so a stage loads only its own
@@ -26,9 +26,6 @@ FAMILIES: dict[str, str] = {
 }
 
 
-_CHECKED: set[str] = set()
-
-
 def get_family(name: str, path: str = "algorithm") -> ModuleType:
     """The family module registered as ``name``; an unknown name lists the families.
     ``path`` is the params key that named it (``algorithms.<algo>.family``, ``algorithms.<algo>``)."""
@@ -36,8 +33,4 @@ def get_family(name: str, path: str = "algorithm") -> ModuleType:
         module = FAMILIES[name]
     except KeyError:
         raise ConfigError(f"{path}: unknown family {name!r}; families: {sorted(FAMILIES)}") from None
-    family = importlib.import_module(module)
-    if module not in _CHECKED:
-        contract.check(family, name)
-        _CHECKED.add(module)
-    return family
+    return load_checked(module, name, contract.check)

@@ -185,11 +185,9 @@ def test_a_stage_that_started_a_local_ray_leaves_none_of_its_processes_behind(tm
     (tmp_path / "ray_probe").mkdir()
     (tmp_path / "ray_probe" / "__init__.py").write_text("")
     (tmp_path / "ray_probe" / "run.py").write_text(RAY_STAGE)
-    sockets = tmp_path / "sockets"
-    sockets.mkdir()
     # In the client's own process (the server's preloads cost more than this stage's work); a stage
     # forked by the server ends through the same run_stage.
-    env = {**os.environ, "PYTHONPATH": str(REPO), "M7_STAGE_SOCKET_DIR": str(sockets), "M7_STAGE_SERVER": "0"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "M7_STAGE_SERVER": "0"}
     env.pop("RAY_ADDRESS", None)
     done = subprocess.run([sys.executable, "-m", "pipelines.stage", "ray_probe.run"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
