@@ -30,9 +30,17 @@ from components.training.loop import LoopConfig, train_loop_per_worker
 
 
 class TuneReport:
-    """Reports each epoch to a plain Ray Tune function trial (ASHA decides on these)."""
+    """Reports each epoch to a plain Ray Tune function trial.
+
+    The rung's last epoch is reported after ``flush`` (the trial's other hooks) has finished its
+    queued work: the sweep may start the trial's next rung the moment it hears that report, and
+    the next rung's MLflow hook then finds every row of this one logged.
+    """
 
     all_ranks = False
+
+    def __init__(self, last_epoch: int, flush: tuple = ()):
+        self.last_epoch, self.flush = last_epoch, flush
 
     def on_step(self, rows: list[dict]) -> None:
         pass
@@ -40,8 +48,11 @@ class TuneReport:
     def on_epoch(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         from ray import tune
 
+        if int(metrics["epoch"]) >= self.last_epoch:
+            for hook in self.flush:
+                if hasattr(hook, "on_end"):
+                    hook.on_end()
         tune.report(metrics)
-
 
 
 def _sweep_trial(config: dict[str, Any], *, algo: str, family: str, base: TrainConfig, data_dir: str,
@@ -56,7 +67,8 @@ def _sweep_trial(config: dict[str, Any], *, algo: str, family: str, base: TrainC
     loop = LoopConfig(algo, trial.apply(base), data_dir, f"{runs_root}/{trial.name}", family=family,
                       max_epochs=config["epochs"], train_fraction=train_fraction)
     if workers_per_trial == 0:
-        train_loop_per_worker(dataclasses.replace(loop, hooks=(TuneReport(), *hooks), single_thread=True))
+        report = TuneReport(config["epochs"] - 1, flush=tuple(hooks))
+        train_loop_per_worker(dataclasses.replace(loop, hooks=(*hooks, report), single_thread=True))
     else:
         from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -65,6 +77,7 @@ def _sweep_trial(config: dict[str, Any], *, algo: str, family: str, base: TrainC
             callbacks=[TuneReportCallback()], workers_param=f"tune.{algo}.workers_per_trial")
 
 
+_PENDING = "TUNE_MAX_PENDING_TRIALS_PG"  # how many trials Ray Tune stages ahead of a free process
 _CHANNELS: dict[str, _Rungs] = {}  # by key: what a Tune search algorithm (pickled by Tune) talks to
 
 
@@ -73,52 +86,79 @@ class _Rungs:
 
     Successive halving runs in a thread of its own (its ``run_rung`` blocks until a rung is done);
     Ray Tune's loop runs in the stage's main thread and takes the rung's trials from here through
-    :class:`_RungSearch`, and reports each trial's end through :func:`_RungProgress`.
+    :class:`_RungSearch`, and reports each trial's end through :class:`_RungProgress`.
+
+    A trial's part of a rung ends at its report of the rung's last epoch (or, without one, when
+    its Tune trial ends): its metrics are in its run directory by then. The rung's decision is
+    made, and the next rung's trials handed to Tune, while the last trials' processes are still
+    returning, so Tune keeps those processes for the next rung instead of ending all but one
+    of them and starting new ones (a fresh process imports torch and the project again: seconds
+    per rung on a small machine, against a small model's rung of a second or two).
     """
 
-    def __init__(self) -> None:
-        self.lock, self.done = threading.Lock(), threading.Event()
+    DECISION_WAIT_S = 30.0  # how long Tune's loop waits for a rung's decision (normally milliseconds)
+
+    def __init__(self, concurrent: int) -> None:
+        self.concurrent = concurrent
+        self.lock, self.done, self.decided = threading.Lock(), threading.Event(), threading.Event()
         self.pending: list[dict[str, Any]] = []
-        self.epochs = self.size = self.ended = 0
+        self.epochs = self.size = self.handed = 0
+        self.ended: set[str] = set()
         self.errors: dict[str, BaseException] = {}
         self.finished = self.aborted = False
         self.t0 = time.perf_counter()
 
     def start(self, configs: list[dict[str, Any]], epochs: int) -> None:
         with self.lock:
-            self.pending, self.epochs, self.size, self.ended = list(configs), epochs, len(configs), 0
-            self.errors, self.t0 = {}, time.perf_counter()
+            self.pending, self.epochs, self.size, self.handed = list(configs), epochs, len(configs), 0
+            self.ended, self.errors, self.t0 = set(), {}, time.perf_counter()
             self.done.clear()
+        self.decided.set()
 
     def next_config(self) -> dict[str, Any] | None:
+        """The rung's next trial, while fewer than ``concurrent`` of its trials are training."""
         with self.lock:
-            return self.pending.pop(0) if self.pending else None
+            if not self.pending or self.handed - len(self.ended) >= self.concurrent:
+                return None
+            self.handed += 1
+            return self.pending.pop(0)
 
-    def ended_trial(self, name: str, error: BaseException | None) -> int:
-        """Count a trial of the rung as ended (with its error); returns how many have."""
+    def ended_trial(self, name: str, epochs: int, error: BaseException | None) -> int:
+        """Count trial ``name``'s part of the rung at ``epochs`` as ended (with its error); returns
+        how many have, or 0 when it had ended already or belongs to a rung decided before."""
         with self.lock:
+            if epochs != self.epochs or name in self.ended or self.done.is_set():
+                return 0
             if error is not None:
                 self.errors[name] = error
-            self.ended += 1
-            if self.ended >= self.size:
+            self.ended.add(name)
+            if len(self.ended) >= self.size:
+                self.decided.clear()
                 self.done.set()
-            return self.ended
+            return len(self.ended)
 
     def wait(self) -> None:
         self.done.wait()
         if self.aborted:
             raise RuntimeError("the Ray Tune run ended before the rung did")
 
+    def wait_decision(self) -> None:
+        """Block Tune's loop until the rung just ended is decided: the next rung's trials are
+        waiting (or the sweep is over) before Tune sees the last trials' processes come free."""
+        self.decided.wait(self.DECISION_WAIT_S)
+
     def finish(self, aborted: bool = False) -> None:
         with self.lock:
             self.finished, self.aborted = True, self.aborted or aborted
         self.done.set()
+        self.decided.set()
 
 
 class _RungSearch(Searcher):
-    """A Ray Tune search algorithm that hands out the current rung's trials, then nothing until the
-    rung's decision names the next (or the sweep is over). Tune pickles it: it holds the sweep's
-    key, and finds the sweep's state in this module (a class at module level pickles by name)."""
+    """A Ray Tune search algorithm that hands out the current rung's trials, as many at a time as
+    may train at once, then nothing until the rung's decision names the next (or the sweep is
+    over). Tune pickles it: it holds the sweep's key, and finds the sweep's state in this module
+    (a class at module level pickles by name)."""
 
     def __init__(self, key: str) -> None:
         super().__init__()  # no metric: the decisions are successive halving's, on whole rungs
@@ -166,7 +206,7 @@ def sweep(trials: list[sha.Trial], *, grace_period: int, reduction_factor: int, 
     concurrent = max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)) // per_trial)
     run_ids = run_ids or {}
     key = f"{name}-{uuid.uuid4().hex[:8]}"
-    rungs = _CHANNELS[key] = _Rungs()
+    rungs = _CHANNELS[key] = _Rungs(concurrent)
 
     def run_rung(live: list[sha.Trial], r: int) -> dict[str, dict[str, float] | BaseException]:
         rungs.start([{"trial": {**vars(t), "run_id": run_ids.get(t.name, "")}, "epochs": r} for t in live], r)
@@ -199,16 +239,22 @@ def sweep(trials: list[sha.Trial], *, grace_period: int, reduction_factor: int, 
     resources = {"CPU": 1} if workers_per_trial == 0 else {"CPU": 0.01}
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
-        tune_config=tune.TuneConfig(search_alg=_RungSearch(key), num_samples=-1, max_concurrent_trials=concurrent,
-                                    reuse_actors=True),
+        tune_config=tune.TuneConfig(search_alg=_RungSearch(key), num_samples=-1, reuse_actors=True),
         run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0,  # our lines, not Tune's tables
                                   callbacks=[_RungProgress(algo, key, metric)],
                                   failure_config=tune.FailureConfig(max_failures=0)))
     thread = threading.Thread(target=decide, name=f"{algo}-sweep", daemon=True)
     thread.start()
+    # The search algorithm limits how many trials train at once (Tune's ConcurrencyLimiter would
+    # count a trial until its process returns, holding the next rung back); Tune may stage as many
+    # as may run, each waiting for a process to come free. Tune reads this when the run starts.
+    user_pending = os.environ.get(_PENDING)
+    os.environ[_PENDING] = user_pending or str(concurrent)
     try:
         tuner.fit()
     finally:
+        if user_pending is None:
+            os.environ.pop(_PENDING, None)
         rungs.finish(aborted=True)  # a rung still waiting (Tune stopped early) fails instead of hanging
         thread.join()
         _CHANNELS.pop(key, None)
@@ -218,27 +264,38 @@ def sweep(trials: list[sha.Trial], *, grace_period: int, reduction_factor: int, 
 
 
 class _RungProgress(Callback):
-    """A Ray Tune callback (driver side): counts each trial's end towards its rung, and prints one
-    line per trial that reached the rung, with an ETA. Pickled by Tune, as :class:`_RungSearch`."""
+    """A Ray Tune callback (driver side): ends each trial's part of its rung at its report of the
+    rung's last epoch (else when the trial ends), and prints a line for it with an ETA; the
+    rung's last waits for the decision. Pickled by Tune, as :class:`_RungSearch`."""
 
     def __init__(self, algo: str, key: str, metric: str) -> None:
         self.algo, self.key, self.metric = algo, key, metric
 
-    def _end(self, trial, error: BaseException | None) -> None:
+    def _end(self, trial, result: dict | None, error: BaseException | None) -> None:
         rungs = _CHANNELS[self.key]
-        t = trial.config["trial"]
-        done = rungs.ended_trial(t["name"], error)
-        r = trial.last_result or {}
+        t, epochs = trial.config["trial"], trial.config["epochs"]
+        done = rungs.ended_trial(t["name"], epochs, error)
+        if not done:
+            if error is not None:  # after its rung's last epoch was recorded and heard: the rung has its metrics
+                print(f"tune {self.algo}: {t['name']} failed after its epoch {epochs}: {error}", flush=True)
+            return
+        r = result or {}
         value = f"{self.metric} {r[self.metric]:.4f}" if self.metric in r else ("failed" if error else "no new epoch")
         elapsed = time.perf_counter() - rungs.t0
         eta = elapsed / done * (rungs.size - done)
         print(f"tune {self.algo}: {t['name']} ({t['schedule']}, lr {t['lr']:.3g}, warm-up {t['warmup']}) at "
-              f"{trial.config['epochs']} epochs: {value}; {done}/{rungs.size} of the rung, elapsed {elapsed:.0f}s, "
+              f"{epochs} epochs: {value}; {done}/{rungs.size} of the rung, elapsed {elapsed:.0f}s, "
               f"eta {eta:.0f}s", flush=True)
+        if done == rungs.size:
+            rungs.wait_decision()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if int(result.get("epoch", -1)) == trial.config["epochs"] - 1:
+            self._end(trial, result, None)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._end(trial, None)
+        self._end(trial, trial.last_result, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         error = trial.get_pickled_error() or RuntimeError(f"trial {trial.config['trial']['name']} failed")
-        self._end(trial, launch.root_cause(error))
+        self._end(trial, None, launch.root_cause(error))

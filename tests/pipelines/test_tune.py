@@ -29,7 +29,9 @@ def sweep_params(max_concurrent: int, workers_per_trial: int = 0) -> dict:
     params["train"]["resnet"]["model"]["depth"] = 8
     params["tune"] = {"resnet": {**params["tune"]["resnet"], "samples_per_schedule": 2, "epochs": 3, "grace_period": 1,
                                  "max_concurrent": max_concurrent, "workers_per_trial": workers_per_trial}}
-    params["tune"]["resnet"]["space"].update(schedule=["cosine", "onecycle"], lr=[0.01, 1.0])
+    # 7 trials: the first rung keeps 2 (and the control, if cut) for the second, so both of its rungs
+    # have trials for two processes.
+    params["tune"]["resnet"]["space"].update(schedule=["cosine", "onecycle", "constant"], lr=[0.01, 1.0])
     return params
 
 
@@ -60,12 +62,22 @@ def _sweep(root, params: dict, data_from=None) -> tuple[str, dict, str]:
             json.loads((root / "models/resnet/tune/sweep.json").read_text()), out)
 
 
+def _processes_by_rung(root) -> dict[int, list[set[int]]]:
+    """By rung (its epochs), each of its Tune trials' process ids, from Tune's own trial folders."""
+    out: dict[int, list[set[int]]] = {}
+    for trial in (root / ".runs/ray").glob("resnet-tune-*/_sweep_trial_*"):
+        epochs = json.loads((trial / "params.json").read_text())["epochs"]
+        rows = [json.loads(x) for x in (trial / "result.json").read_text().splitlines() if x.strip()]
+        out.setdefault(epochs, []).append({r["pid"] for r in rows})
+    return out
+
+
 @pytest.fixture(scope="module")
 def serial_sweep(tmp_path_factory):
     """The reference: the sweep at concurrency 1, on shards made by the stages themselves."""
     root = tmp_path_factory.mktemp("tune") / "c1"
     best, sweep, out = _sweep(root, sweep_params(1))
-    assert "5 trials" in out
+    assert "7 trials" in out
     return root, best, sweep
 
 
@@ -75,15 +87,25 @@ def test_the_sweep_picks_the_same_winner_at_any_concurrency_and_logs_every_trial
     c1, best1, sweep1 = serial_sweep
     root2 = tmp_path / "c2"
     best2, sweep2, out = _sweep(root2, sweep_params(2), data_from=c1)
-    assert "5 trials" in out
+    assert "7 trials" in out
     # Every decision, every trial's metric at every rung, and the winner: identical.
     assert best1 == best2 and sweep1 == sweep2
+    # Two processes train the whole sweep, both busy in every rung with two trials or more: a rung's
+    # decision hands Tune the next rung's trials before the last ones' processes return, so Tune
+    # keeps both (it ended all but one at a rung's end, and the next rung ran in the one it kept).
+    for c, root in ((1, c1), (2, root2)):
+        by_rung = _processes_by_rung(root)
+        assert sorted(by_rung) == [r for r, _ in sweep1["rungs"]], by_rung
+        assert all(len(p) == 1 for trials in by_rung.values() for p in trials), by_rung  # a trial: one process
+        assert len(set().union(*(p for trials in by_rung.values() for p in trials))) == c, by_rung
+        for trials in by_rung.values():
+            assert len(set().union(*trials)) == min(c, len(trials)), by_rung
     # params.yaml's own config (t00), when the first rung cuts it, goes on to the end as the control:
     # what the sweep bought is measured at the final budget.
     control = sweep1["outcomes"][0]["status"] == "control"
-    assert sweep1["rungs"] == [[1, 5], [3, 2 if control else 1]] and sweep1["epochs_spent"] == (9 if control else 7)
+    assert sweep1["rungs"] == [[1, 7], [3, 3 if control else 2]] and sweep1["epochs_spent"] == (13 if control else 11)
     assert sweep1["same_budget"]["epochs"] == 3 and sweep1["outcomes"][0]["epochs"] == 3
-    assert [o["status"] for o in sweep1["outcomes"]].count("completed") == 1
+    assert [o["status"] for o in sweep1["outcomes"]].count("completed") == 2
     best = yaml.safe_load(best1)
     assert set(best) == {"lr", "schedule"} and set(best["schedule"]) == {"name", "warmup"}
     assert best["lr"] == sweep1["winner"]["lr"]
@@ -94,7 +116,7 @@ def test_the_sweep_picks_the_same_winner_at_any_concurrency_and_logs_every_trial
     runs = client.search_runs([client.get_experiment_by_name("resnet").experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("stage") == "tune" and "mlflow.parentRunId" not in r.data.tags]
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(trials) == 5 and parent.data.tags["best_trial"] == sweep2["winner"]["trial"]
+    assert len(trials) == 7 and parent.data.tags["best_trial"] == sweep2["winner"]["trial"]
     for r in trials:
         name, status = r.data.tags["trial"], r.data.tags["status"]
         outcome = next(o for o in sweep2["outcomes"] if o["trial"] == name)
