@@ -272,8 +272,8 @@ class TrainConfig:
     label_smoothing: float = field(default=0.0, metadata=bounds(ge=0, lt=1))
     log_every: int = field(default=10, metadata=bounds(ge=1))  # steps between logged rows
     # Validate after epoch 0, every val_every-th epoch after it and the last one: a family whose
-    # val metric costs more than its epoch (sampling for FID) validates less often. Tune trials
-    # validate the same way and always at the sweep's rungs (where they are compared).
+    # val metric costs more than its epoch (sampling for FID) validates less often. A tune trial
+    # validates at the end of each rung only (where it is compared).
     val_every: int = field(default=1, metadata=bounds(ge=1))
     # Epochs between checkpoints (the last epoch is always saved): a restart repeats at most this many.
     checkpoint_every: int = field(default=1, metadata=bounds(ge=1))

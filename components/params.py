@@ -71,7 +71,7 @@ class DatasetParams:
 
 
 # train.<algo> keys no tune trial reads (pipelines/tune.py fixes them): the tune stage does not depend on them.
-TRAIN_ONLY = ("epochs", "checkpoint_every", "num_workers", "tuned")
+TRAIN_ONLY = ("epochs", "checkpoint_every", "val_every", "num_workers", "tuned")
 # Says where and how a stage runs, not what it computes: every stage reads it and none depends on it,
 # so moving the storage root never retrains a model.
 UNTRACKED = ("runtime",)

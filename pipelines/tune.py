@@ -1,13 +1,14 @@
 """Stage tune: a sweep of learning-rate schedules x peak LR x warm-up; its winner is what train trains.
 
 Reads ``tune.<algo>``, the ``train.<algo>`` keys a trial uses (all but ``epochs``,
-``checkpoint_every``, ``num_workers`` and ``tuned``), ``runtime`` and the shards. Writes
+``checkpoint_every``, ``val_every``, ``num_workers`` and ``tuned``), ``runtime`` and the shards. Writes
 ``models/<algo>/tune/best.yaml`` (the winner's schedule, peak LR and warm-up: nothing else,
 so an unchanged winner leaves train as it was), ``models/<algo>/tune/sweep.json`` (every
 trial, and the winner against params.yaml's own config at the same budget),
 ``metrics/tune/<algo>.json`` and ``plots/tune/<algo>/`` (trials.csv, lr.csv, sweep.png).
-MLflow: one parent run, one nested run per trial with its config, every metric of every
-epoch, its LR per step and its status.
+MLflow: one parent run, one nested run per trial with its config, its train metrics of every
+epoch and val metrics at every rung's end (a trial validates nowhere else), its LR per step and
+its status.
 
 The sweep is synchronous successive halving (``components/training/sweep.py``): the same
 params and data pick the same winner at any ``max_concurrent``. The sweep is one Ray Tune run
@@ -42,7 +43,8 @@ def main() -> None:
     metric, mode = family.VAL_METRIC, family.VAL_MODE  # what the rungs compare
     # Every trial's schedule spans the sweep's budget; keys it does not read (params.TRAIN_ONLY) are
     # fixed, so that the run key, like the stage, ignores them.
-    base = replace(p.train, f"train.{algo}", epochs=tcfg.epochs, checkpoint_every=tcfg.epochs, num_workers=0, tuned=False)
+    base = replace(p.train, f"train.{algo}", epochs=tcfg.epochs, checkpoint_every=tcfg.epochs, val_every=tcfg.epochs,
+                   num_workers=0, tuned=False)
     trials = sha.draw(tcfg.space, base, tcfg.samples_per_schedule, tcfg.seed)
     data_version = lineage.data_version(layout.shards(p.dataset))
     storage = layout.storage_root(p.runtime.storage_root)

@@ -18,7 +18,7 @@ What a run is given is a :class:`LoopConfig` (or the same as a mapping: Ray Trai
 loop a dict), every field documented there.
 
 An epoch's metrics carry ``val_*`` on the epochs it validates: epoch 0, every ``val_every``-th
-and the last (the one a run exports).
+and the last (the one a run exports); a sweep trial's, only the last (``final_val_only``).
 
 What one optimisation step does is a ``Step`` object: ``SupervisedStep`` (one optimizer, one
 schedule, a loss from ``family.training_step``) unless the family brings its own
@@ -195,6 +195,9 @@ class LoopConfig:
     max_epochs: int = 0
     train_fraction: float = 1.0  # read this fraction of the train split's shards (at least one per rank)
     single_thread: bool = False  # torch on one thread (a tune trial sharing the machine's cores)
+    # Validate the last epoch only (a sweep trial: its rung's decision reads nothing else; a
+    # diffusion model's or GAN's validation samples a val split's worth of images, epochs' worth).
+    final_val_only: bool = False
 
     @classmethod
     def of(cls, config: LoopConfig | Mapping[str, Any]) -> LoopConfig:
@@ -405,7 +408,8 @@ class _Run:
         train_totals = ctx.all_reduce(totals).tolist()
         # Timed after the totals are read: the device has drained its queue and every rank has finished.
         elapsed = time.perf_counter() - t0
-        val = self._validate() if epoch % cfg.val_every == 0 or epoch == self.max_epochs - 1 else {}
+        last = epoch == self.max_epochs - 1
+        val = self._validate() if last or (epoch % cfg.val_every == 0 and not self.config.final_val_only) else {}
         count = max(train_totals[2], 1)
         metrics = {
             "epoch": epoch, "step": step, "lr": float(log.get("lr", 0.0)),

@@ -65,7 +65,7 @@ def _sweep_trial(config: dict[str, Any], *, algo: str, family: str, base: TrainC
     trial = sha.Trial(t["name"], t["schedule"], t["lr"], t["warmup"])
     hooks = [tracking.MlflowHook(uri, t["run_id"])] if t.get("run_id") else []
     loop = LoopConfig(algo, trial.apply(base), data_dir, f"{runs_root}/{trial.name}", family=family,
-                      max_epochs=config["epochs"], train_fraction=train_fraction)
+                      max_epochs=config["epochs"], train_fraction=train_fraction, final_val_only=True)
     if workers_per_trial == 0:
         report = TuneReport(config["epochs"] - 1, flush=tuple(hooks))
         train_loop_per_worker(dataclasses.replace(loop, hooks=(*hooks, report), single_thread=True))

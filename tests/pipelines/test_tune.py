@@ -123,9 +123,12 @@ def test_the_sweep_picks_the_same_winner_at_any_concurrency_and_logs_every_trial
         assert status == outcome["status"]
         assert r.info.status == ("KILLED" if status == "early-stopped" else "FINISHED")
         assert float(r.data.params["lr"]) == outcome["lr"] and r.data.params["schedule.name"] == outcome["schedule"]
-        # Its own val metric for every epoch it trained, and its LR per logged step.
+        # Its own val metric at the end of every rung it trained (what the decisions read; a trial
+        # validates nothing else), each once, and its train loss every epoch and LR per logged step.
         history = client.get_metric_history(r.info.run_id, "val_accuracy")
-        assert sorted(m.step for m in history) == list(range(outcome["epochs"]))
+        assert sorted(m.step for m in history) == [e - 1 for e, _ in sweep2["rungs"] if e <= outcome["epochs"]]
+        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "train_loss")) == list(
+            range(outcome["epochs"]))
         assert client.get_metric_history(r.info.run_id, "step/lr")
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"sweep.png", "trials.csv", "sweep.json"}
 
