@@ -42,7 +42,8 @@ sys.path.insert(0, str(REPO))
 
 from components.config import parse
 from components.data import images
-from components.data.shards import ShardDataset, load_npy, read_stats
+from components.data.registry import open_split
+from components.data.shards import load_npy, read_stats
 
 
 def image_like(n: int, size: int, seed: int) -> np.ndarray:
@@ -116,7 +117,7 @@ def shard_bytes(shards: Path) -> tuple[int, int]:
 
 def throughput(shards: Path, workers: int, batch: int = 128, limit: int = 0) -> float:
     """What the training loop reads: uint8 batches from the workers, scaled to floats on arrival."""
-    ds = ShardDataset(shards, "train", shuffle=True, batch_size=batch, augment=True, uint8_images=True)
+    ds = open_split(shards, "train", shuffle=True, batch_size=batch, augment=True, uint8_images=True)
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers,
                                          persistent_workers=False, prefetch_factor=4 if workers else None)
     n, t0 = 0, None
@@ -135,9 +136,9 @@ def throughput(shards: Path, workers: int, batch: int = 128, limit: int = 0) -> 
 PEAK_RSS = """
 import sys
 sys.path.insert(0, {repo!r})
-from components.data.shards import ShardDataset
+from components.data.registry import open_split
 n = 0
-for x, y in ShardDataset({shards!r}, "train", shuffle=True, batch_size=128, augment=True):
+for x, y in open_split({shards!r}, "train", shuffle=True, batch_size=128, augment=True):
     n += len(y)
 hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
 print(n, hwm.split()[1])

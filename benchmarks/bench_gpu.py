@@ -50,7 +50,7 @@ from bench_precision import (  # the family step timed on a resident batch (same
 
 from components.config import OptimizerConfig, ScheduleConfig, TrainConfig, to_dict
 from components.data import images
-from components.data.shards import ShardDataset
+from components.data.registry import open_split
 from components.models import resnet
 from components.params import (
     dataset_config,
@@ -262,7 +262,7 @@ def main() -> None:
         cfg = resnet50_config(smoke, classes, crop, device)
         cfg.loader_workers, cfg.loader_persistent, cfg.loader_prefetch = workers, True, 4
         cfg.data_cache_mb = 0  # an ImageNet-size set does not fit: stream as it would
-        ds = ShardDataset(data["resnet50"], "train", shuffle=True, batch_size=cfg.batch_size, augment=True,
+        ds = open_split(data["resnet50"], "train", shuffle=True, batch_size=cfg.batch_size, augment=True,
                           uint8_images=True)
 
         def reader(pin: bool = cfg.use_gpu, persistent: bool = True) -> torch.utils.data.DataLoader:

@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from components.config import TrainConfig
-from components.data.shards import ShardDataset, read_stats
+from components.data.registry import open_split
+from components.data.shards import read_stats
 from components.models import get_family
 from components.params import family_name, train_config
 from components.training.loop import _autocast, cpu_has_native_bf16, speed_up
@@ -43,7 +44,7 @@ def family_batch(raw: dict, algo: str, device: torch.device, shards: Path | None
     family = get_family(family_name(raw, algo))
     cfg.model = family.bind(cfg.model, read_stats(shards), shards)
     options = family.loader_options(cfg.model, 1) if hasattr(family, "loader_options") else {}
-    ds = ShardDataset(shards, "train", batch_size=cfg.batch_size, uint8_images=True, **options)
+    ds = open_split(shards, "train", batch_size=cfg.batch_size, uint8_images=True, **options)
     batch = tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in next(iter(ds)))
     batch = ds.batcher.on_device(batch)
     return cfg, family, batch

@@ -41,7 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from components.data.batching import padding  # noqa: E402
-from components.data.shards import ShardDataset, read_stats  # noqa: E402
+from components.data.registry import open_split  # noqa: E402
+from components.data.shards import read_stats  # noqa: E402
 
 LETTERS = np.array(list("abcdefghijklmnopqrstuvwxyz"))
 
@@ -107,7 +108,7 @@ def run_stage(stage: str, params: Path, cwd: Path) -> tuple[float, float]:
 
 def read_epoch(shards: Path, workers: int, **batching) -> dict:
     """One epoch of the train split: seconds, real tokens, padded cells, batches."""
-    ds = ShardDataset(shards, "train", shuffle=True, seed=0, **batching)
+    ds = open_split(shards, "train", shuffle=True, seed=0, **batching)
     ds.set_epoch(0)
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers)
     t0, tokens, cells, batches = time.perf_counter(), 0, 0, 0

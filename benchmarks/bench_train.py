@@ -41,14 +41,15 @@ sys.path.insert(0, str(REPO))
 
 from components.config import to_dict
 from components.data import transforms
-from components.data.shards import ShardDataset, read_stats
+from components.data.registry import open_split
+from components.data.shards import read_stats
 from components.models import resnet
 from components.params import train_config, train_config_from_dict
 from components.training import launch, optim, schedules
 
 
 def _in_memory(shard_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    (x, y), = ShardDataset(shard_dir, split, batch_size=1_000_000, uint8_images=True)
+    (x, y), = open_split(shard_dir, split, batch_size=1_000_000, uint8_images=True)
     return transforms.scale((x, y), read_stats(shard_dir)["image"]["pixel_max"])
 
 

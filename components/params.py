@@ -23,7 +23,7 @@ from components.config import (
     TuneConfig,
     parse,
 )
-from components.data import get_dataset
+from components.data.registry import get_dataset
 from components.models import FAMILIES, get_family
 
 

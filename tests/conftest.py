@@ -115,7 +115,8 @@ def first_steps(params: dict, algo: str, shards: Path, device, n: int = 5):
     batch repeats). The first step has run: the optimizer's state exists."""
     import torch
 
-    from components.data.shards import ShardDataset, read_stats
+    from components.data.registry import open_split
+    from components.data.shards import read_stats
     from components.models import get_family
     from components.params import family_name, train_config
     from components.training.loop import _autocast, _channels_last, _to
@@ -126,7 +127,7 @@ def first_steps(params: dict, algo: str, shards: Path, device, n: int = 5):
     cfg = train_config(params, algo)
     family = get_family(family_name(params, algo))
     cfg.model = family.bind(cfg.model, read_stats(shards), shards)
-    ds = ShardDataset(shards, "train", batch_size=cfg.batch_size, uint8_images=True)
+    ds = open_split(shards, "train", batch_size=cfg.batch_size, uint8_images=True)
     batches = []
     for batch in ds:
         batch = ds.batcher.on_device(_to(batch, device))

@@ -88,3 +88,29 @@ def test_no_module_imports_project_types_behind_type_checking():
                                if isinstance(n, ast.ImportFrom) and (n.level or (n.module or "").split(".")[0]
                                                                      in dag.PACKAGES)]
     assert hidden == []
+
+
+def reach(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module ``start`` imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        for m in graph.get(todo.pop(), ()):
+            if m not in seen:
+                seen.add(m)
+                todo.append(m)
+    return seen
+
+
+def test_the_shard_reader_knows_no_data_type():
+    """The reader (list, verify, deal, shuffle, batch by a batcher it is handed) reaches neither
+    the dataset registry nor a dataset module: ``components.data.registry.open_split`` composes
+    them. The ``components.data`` package, which every module of it imports first, imports nothing."""
+    from components.data.registry import DATASETS
+
+    graph = import_graph()
+    assert graph["components.data"] == set()
+    reached = reach(graph, "components.data.shards")
+    assert "components.data.registry" not in reached and not reached & set(DATASETS.values()), sorted(reached)
+    assert "components.data.transforms" not in reached
+    # ... while the registry hands each split the batcher of the module that wrote it.
+    assert "components.data.shards" in reach(graph, "components.data.registry")

@@ -1,37 +1,6 @@
-"""The registry of datasets: one explicit dict from a dataset type to its module.
-
-A ``data.<name>`` section is of type ``<name>`` unless it says ``type: <module>``, so one
-module can serve several datasets (``graphs``: a community graph, karate club, graph families).
-
-Each module meets the dataset contract, :class:`components.data.contract.Dataset`, checked
-by :func:`get_dataset` when the module is loaded: ``Config`` (its ``data.<name>`` section),
-``ingest(cfg, out_dir) -> manifest`` (raw files, a fixed split, checksums),
-``preprocess(cfg, raw_dir, out_dir, manifest) -> stats`` (WebDataset shards per split,
-``stats.json`` and any assets such as a tokenizer, fitted on the train split only) and
-``batcher(stats, shard_dir, options)`` (how the reader turns its samples into batches).
+"""Data: the shard reader and writer (``shards``, ``writer``, ``manifest``, ``splits``, ``batching``),
+one module per data type meeting the dataset contract (``contract``), and the registry of those
+modules with :func:`components.data.registry.open_split`, which reads a split batched by the
+module that wrote it. This package imports nothing: a module of it pulls in no other by being
+imported, so the reader's closure holds no dataset module and no registry.
 """
-
-from __future__ import annotations
-
-from types import ModuleType
-
-from components.config import ConfigError
-from components.conformance import load_checked
-from components.data import contract
-
-# Name -> module, imported when asked for: a stage loads only the dataset module it runs.
-DATASETS: dict[str, str] = {
-    "images": "components.data.images",
-    "translation": "components.data.translation",
-    "graphs": "components.data.graphs",
-    "captions": "components.data.captions",
-}
-
-
-def get_dataset(name: str, path: str = "dataset") -> ModuleType:
-    """The dataset module registered as ``name``; an unknown name lists the valid ones."""
-    try:
-        module = DATASETS[name]
-    except KeyError:
-        raise ConfigError(f"{path}: unknown dataset {name!r}; valid: {sorted(DATASETS)}") from None
-    return load_checked(module, name, contract.check)

@@ -2,7 +2,7 @@
 
 As for families (``components/models/contract.py``): :class:`Dataset` is the contract as a
 Protocol, for readers and type checkers; :func:`check` holds a module to it when
-:func:`components.data.get_dataset` loads it, so a dataset module that forgets a piece, or takes
+:func:`components.data.registry.get_dataset` loads it, so a dataset module that forgets a piece, or takes
 other arguments than the pipeline passes, fails at once naming it instead of deep in a stage;
 ``tests/components/data/test_dataset_contract.py`` runs every registered module through the contract
 end to end on tiny data: ingest -> preprocess -> the reader with the module's batcher.

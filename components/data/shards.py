@@ -22,11 +22,12 @@ every sample is read exactly once per epoch over all ranks and workers. A shard'
 checked before it is opened and its sha256 computed as its bytes stream past: a corrupt shard
 fails at its end, naming it, without hashing every shard before the first batch.
 
-The reader knows no data type: what a sample becomes (a decoded and augmented image, a
-token batch, a sampled subgraph) is the business of the dataset module that wrote the shards,
-named by ``stats.json["dataset"]`` (a key of ``components.data.DATASETS``). Its ``batcher``
-returns a :class:`Batcher` for the shards; shards of any other writer are collated as they are.
-So an edit to image decoding re-runs only the stages of image datasets (``pipelines/dag.py``).
+The reader knows no data type, and imports no dataset module: what a sample becomes (a decoded
+and augmented image, a token batch, a sampled subgraph) is the business of the :class:`Batcher`
+it is handed, made by the ``batcher`` of the dataset module that wrote the shards (named by
+``stats.json["dataset"]``; ``components.data.registry.open_split`` passes it); without one,
+fields are collated as they are. So an edit to image decoding re-runs only the stages of image
+datasets (``pipelines/dag.py``).
 Images stay encoded in the shards (``jpg``/``png``/``webp`` bytes, or raw uint8 ``npy``) and
 are decoded and augmented in the loader worker by the images module's batcher.
 
@@ -58,7 +59,7 @@ import random
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -385,18 +386,6 @@ class Batcher:
         return {}
 
 
-def batcher_for(stats: dict, shard_dir: Path, options: BatchOptions = BatchOptions()) -> Batcher:
-    """The batcher of the dataset module that wrote ``stats`` (``stats["dataset"]``, a registry
-    key), or the default for shards of any other writer. The module is imported by name, so it
-    is in no stage's code closure through this reader (``pipelines/dag.py`` adds the stage's own)."""
-    from components.data import DATASETS, get_dataset
-
-    name = stats.get("dataset")
-    if name not in DATASETS:
-        return Batcher()
-    return get_dataset(name).batcher(stats, Path(shard_dir), options)
-
-
 def apportion(total: int, weights: Sequence[float], caps: Sequence[int]) -> list[int]:
     """``total`` split into integers in proportion to ``weights`` (largest remainder, in exact
     arithmetic), each at most its cap and at least 1 where its cap allows and ``total`` suffices;
@@ -446,16 +435,21 @@ class ShardDataset(IterableDataset):
         max_shards: read only the split's first this many shards (a tune trial's cheaper epoch;
             shards are drawn at random at preprocess, so the first ones are a random part).
 
-    What a sample or batch becomes is the dataset's :class:`Batcher` (:func:`batcher_for`):
-    ``self.batcher``, whose :meth:`Batcher.on_device`, :meth:`Batcher.tally` and
-    :meth:`Batcher.summarize` the training loop calls.
+        make_batcher: ``(stats, shard_dir, options) -> Batcher``, a dataset module's ``batcher``:
+            what a sample or batch becomes (``components.data.registry.open_split`` passes the module
+            that wrote the shards). None: the fields collated as read (:class:`Batcher`); this reader
+            knows no data type.
+
+    ``self.batcher`` is the batcher made for these options, whose :meth:`Batcher.on_device`,
+    :meth:`Batcher.tally` and :meth:`Batcher.summarize` the training loop calls.
     """
 
     def __init__(self, shard_dir: str | Path, split: str, *, rank: int = 0, world_size: int = 1,
                  shuffle: bool = False, seed: int = 0, batch_size: int | None = None,
                  fields: Sequence[str] | None = None, fanout: Sequence[int] | None = None,
                  augment: bool = False, shuffle_buffer: int = SHUFFLE_BUFFER, uint8_images: bool = False,
-                 cache_bytes: int = 0, max_shards: int | None = None, batch_tokens: int | None = None):
+                 cache_bytes: int = 0, max_shards: int | None = None, batch_tokens: int | None = None,
+                 make_batcher: Callable[[dict, Path, BatchOptions], Batcher] | None = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if not 0 <= rank < world_size:
@@ -483,8 +477,9 @@ class ShardDataset(IterableDataset):
         if shuffle and len(self.shards) < world_size:
             raise DataError(f"{self.shard_dir / STATS}: split {split!r} has {len(self.shards)} shards, fewer than "
                             f"{world_size} workers; lower samples_per_shard in params.yaml data section")
-        self.batcher = batcher_for(stats, self.shard_dir, BatchOptions(
-            augment=augment, uint8_images=uint8_images, fanout=tuple(fanout) if fanout is not None else None))
+        options = BatchOptions(augment=augment, uint8_images=uint8_images,
+                               fanout=tuple(fanout) if fanout is not None else None)
+        self.batcher = make_batcher(stats, self.shard_dir, options) if make_batcher else Batcher()
         if self.batch_tokens and self.batcher.token_groups is None:
             raise DataError(f"{self.shard_dir / STATS}: dataset {stats.get('dataset')!r} makes no token-budget "
                             f"batches; set batch_size instead (batch_tokens is for text datasets)")

@@ -48,9 +48,9 @@ def class_embeddings(model: nn.Module, class_names: list[str], templates: list[s
 def _read_split(shard_dir: str, split: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, list[str]]:
     """A whole split's images, tokens, labels and first captions; read once per process (validate runs
     every epoch). Callers must not modify the tensors."""
-    from components.data.shards import ShardDataset
+    from components.data.registry import open_split
 
-    batches = list(ShardDataset(shard_dir, split, batch_size=1 << 16, fields=EVAL_FIELDS))
+    batches = list(open_split(shard_dir, split, batch_size=1 << 16, fields=EVAL_FIELDS))
     images = torch.cat([b[0] for b in batches])
     tokens = torch.cat([b[1] for b in batches]).long()
     return images, tokens, torch.cat([b[2] for b in batches]).numpy(), [c for b in batches for c in b[3]]

@@ -298,12 +298,13 @@ def eval_step(model: nn.Module, batch: tuple, cfg: Config) -> dict[str, torch.Te
 def evaluate(model: GNN, cfg: Config, shard_dir, split: str, detail: bool = True) -> dict:
     """Accuracy, macro-F1, NLL, ECE and the confusion matrix on a split's nodes (or graphs), with
     their embeddings (the last layer's, pooled per graph) for a 2-D projection."""
-    from components.data.shards import ShardDataset, read_stats
+    from components.data.registry import open_split
+    from components.data.shards import read_stats
     from components.evaluation.classification import classification_report
 
     model.eval()
     probs, labels, embeddings = [], [], []
-    for batch in ShardDataset(shard_dir, split, batch_size=1 << 16):
+    for batch in open_split(shard_dir, split, batch_size=1 << 16):
         x, edge_index, index, target = batch[:4]
         h = model.embed(x, edge_index, index if cfg.task == "graph" else None, **_types(batch, cfg))
         h = h[index] if cfg.task == "node" else model.readout(h, index, len(target))

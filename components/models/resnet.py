@@ -359,11 +359,11 @@ def predict(model: nn.Module, batch: np.ndarray, cfg: Config) -> np.ndarray:
 
 def evaluate(model: nn.Module, cfg: Config, shard_dir, split: str, detail: bool = True) -> dict:
     """Top-1, per-class accuracy, NLL, ECE and the confusion matrix on a split."""
-    from components.data.shards import ShardDataset
+    from components.data.registry import open_split
     from components.evaluation.classification import classification_report
 
     probs, labels = [], []
-    for x, y in ShardDataset(shard_dir, split, batch_size=512):
+    for x, y in open_split(shard_dir, split, batch_size=512):
         probs.append(predict(model, x.numpy(), cfg))
         labels.append(y.numpy())
     return classification_report(np.concatenate(probs), np.concatenate(labels))

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.config import ConfigError, bounds
+from components.data.registry import open_split
 from components.data.shards import pad_sequences
 from components.data.tokenizer import BOS, EOS, PAD, Tokenizer
 from components.models.contract import Report
@@ -344,7 +345,8 @@ def _tokenizer(model: nn.Module) -> Tokenizer:
 
 def evaluate(model: nn.Module, cfg: Config, shard_dir, split: str, detail: bool = True) -> dict:
     """Exact match, BLEU and chrF of beam search (the unprefixed metrics) and greedy (``greedy_*``)."""
-    from components.data.shards import ShardDataset, read_stats
+    from components.data.registry import open_split
+    from components.data.shards import read_stats
     from components.data.translation import STRATA
     from components.evaluation import translation
 
@@ -355,7 +357,7 @@ def evaluate(model: nn.Module, cfg: Config, shard_dir, split: str, detail: bool 
         return lambda src: [tok.decode(r) for r in translate(model, src.long(), cfg, beam).tolist()]
 
     stratified = read_stats(shard_dir).get("stratified", False)  # the pairs' strata are in the shards
-    batches = ShardDataset(shard_dir, split, batch_size=500,
+    batches = open_split(shard_dir, split, batch_size=500,
                            fields=("src.npy", "src.txt", "tgt.txt") + (("stratum.txt",) if stratified else ()))
     return translation.evaluate({"beam": decoder(cfg.beam_size), "greedy": decoder(1)}, batches, STRATA)
 

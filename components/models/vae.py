@@ -286,11 +286,11 @@ def evaluate(model: VAE, cfg: Config, shard_dir, split: str, detail: bool = True
     of prior samples through the shared evaluator, and anomaly AUROC of −ELBO; plus images."""
     from sklearn.metrics import roc_auc_score
 
-    from components.data.shards import ShardDataset
+    from components.data.registry import open_split
     from components.evaluation import generative
 
     model.eval()
-    xs, ys = zip(*[(x, y) for x, y in ShardDataset(shard_dir, split, batch_size=512)])
+    xs, ys = zip(*[(x, y) for x, y in open_split(shard_dir, split, batch_size=512)])
     x, y = torch.cat(xs), torch.cat(ys)
     cond = y if cfg.conditional else None
     gen = torch.Generator().manual_seed(0)

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from components.config import ConfigError, TrainConfig, to_dict
+from components.data.registry import open_split
 from components.data.shards import ShardDataset, localize, read_stats
 from components.models import get_family
 from components.params import train_config_from_dict
@@ -281,12 +282,12 @@ class _Run:
             n_shards = len(read_stats(data_dir)["splits"]["train"]["shards"])
             max_shards = max(ctx.world_size, math.ceil(self.config.train_fraction * n_shards))
         # batch_tokens: batches of about that many tokens, as many on every rank (agreed from stats.json).
-        train = ShardDataset(data_dir, "train", rank=ctx.rank, world_size=ctx.world_size, shuffle=True,
+        train = open_split(data_dir, "train", rank=ctx.rank, world_size=ctx.world_size, shuffle=True,
                              seed=cfg.seed, batch_size=cfg.batch_size, uint8_images=True, **loader_options,
                              cache_bytes=cache if cfg.loader_workers == 0 or cfg.loader_persistent else 0,
                              max_shards=max_shards, batch_tokens=cfg.batch_tokens)
         # Validation is read in this process, dealt to the ranks by sample (equal work on every rank).
-        val = ShardDataset(data_dir, "val", rank=ctx.rank, world_size=ctx.world_size,
+        val = open_split(data_dir, "val", rank=ctx.rank, world_size=ctx.world_size,
                            batch_size=max(256, cfg.batch_size), cache_bytes=cache, batch_tokens=cfg.batch_tokens)
         return train, val
 

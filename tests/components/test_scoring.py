@@ -8,7 +8,8 @@ import pytest
 
 from components import scoring
 from components.data.manifest import DataError
-from components.data.shards import ShardDataset, read_stats
+from components.data.registry import open_split
+from components.data.shards import read_stats
 from tests.conftest import numbered_shards
 
 
@@ -17,7 +18,7 @@ def test_read_shards_yields_the_samples_evaluation_reads_in_its_order(digits_sha
     columns = {k: np.array([item[k] for item in items]) for k in items[0]}  # a Ray Data batch of items
     stats = read_stats(digits_shards)
     out = scoring.read_shards(columns, stats["image"], stats["fields"])
-    expected = list(ShardDataset(digits_shards, "test", uint8_images=True))
+    expected = list(open_split(digits_shards, "test", uint8_images=True))
     assert out["image"].dtype == np.uint8 and out["image"].shape == (len(expected), 1, 8, 8)
     assert np.array_equal(out["image"], np.stack([x.numpy() for x, _ in expected]))
     assert out["label"].tolist() == [int(y) for _, y in expected]

@@ -11,7 +11,8 @@ import webdataset as wds
 
 from components.data import captions
 from components.data.manifest import DataError
-from components.data.shards import ShardDataset, iter_shard, read_stats, tar_members
+from components.data.registry import open_split
+from components.data.shards import iter_shard, read_stats, tar_members
 from components.data.tokenizer import EOS, Tokenizer
 
 
@@ -40,7 +41,7 @@ def test_captions_name_the_digit_and_use_training_templates_only(caption_shards)
     assert stats["class_names"][7] == "seven" and stats["max_len"] == 16
     assert not set(stats["zero_shot_templates"]) & set(stats["train_templates"])
     tok = Tokenizer.load(caption_shards / "tokenizer.json")
-    images, tokens, labels, first = next(iter(ShardDataset(caption_shards, "train", batch_size=5000,
+    images, tokens, labels, first = next(iter(open_split(caption_shards, "train", batch_size=5000,
                                                            fields=("jpg;png;npy", "tokens.npy", "cls",
                                                                    "caption.txt"))))
     assert tokens.shape[1:] == (3, 16) and len(first) == len(labels) == images.shape[0]
@@ -85,7 +86,7 @@ def test_jpg_txt_shards_are_read_resized_and_tokenized(tmp_path):
     manifest = captions.ingest(cfg, tmp_path / "raw")
     stats = captions.preprocess(cfg, tmp_path / "raw", tmp_path / "shards", manifest)
     assert stats["input_shape"] == [3, 8, 8] and stats["num_classes"] == 2
-    images, tokens, labels, text = next(iter(ShardDataset(tmp_path / "shards", "val", batch_size=100,
+    images, tokens, labels, text = next(iter(open_split(tmp_path / "shards", "val", batch_size=100,
                                                           fields=("jpg;png;npy", "tokens.npy", "cls",
                                                                   "caption.txt"))))
     assert images.shape == (6, 3, 8, 8) and 0 <= float(images.min()) and float(images.max()) <= 1

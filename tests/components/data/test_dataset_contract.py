@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from components import data
-from components.data import captions, contract, get_dataset, graphs, images, translation
-from components.data.shards import ShardDataset
+from components.data import captions, contract, graphs, images, registry, translation
+from components.data.registry import get_dataset, open_split
+from components.data.shards import Batcher, ShardDataset
 
 
 def test_every_registered_dataset_module_meets_the_contract():
-    for name in data.DATASETS:
+    for name in registry.DATASETS:
         assert contract.problems(get_dataset(name)) == [], name
 
 
@@ -33,7 +33,7 @@ def test_a_dataset_module_that_forgets_a_piece_is_named_with_it(monkeypatch):
     module.ingest = lambda cfg, out_dir: {}
     module.preprocess = lambda cfg, raw_dir, out_dir: {}  # one argument short: no manifest
     monkeypatch.setitem(sys.modules, "throwaway_dataset", module)
-    monkeypatch.setitem(data.DATASETS, "throwaway", "throwaway_dataset")
+    monkeypatch.setitem(registry.DATASETS, "throwaway", "throwaway_dataset")
     with pytest.raises(TypeError) as err:
         get_dataset("throwaway")
     assert "lacks batcher" in str(err.value) and "preprocess(cfg, raw_dir, out_dir) cannot take" in str(err.value)
@@ -53,7 +53,7 @@ TINY = {
 
 
 def test_the_tiny_configs_cover_every_registered_module():
-    assert set(TINY) == set(data.DATASETS)
+    assert set(TINY) == set(registry.DATASETS)
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
@@ -66,8 +66,11 @@ def test_a_dataset_module_runs_through_the_whole_contract_on_tiny_data(name, tmp
     assert stats["dataset"] == written["dataset"] == name  # how the reader finds this module's batcher
     for split in ("train", "val", "test"):
         assert sorted((tmp_path / "shards").glob(f"{split}-*.tar*")), f"{name}: no {split} shards"
-    reader = ShardDataset(tmp_path / "shards", "train", batch_size=16, shuffle=True)
-    assert type(reader.batcher).__module__ != "components.data.shards", "the reader fell back to the default batcher"
+    # The reader alone knows no data type: it collates the fields as read; open_split hands it the
+    # batcher of the module that wrote the shards.
+    assert type(ShardDataset(tmp_path / "shards", "train", batch_size=16).batcher) is Batcher
+    reader = open_split(tmp_path / "shards", "train", batch_size=16, shuffle=True)
+    assert type(reader.batcher) is not Batcher, "the reader fell back to the default batcher"
     batch = reader.batcher.on_device(next(iter(reader)))
     assert isinstance(batch, tuple) and batch and all(
         isinstance(x, torch.Tensor) or isinstance(x, list) for x in batch), [type(x) for x in batch]

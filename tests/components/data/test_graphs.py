@@ -12,7 +12,8 @@ import torch
 from components.config import ConfigError, parse
 from components.data import graphs
 from components.data.manifest import DataError
-from components.data.shards import ShardDataset, read_stats
+from components.data.registry import open_split
+from components.data.shards import read_stats
 from tests.conftest import graph_dataset
 
 
@@ -46,11 +47,11 @@ def test_node_shards_hold_seed_nodes_and_the_graph_asset(community_shards):
     assert stats["task"] == "node" and stats["num_features"] == 8 and stats["num_classes"] == 4
     assert stats["fields"] == ["node.cls", "target.cls"]
     assert sum(s["samples"] for s in stats["splits"].values()) == 600
-    x, ei, index, target = next(iter(ShardDataset(community_shards, "test", batch_size=10_000)))
+    x, ei, index, target = next(iter(open_split(community_shards, "test", batch_size=10_000)))
     graph = np.load(community_shards / graphs.GRAPH)
     assert x.shape == (600, 8) and ei.shape[1] == stats["num_edges"]  # full graph on one worker
     assert torch.equal(target, torch.from_numpy(graph["y"])[index])
-    seen = [set(b[2].tolist()) for s in ("train", "val", "test") for b in ShardDataset(community_shards, s, batch_size=10_000)]
+    seen = [set(b[2].tolist()) for s in ("train", "val", "test") for b in open_split(community_shards, s, batch_size=10_000)]
     assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2]) and len(set.union(*seen)) == 600
 
 
@@ -61,7 +62,7 @@ def test_a_corrupt_graph_asset_is_named(tmp_path, community_shards):
     shutil.copytree(community_shards, copy)
     (copy / graphs.GRAPH).write_bytes(b"garbage")
     with pytest.raises(DataError, match=r"graph.npz: sha256 differs.*dvc repro --force preprocess"):
-        ShardDataset(copy, "train", batch_size=8)
+        open_split(copy, "train", batch_size=8)
 
 
 def csr(edge_index: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,7 +110,7 @@ def test_two_workers_sample_each_train_seed_once_per_epoch(community_shards):
     for epoch in (0, 1):
         seeds, counts = [], []
         for rank in (0, 1):
-            ds = ShardDataset(community_shards, "train", rank=rank, world_size=2, shuffle=True, seed=0,
+            ds = open_split(community_shards, "train", rank=rank, world_size=2, shuffle=True, seed=0,
                               batch_size=64, fanout=[5, 5])
             ds.set_epoch(epoch)
             batches = list(ds)
@@ -120,7 +121,7 @@ def test_two_workers_sample_each_train_seed_once_per_epoch(community_shards):
                 seeds.extend(x[:len(target)].sum(1).tolist())  # features identify the seed nodes
         assert counts[0] == counts[1]  # equal step counts: DDP never waits on a finished rank
         graph = np.load(community_shards / graphs.GRAPH)
-        train = [int(s) for s in ShardDataset(community_shards, "train", batch_size=10_000).__iter__().__next__()[2]]
+        train = [int(s) for s in open_split(community_shards, "train", batch_size=10_000).__iter__().__next__()[2]]
         expected = sorted(graph["x"][train].sum(1).astype(np.float32).tolist())
         assert np.allclose(sorted(seeds), expected, atol=1e-4)  # every train seed exactly once, no other
 
@@ -128,7 +129,7 @@ def test_two_workers_sample_each_train_seed_once_per_epoch(community_shards):
 def test_graph_batches_are_disjoint_unions(families_shards):
     stats = read_stats(families_shards)
     assert stats["task"] == "graph" and stats["num_classes"] == len(graphs.FAMILIES)
-    x, ei, index, target = next(iter(ShardDataset(families_shards, "train", batch_size=7)))
+    x, ei, index, target = next(iter(open_split(families_shards, "train", batch_size=7)))
     assert len(target) == 7 and torch.equal(torch.unique(index), torch.arange(7)) and len(index) == len(x)
     assert torch.equal(index[ei[0]], index[ei[1]])  # no edge crosses graphs
 
@@ -198,7 +199,7 @@ def test_tu_files_load_as_graph_classification(tmp_path):
                            val_fraction=0.34, test_fraction=0.34, samples_per_shard=2)
     stats = read_stats(shards)
     assert stats["num_graphs"] == 6 and stats["num_classes"] == 2 and stats["num_features"] == 1
-    x, ei, index, target = next(iter(ShardDataset(shards, "train", batch_size=10)))
+    x, ei, index, target = next(iter(open_split(shards, "train", batch_size=10)))
     for g in range(len(target)):
         edges_in_g = int((index[ei[0]] == g).sum())
         assert edges_in_g == (6 if target[g] == 1 else 4)  # triangle <-> label 1 (labels remapped -1,1 -> 0,1)

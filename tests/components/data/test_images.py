@@ -19,6 +19,7 @@ from PIL import Image
 from components.config import ConfigError, parse
 from components.data import images, transforms
 from components.data.manifest import DataError, verify_manifest
+from components.data.registry import open_split
 from components.data.shards import ShardDataset, iter_shard, read_stats
 from components.data.writer import write_shards
 
@@ -132,7 +133,7 @@ def test_digits_shards_decode_to_the_same_pixels(digits_shards):
     assert {k: v["samples"] for k, v in stats["splits"].items()} == {"train": 1259, "val": 269, "test": 269}
     assert stats["input_shape"] == [1, 8, 8] and stats["image"]["pixel_max"] == 16
     assert not stats["image"]["augment"]["flip"]  # never for digits
-    x = torch.cat([b[0] for b in ShardDataset(digits_shards, "test", batch_size=32)])
+    x = torch.cat([b[0] for b in open_split(digits_shards, "test", batch_size=32)])
     assert x.dtype == torch.float32 and x.shape == (269, 1, 8, 8)
     every = load_digits().images / 16.0
     found = {tuple(np.round(i.numpy().ravel(), 6)) for i in x}
@@ -153,7 +154,7 @@ def test_cifar_python_batches(tmp_path, cifar100):
                                                               {"data_batch_1", "test_batch"})
     assert np.allclose(stats["mean"], (train / 255.0).mean((0, 2, 3)), atol=0.03)
     # raw uint8 through the shards, unchanged
-    got = torch.cat([b[0] for b in ShardDataset(shards, "train", batch_size=64)]).numpy()
+    got = torch.cat([b[0] for b in open_split(shards, "train", batch_size=64)]).numpy()
     train_bytes = {x.tobytes() for x in train}
     assert all((np.round(g * 255).astype(np.uint8)).tobytes() in train_bytes for g in got)
     shard_bytes = sum(s["bytes"] for v in stats["splits"].values() for s in v["shards"])
@@ -168,7 +169,7 @@ def test_mnist_idx_files(tmp_path, gz, source):
     assert stats["input_shape"] == [1, 28, 28] and stats["splits"]["test"]["samples"] == 20
     assert stats["image"]["augment"]["flip"] is (source == "fashion_mnist")
     assert stats["evaluator"]["accuracy"]["train"] >= 0  # the feature network fits at 28x28
-    x, _ = next(iter(ShardDataset(shards, "val", batch_size=8)))
+    x, _ = next(iter(open_split(shards, "val", batch_size=8)))
     assert x.shape[1:] == (1, 28, 28) and stats["splits"]["val"]["samples"] == 10  # one per class cut from train
 
 
@@ -192,7 +193,7 @@ def test_image_folder_passes_jpeg_bytes_through(tmp_path, splits):
     stored = [s[0] for e in stats["splits"]["train"]["shards"]
               for s in iter_shard(shards / e["file"], e, ("jpg", "cls"))]
     assert stored and all(raw in files for raw in stored)  # never re-encoded
-    x, _ = next(iter(ShardDataset(shards, "train", batch_size=4, shuffle=True, augment=True)))
+    x, _ = next(iter(open_split(shards, "train", batch_size=4, shuffle=True, augment=True)))
     assert x.shape == (4, 3, 16, 16) and 0 <= x.min() and x.max() <= 1
 
 
@@ -216,13 +217,13 @@ def test_augmentation_is_fixed_by_the_seed_and_differs_between_seeds(tmp_path):
                          augment={"style": "imagenet", "size": 24}, fit_evaluator=False)
 
     def epoch(seed, ep):
-        ds = ShardDataset(shards, "train", shuffle=True, seed=seed, batch_size=4, augment=True)
+        ds = open_split(shards, "train", shuffle=True, seed=seed, batch_size=4, augment=True)
         ds.set_epoch(ep)
         return torch.cat([b[0] for b in ds])
 
     assert torch.equal(epoch(0, 1), epoch(0, 1))  # a resumed epoch replays exactly
     assert not torch.equal(epoch(0, 1), epoch(0, 2)) and not torch.equal(epoch(0, 1), epoch(1, 1))
-    evals = [torch.cat([b[0] for b in ShardDataset(shards, "val", batch_size=4)]) for _ in range(2)]
+    evals = [torch.cat([b[0] for b in open_split(shards, "val", batch_size=4)]) for _ in range(2)]
     assert torch.equal(*evals)  # evaluation: resize + centre crop, no randomness
 
 
@@ -290,7 +291,7 @@ def test_encoded_shards_every_sample_once_per_epoch(tmp_path, world_size, loader
     for epoch in range(2):
         ids, batches = [], []
         for rank in range(world_size):
-            ds = ShardDataset(shards, "train", rank=rank, world_size=world_size, shuffle=True, seed=1,
+            ds = open_split(shards, "train", rank=rank, world_size=world_size, shuffle=True, seed=1,
                               batch_size=16, augment=True, shuffle_buffer=32)
             ds.set_epoch(epoch)
             got = [y.tolist() for _, y in torch.utils.data.DataLoader(ds, batch_size=None, num_workers=loader_workers)]
@@ -326,7 +327,7 @@ def test_the_first_batch_does_not_wait_for_every_shard_to_be_hashed(tmp_path):
     data = bytearray(victim.read_bytes())
     data[-2000] ^= 0xFF  # same size, other bytes: only a hash can tell
     victim.write_bytes(bytes(data))
-    it = iter(ShardDataset(shards, "train", batch_size=20))
+    it = iter(open_split(shards, "train", batch_size=20))
     next(it)  # the first shard streams at once
     with pytest.raises(DataError, match=f"{victim.name}: shard is corrupt"):
         list(it)
@@ -342,7 +343,7 @@ def test_a_corrupt_jpeg_in_a_shard_names_the_shard_and_the_key(tmp_path):
     write_shards(tmp_path, {"train": {"jpg": [good, bad, good], "cls": [0, 1, 0]}}, 8, fields=images.FIELDS,
                  meta={"dataset": "images", "image": image, "input_shape": [3, 8, 8]})
     with pytest.raises(DataError, match=r"train-000000.tar: sample 'train0000001': cannot decode"):
-        list(ShardDataset(tmp_path, "train"))
+        list(open_split(tmp_path, "train"))
 
 
 def test_a_class_folder_without_images_is_named(tmp_path):

@@ -5,7 +5,8 @@ import torch
 
 from components.data.batching import padding
 from components.data.manifest import DataError
-from components.data.shards import ShardDataset, read_stats
+from components.data.registry import open_split
+from components.data.shards import read_stats
 from tests.conftest import numbered_shards
 
 
@@ -13,7 +14,7 @@ def epoch_ids(shards, world_size, loader_workers, epoch, batch_size=16):
     """Sample ids each rank sees in one epoch, and each rank's batch count."""
     per_rank, batches = [], []
     for rank in range(world_size):
-        ds = ShardDataset(shards, "train", rank=rank, world_size=world_size, shuffle=True, seed=3,
+        ds = open_split(shards, "train", rank=rank, world_size=world_size, shuffle=True, seed=3,
                           batch_size=batch_size)
         ds.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=loader_workers)
@@ -40,12 +41,12 @@ def test_every_sample_exactly_once_per_epoch_with_equal_batches(tmp_path, world_
 def test_fewer_shards_than_workers_is_a_clear_error(tmp_path):
     shards = numbered_shards(tmp_path, 20, 16)  # 2 shards
     with pytest.raises(DataError, match="fewer than 3 workers; lower samples_per_shard"):
-        ShardDataset(shards, "train", rank=0, world_size=3, shuffle=True)
+        open_split(shards, "train", rank=0, world_size=3, shuffle=True)
 
 
 def test_fewer_batches_than_loader_workers_with_data_is_a_clear_error(tmp_path):
     shards = numbered_shards(tmp_path, 45, 16)  # 3 shards of 15: with 2 loader workers both hold data
-    ds = ShardDataset(shards, "train", rank=0, world_size=1, shuffle=True, batch_size=45)
+    ds = open_split(shards, "train", rank=0, world_size=1, shuffle=True, batch_size=45)
     assert ds.num_batches() == 1
     with pytest.raises(DataError, match="1 batches of batch_size 45 are fewer than its 2 loader workers with data"):
         list(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2))
@@ -57,7 +58,7 @@ def test_unshuffled_split_is_dealt_by_sample_in_order_and_cached(tmp_path, world
     shards = numbered_shards(tmp_path, 45, 16)  # 3 shards of 15: whole shards would give one of 2 ranks twice the work
     per_rank = []
     for rank in range(world_size):
-        ds = ShardDataset(shards, "train", rank=rank, world_size=world_size, batch_size=8, cache_bytes=1 << 20)
+        ds = open_split(shards, "train", rank=rank, world_size=world_size, batch_size=8, cache_bytes=1 << 20)
         loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=loader_workers)
         epochs = [[i for x, _ in loader for i in x[:, 0, 0, 0].long().tolist()] for _ in range(2)]
         assert epochs[0] == epochs[1]  # the second epoch (from the cache without workers) reads the same
@@ -76,10 +77,11 @@ def test_truncated_shard_is_named(tmp_path):
     victim = shards / "train-000002.tar"
     victim.write_bytes(victim.read_bytes()[:700])
     with pytest.raises(DataError, match=r"train-000002.tar: shard is corrupt or truncated"):
-        list(ShardDataset(shards, "train"))
+        list(open_split(shards, "train"))
 
 
 def test_corrupt_shard_without_checksums_is_named(tmp_path):
+    from components.data.registry import open_split
     from components.data.shards import read_shard
 
     shards = numbered_shards(tmp_path, 32, 16)
@@ -93,11 +95,11 @@ def test_corrupt_shard_without_checksums_is_named(tmp_path):
 
 def test_missing_shards_say_how_to_make_them(tmp_path):
     with pytest.raises(DataError, match=f"stats.json: not found.*`dvc repro preprocess-{tmp_path.name}`"):
-        ShardDataset(tmp_path, "train")
+        open_split(tmp_path, "train")
     shards = numbered_shards(tmp_path / "s", 32, 16)
     (shards / "train-000000.tar").unlink()
     with pytest.raises(DataError, match="train-000000.tar: shard not found"):
-        list(ShardDataset(shards, "train"))
+        list(open_split(shards, "train"))
 
 
 def test_shards_are_byte_identical_when_rewritten(tmp_path):
@@ -111,6 +113,7 @@ def test_tar_members_reads_what_tarfile_writes(fmt):
     import io
     import tarfile
 
+    from components.data.registry import open_split
     from components.data.shards import tar_members
 
     files = [("a" * 150 + ".txt", b"hello"), ("dir/x.bin", bytes(1000)), ("e.cls", b""), ("ü.npy", b"y" * 513)]
@@ -140,7 +143,7 @@ def token_epoch(shards, world_size, loader_workers, epoch, **batching):
     """Per rank, for each batch: the source ids (one id per sample), its tokens and its padded cells."""
     per_rank = []
     for rank in range(world_size):
-        ds = ShardDataset(shards, "train", rank=rank, world_size=world_size, shuffle=True, seed=3, **batching)
+        ds = open_split(shards, "train", rank=rank, world_size=world_size, shuffle=True, seed=3, **batching)
         ds.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=loader_workers)
         per_rank.append([(src[:, 0].tolist(), *padding((src, tgt))) for src, tgt in loader])
@@ -178,7 +181,7 @@ def test_token_budget_batches_every_sample_once_with_equal_steps_and_little_padd
 def test_token_budget_needs_shards_that_record_tokens(tmp_path):
     shards = numbered_shards(tmp_path, 40, 16)
     with pytest.raises(DataError, match="records no tokens per shard.*set batch_size instead"):
-        ShardDataset(shards, "train", batch_tokens=100)
+        open_split(shards, "train", batch_tokens=100)
 
 
 def test_tar_sink_writes_what_webdataset_writes(tmp_path):

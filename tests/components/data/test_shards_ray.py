@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.data.shards import ShardDataset
+from components.data.registry import open_split
 from tests.conftest import REPO, numbered_shards
 
 
@@ -17,7 +17,7 @@ def record_epoch_loop(config):
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    ds = ShardDataset(config["shards"], "train", rank=rank, world_size=world, shuffle=True, seed=1, batch_size=16)
+    ds = open_split(config["shards"], "train", rank=rank, world_size=world, shuffle=True, seed=1, batch_size=16)
     out = {}
     for epoch in range(2):
         ds.set_epoch(epoch)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from components.data import features
-from components.data.shards import ShardDataset, read_stats
+from components.data.registry import open_split
+from components.data.shards import read_stats
 from components.evaluation import generative, verdicts
 
 
@@ -118,7 +119,7 @@ def test_preprocess_fits_the_feature_network_deterministically_and_records_it(di
     assert meta["accuracy"] == stats["evaluator"]["accuracy"]
     # same data, same config -> the same weights, bit for bit
     splits = {s: tuple(np.concatenate(a) for a in zip(*[(x.numpy(), y.numpy()) for x, y in
-                                                        ShardDataset(digits_shards, s, batch_size=512)]))
+                                                        open_split(digits_shards, s, batch_size=512)]))
               for s in ("train", "val", "test")}
     cfg = features.FeatureConfig(**meta["config"])
     again = features.fit(cfg, {"train": splits["train"], "test": splits["test"]}, 10, tmp_path / "again")
@@ -127,7 +128,7 @@ def test_preprocess_fits_the_feature_network_deterministically_and_records_it(di
 
 
 def test_real_held_out_images_score_at_the_floor_and_noise_far_above_it(evaluator, digits_shards):
-    val = np.concatenate([x.numpy() for x, _ in ShardDataset(digits_shards, "val", batch_size=512)])
+    val = np.concatenate([x.numpy() for x, _ in open_split(digits_shards, "val", batch_size=512)])
     n = evaluator.num_samples("test")
     assert len(val) >= n  # val and test are equal-sized stratified splits
     real = evaluator.score(val[:n], "test")
@@ -151,8 +152,8 @@ def test_on_real_digits_replayed_training_images_fail_the_memorisation_test_and_
     images with a little noise is caught; real images it never saw are not, and are as close to
     the held-out images by KID as real training images are (the paired interval holds zero)."""
     n = evaluator.num_samples("test")
-    val = np.concatenate([x.numpy() for x, _ in ShardDataset(digits_shards, "val", batch_size=512)])[:n]
-    train = np.concatenate([x.numpy() for x, _ in ShardDataset(digits_shards, "train", batch_size=512)])
+    val = np.concatenate([x.numpy() for x, _ in open_split(digits_shards, "val", batch_size=512)])[:n]
+    train = np.concatenate([x.numpy() for x, _ in open_split(digits_shards, "train", batch_size=512)])
     rng = np.random.default_rng(0)
     replayed = np.clip(train[rng.choice(len(train), n, replace=False)] + 0.02 * rng.standard_normal((n, *train.shape[1:])),
                        0, 1).astype(np.float32)

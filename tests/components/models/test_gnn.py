@@ -100,6 +100,7 @@ def train_cfg(model: gnn.Config, epochs: int, **kw) -> dict:
 
 
 def test_bind_takes_counts_from_the_data_and_refuses_the_wrong_task(community_shards, digits_shards):
+    from components.data.registry import open_split
     from components.data.shards import read_stats
 
     stats = read_stats(community_shards)
@@ -154,6 +155,7 @@ def test_training_tells_graph_families_apart_by_structure(families_shards, tmp_p
 
 
 def test_evaluate_reports_accuracy_macro_f1_and_embeddings(community_shards, families_shards, tmp_path):
+    from components.data.registry import open_split
     from components.data.shards import read_stats
     from components.evaluation.classification import macro_f1
 
@@ -209,7 +211,8 @@ def test_a_typed_graph_keeps_its_types_through_shards_and_sampled_batches(typed_
     """Papers first and only papers labelled; every edge joins the types its relation names; a
     sampled batch carries the types of the nodes and edges it drew, over every relation."""
     from components.data import graphs
-    from components.data.shards import ShardDataset, read_stats
+    from components.data.registry import open_split
+    from components.data.shards import read_stats
 
     stats = read_stats(typed_shards)
     assert stats["node_types"] == list(graphs.NODE_TYPES) and len(stats["edge_types"]) == len(graphs.EDGE_TYPES)
@@ -218,7 +221,7 @@ def test_a_typed_graph_keeps_its_types_through_shards_and_sampled_batches(typed_
     assert torch.equal(g["node_type"][g["edge_index"]].T, ends[g["edge_type"]])
     assert (g["y"][g["node_type"] == 0] >= 0).all() and (g["y"][g["node_type"] > 0] == -1).all()
     seen = set()
-    batches = ShardDataset(typed_shards, "train", batch_size=32, fanout=[5, 5], seed=0)
+    batches = open_split(typed_shards, "train", batch_size=32, fanout=[5, 5], seed=0)
     for x, edge_index, index, target, node_type, edge_type in batches:
         assert len(node_type) == len(x) and len(edge_type) == edge_index.shape[1]
         assert torch.equal(node_type[edge_index].T, ends[edge_type])  # the relation of each sampled edge
@@ -242,6 +245,7 @@ def test_relation_wise_layers_see_what_a_type_blind_network_cannot(typed_shards,
 
 
 def test_a_relation_wise_model_predicts_its_papers_and_names_bad_types(typed_shards):
+    from components.data.registry import open_split
     from components.data.shards import read_stats
 
     cfg = gnn.bind(gnn.Config(conv="sage", hidden=8, hetero=True), read_stats(typed_shards), typed_shards)

@@ -13,7 +13,8 @@ from components.config import (
     to_dict,
 )
 from components.data import translation
-from components.data.shards import ShardDataset, read_shard, read_stats
+from components.data.registry import open_split
+from components.data.shards import read_shard, read_stats
 from components.data.tokenizer import BOS, EOS, PAD, Tokenizer
 from components.models import attention as A
 from components.models import transformer as T
@@ -248,17 +249,17 @@ def test_number_data_keeps_test_numbers_out_of_training(number_shards):
     strata: list[str] = []
     test_pairs = translation.read_split(raw, "test", strata)
     assert stats["stratified"] and set(strata) <= set(translation.STRATA) and len(set(strata)) >= 3
-    shard_strata = [s for *_, batch in ShardDataset(number_shards / "shards", "test", batch_size=80,
+    shard_strata = [s for *_, batch in open_split(number_shards / "shards", "test", batch_size=80,
                                                     fields=("src.txt", "stratum.txt")) for s in batch]
     assert sorted(shard_strata) == sorted(strata) and len(test_pairs) == 80
-    src, tgt = next(iter(ShardDataset(number_shards / "shards", "train", batch_size=16)))
+    src, tgt = next(iter(open_split(number_shards / "shards", "train", batch_size=16)))
     assert src.shape[0] == 16 and src.dtype == torch.int16 and (src[:, 0] != PAD).all()
     for entry in stats["splits"].values():  # every shard records its tokens, for token-budget batches
         for shard in entry["shards"]:
             pairs = read_shard(number_shards / "shards" / shard["file"], shard, ("src.npy", "tgt.npy"))
             assert shard["tokens"] == sum(len(src) + len(tgt) for src, tgt in pairs) > 0
     tok = Tokenizer.load(number_shards / "shards" / "tokenizer.json")
-    _, src_text, tgt_text = next(iter(ShardDataset(number_shards / "shards", "test", batch_size=8,
+    _, src_text, tgt_text = next(iter(open_split(number_shards / "shards", "test", batch_size=8,
                                                    fields=("src.npy", "src.txt", "tgt.txt"))))
     assert len(src_text) == 8 and all(tok.decode(tok.encode(t)) == t for t in tgt_text)
 

@@ -94,7 +94,8 @@ def test_gradient_clipping_bounds_the_update(digits_shards, clip):
     """One plain SGD step (lr 1, no momentum or decay) moves the weights by exactly the gradient:
     with clipping its norm is at most the clip value, without it the much larger raw norm."""
     from components.config import OptimizerConfig
-    from components.data.shards import ShardDataset, read_stats
+    from components.data.registry import open_split
+    from components.data.shards import read_stats
     from components.training.steps import SupervisedStep
 
     cfg = TrainConfig(lr=1.0, epochs=1, batch_size=64, grad_clip=clip, schedule=ScheduleConfig(name="constant"),
@@ -102,7 +103,7 @@ def test_gradient_clipping_bounds_the_update(digits_shards, clip):
     cfg.model = resnet.bind(resnet.Config(depth=8), read_stats(digits_shards), digits_shards)
     torch.manual_seed(0)
     model = resnet.build(cfg.model)
-    batch = next(iter(ShardDataset(digits_shards, "train", batch_size=64, uint8_images=True)))
+    batch = next(iter(open_split(digits_shards, "train", batch_size=64, uint8_images=True)))
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
     out = SupervisedStep(model, cfg, resnet, total_steps=1)(batch, 0)
     moved = (torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm().item()

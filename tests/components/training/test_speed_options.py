@@ -14,7 +14,7 @@ from components.config import (
     TrainConfig,
     to_dict,
 )
-from components.data.shards import ShardDataset
+from components.data.registry import open_split
 from components.models import resnet
 from components.params import train_config_from_dict
 from components.training import checkpoint as ckpt
@@ -125,7 +125,7 @@ def test_ray_ddp_reports_the_checkpointed_epochs_and_validates_every_sample_once
     bound = train_config_from_dict("resnet", meta["config"]).model
     model = resnet.build(bound)
     model.load_state_dict(state["model"])
-    val = ShardDataset(digits_shards, "val", batch_size=256)
+    val = open_split(digits_shards, "val", batch_size=256)
     single = evaluate_split(model, resnet, bound, val, _Context(False, False), "fp32")
     assert metrics["val_accuracy"] == pytest.approx(single["accuracy"], abs=1e-12)
     assert metrics["val_loss"] == pytest.approx(single["loss"], rel=1e-5)
@@ -135,7 +135,7 @@ def test_persistent_workers_see_each_epoch_and_every_sample_once(digits_shards):
     """Persistent loader workers keep their copy of the dataset: the epoch reaches them through
     shared memory, so each epoch is a new shuffle of every sample, the same as without them."""
     def epochs(persistent: bool) -> list[list[int]]:
-        ds = ShardDataset(digits_shards, "train", shuffle=True, seed=3, batch_size=32, cache_bytes=1 << 20)
+        ds = open_split(digits_shards, "train", shuffle=True, seed=3, batch_size=32, cache_bytes=1 << 20)
         loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=persistent)
         out = []
         for epoch in range(3):
@@ -156,10 +156,10 @@ def test_the_shard_cache_replays_the_stream_and_keeps_to_its_budget(digits_shard
         ds.set_epoch(epoch)
         return [(x.clone(), y.clone()) for x, y in torch.utils.data.DataLoader(ds, batch_size=None)]
 
-    streamed = ShardDataset(shards, "train", shuffle=True, seed=1, batch_size=50, augment=True)
-    cached = ShardDataset(shards, "train", shuffle=True, seed=1, batch_size=50, augment=True,
+    streamed = open_split(shards, "train", shuffle=True, seed=1, batch_size=50, augment=True)
+    cached = open_split(shards, "train", shuffle=True, seed=1, batch_size=50, augment=True,
                           cache_bytes=1 << 30)
-    budget = ShardDataset(shards, "train", shuffle=True, seed=1, batch_size=50, cache_bytes=20_000)
+    budget = open_split(shards, "train", shuffle=True, seed=1, batch_size=50, cache_bytes=20_000)
     for epoch in range(3):
         want = batches(streamed, epoch)
         got = batches(cached, epoch)
