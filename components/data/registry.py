@@ -42,12 +42,18 @@ def get_dataset(name: str, path: str = "dataset") -> ModuleType:
     return load_checked(module, name, contract.check)
 
 
+def writer_batcher(stats: dict, shard_dir: Path, options: Any):
+    """The batcher that the dataset module named by ``stats["dataset"]`` (the shards' writer) makes
+    for ``options``; for shards of any other writer, the reader's default (fields collated as read)."""
+    from components.data.shards import Batcher
+
+    name = stats.get("dataset")
+    return get_dataset(name).batcher(stats, Path(shard_dir), options) if name in DATASETS else Batcher()
+
+
 def open_split(shard_dir: str | Path, split: str, **options: Any):
     """Split ``split`` of the shards in ``shard_dir`` as a ``ShardDataset`` (``options``: its
-    keyword arguments), batched by the dataset module that wrote them (``stats.json``'s
-    ``dataset``); the shards of any other writer collate their fields as read."""
-    from components.data.shards import ShardDataset, read_stats  # torch and webdataset: only where data is read
+    keyword arguments), batched by the dataset module that wrote them (:func:`writer_batcher`)."""
+    from components.data.shards import ShardDataset  # torch and webdataset: only where data is read
 
-    name = read_stats(Path(shard_dir)).get("dataset")
-    make_batcher = get_dataset(name).batcher if name in DATASETS else None
-    return ShardDataset(shard_dir, split, make_batcher=make_batcher, **options)
+    return ShardDataset(shard_dir, split, make_batcher=writer_batcher, **options)
