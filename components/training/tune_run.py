@@ -30,17 +30,9 @@ from components.training.loop import LoopConfig, train_loop_per_worker
 
 
 class TuneReport:
-    """Reports each epoch to a plain Ray Tune function trial.
-
-    The rung's last epoch is reported after ``flush`` (the trial's other hooks) has finished its
-    queued work: the sweep may start the trial's next rung the moment it hears that report, and
-    the next rung's MLflow hook then finds every row of this one logged.
-    """
+    """Reports each epoch to a plain Ray Tune function trial."""
 
     all_ranks = False
-
-    def __init__(self, last_epoch: int, flush: tuple = ()):
-        self.last_epoch, self.flush = last_epoch, flush
 
     def on_step(self, rows: list[dict]) -> None:
         pass
@@ -48,33 +40,77 @@ class TuneReport:
     def on_epoch(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         from ray import tune
 
-        if int(metrics["epoch"]) >= self.last_epoch:
-            for hook in self.flush:
-                if hasattr(hook, "on_end"):
-                    hook.on_end()
         tune.report(metrics)
 
 
 def _sweep_trial(config: dict[str, Any], *, algo: str, family: str, base: TrainConfig, data_dir: str,
-                 runs_root: str, uri: str, workers_per_trial: int, storage_path: str, train_fraction: float) -> None:
+                 runs_root: str, workers_per_trial: int, storage_path: str, train_fraction: float) -> None:
     """One trial of one rung (runs in a Ray Tune trial actor): train ``config["trial"]`` up to epoch
-    ``config["epochs"]``, resuming from its run directory, reporting each epoch to Tune and MLflow."""
-    from components import tracking
-
+    ``config["epochs"]``, resuming from its run directory, reporting each epoch to Tune. The driver
+    logs the trial to MLflow (:class:`_TrialLog`): a trial process never imports MLflow."""
     t = config["trial"]
     trial = sha.Trial(t["name"], t["schedule"], t["lr"], t["warmup"])
-    hooks = [tracking.MlflowHook(uri, t["run_id"])] if t.get("run_id") else []
     loop = LoopConfig(algo, trial.apply(base), data_dir, f"{runs_root}/{trial.name}", family=family,
                       max_epochs=config["epochs"], train_fraction=train_fraction, final_val_only=True)
     if workers_per_trial == 0:
-        report = TuneReport(config["epochs"] - 1, flush=tuple(hooks))
-        train_loop_per_worker(dataclasses.replace(loop, hooks=(*hooks, report), single_thread=True))
+        train_loop_per_worker(dataclasses.replace(loop, hooks=(TuneReport(),), single_thread=True))
     else:
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        launch.fit(dataclasses.replace(loop, hooks=(launch.RayTrainReport(), *hooks)), num_workers=workers_per_trial, use_gpu=base.use_gpu,
-            storage_path=storage_path, name=f"{algo}-{trial.name}-to-{config['epochs']}",
-            callbacks=[TuneReportCallback()], workers_param=f"tune.{algo}.workers_per_trial")
+        launch.fit(dataclasses.replace(loop, hooks=(launch.RayTrainReport(),)), num_workers=workers_per_trial,
+                   use_gpu=base.use_gpu, storage_path=storage_path, name=f"{algo}-{trial.name}-to-{config['epochs']}",
+                   callbacks=[TuneReportCallback()], workers_param=f"tune.{algo}.workers_per_trial")
+
+
+class _TrialLog:
+    """The driver's MLflow logging of a sweep's trials: at each epoch a trial reports, the rows its
+    run directory gained since (``steps.jsonl``, ``epochs.jsonl``: written before the report) go to
+    the trial's run, in MLflow's logging thread.
+
+    A trial process logging for itself imported MLflow (about 2 s of a 2-core machine per trial
+    process, the sweep's driver has it already) and wrote to the tracking store beside the
+    driver. Each step and epoch reaches the run once: a trial that resumes (its next rung, or
+    the stage run again) appends after its checkpoint, and rows are logged past the last one
+    logged to this run (a run of the stage starts new runs: they get the rows from the start).
+    """
+
+    MAX_IN_FLIGHT = 64
+
+    def __init__(self, uri: str, runs_root: str, run_ids: dict[str, str]) -> None:
+        self.uri, self.runs_root, self.run_ids = uri, runs_root, run_ids
+        self.logged: dict[str, tuple[int, int]] = {}  # trial -> (last step, last epoch) logged
+        self.pending: list = []
+        self._client = None
+
+    def log(self, name: str) -> None:
+        run_id = self.run_ids.get(name)
+        if not run_id or not self.uri:
+            return
+        from mlflow.entities import Metric
+
+        from components import tracking
+        from components.training.loop import EPOCHS, HISTORY, read_rows
+
+        if self._client is None:
+            self._client = tracking.MlflowClient(self.uri)
+        last_step, last_epoch = self.logged.get(name, (-1, -1))
+        steps = [r for r in read_rows(f"{self.runs_root}/{name}/{HISTORY}") if r["step"] > last_step]
+        epochs = [e for e in read_rows(f"{self.runs_root}/{name}/{EPOCHS}") if e["epoch"] > last_epoch]
+        if not steps and not epochs:
+            return
+        self.logged[name] = (steps[-1]["step"] if steps else last_step, epochs[-1]["epoch"] if epochs else last_epoch)
+        now = int(time.time() * 1000)
+        metrics = tracking.step_metrics(steps, "step/") + [  # as tracking.MlflowHook logs an epoch
+            Metric(k, float(v), now, int(e["epoch"])) for e in epochs for k, v in e.items() if k != "epoch"]
+        self.pending += tracking.log_batch(self._client, run_id, metrics=metrics, synchronous=False)
+        while len(self.pending) > self.MAX_IN_FLIGHT:  # a slow tracking server slows the sweep, not memory
+            self.pending.pop(0).wait()
+
+    def flush(self) -> None:
+        """Wait until every row handed to MLflow is in the tracking store."""
+        pending, self.pending = self.pending, []
+        for op in pending:
+            op.wait()
 
 
 _PENDING = "TUNE_MAX_PENDING_TRIALS_PG"  # how many trials Ray Tune stages ahead of a free process
@@ -98,8 +134,8 @@ class _Rungs:
 
     DECISION_WAIT_S = 30.0  # how long Tune's loop waits for a rung's decision (normally milliseconds)
 
-    def __init__(self, concurrent: int) -> None:
-        self.concurrent = concurrent
+    def __init__(self, concurrent: int, log: _TrialLog | None = None) -> None:
+        self.concurrent, self.log = concurrent, log
         self.lock, self.done, self.decided = threading.Lock(), threading.Event(), threading.Event()
         self.pending: list[dict[str, Any]] = []
         self.epochs = self.size = self.handed = 0
@@ -206,7 +242,8 @@ def sweep(trials: list[sha.Trial], *, grace_period: int, reduction_factor: int, 
     concurrent = max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)) // per_trial)
     run_ids = run_ids or {}
     key = f"{name}-{uuid.uuid4().hex[:8]}"
-    rungs = _CHANNELS[key] = _Rungs(concurrent)
+    trial_log = _TrialLog(uri, runs_root, run_ids)
+    rungs = _CHANNELS[key] = _Rungs(concurrent, trial_log)
 
     def run_rung(live: list[sha.Trial], r: int) -> dict[str, dict[str, float] | BaseException]:
         rungs.start([{"trial": {**vars(t), "run_id": run_ids.get(t.name, "")}, "epochs": r} for t in live], r)
@@ -233,7 +270,7 @@ def sweep(trials: list[sha.Trial], *, grace_period: int, reduction_factor: int, 
             rungs.finish()
 
     trainable = tune.with_parameters(
-        _sweep_trial, algo=algo, family=family, base=base, data_dir=data_dir, runs_root=runs_root, uri=uri,
+        _sweep_trial, algo=algo, family=family, base=base, data_dir=data_dir, runs_root=runs_root,
         workers_per_trial=workers_per_trial, storage_path=storage_path, train_fraction=train_fraction)
     # A trial that launches a TorchTrainer holds almost nothing itself; its workers take the CPUs.
     resources = {"CPU": 1} if workers_per_trial == 0 else {"CPU": 0.01}
@@ -258,6 +295,7 @@ def sweep(trials: list[sha.Trial], *, grace_period: int, reduction_factor: int, 
         rungs.finish(aborted=True)  # a rung still waiting (Tune stopped early) fails instead of hanging
         thread.join()
         _CHANNELS.pop(key, None)
+        trial_log.flush()
     if "error" in box:
         raise box["error"]
     return box["sweep"]
@@ -290,6 +328,9 @@ class _RungProgress(Callback):
             rungs.wait_decision()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        log = _CHANNELS[self.key].log
+        if log is not None:
+            log.log(trial.config["trial"]["name"])
         if int(result.get("epoch", -1)) == trial.config["epochs"] - 1:
             self._end(trial, result, None)
 
@@ -297,5 +338,8 @@ class _RungProgress(Callback):
         self._end(trial, trial.last_result, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        log = _CHANNELS[self.key].log
+        if log is not None:  # the epochs it finished
+            log.log(trial.config["trial"]["name"])
         error = trial.get_pickled_error() or RuntimeError(f"trial {trial.config['trial']['name']} failed")
         self._end(trial, None, launch.root_cause(error))
