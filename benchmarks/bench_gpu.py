@@ -189,6 +189,9 @@ def plain_family(raw: dict, algo: str, shards: Path, device: torch.device, steps
     return len(batch[-1]) / (ms / 1000), tokens
 
 
+SMOKE_DATA = {"num_train": 400, "num_val": 50, "num_test": 50}
+
+
 def prepare(root: Path, args: argparse.Namespace, smoke: bool, raw: dict) -> dict[str, Path]:
     """Every data set the rows read, written once under ``root`` (kept there for a second call)."""
     n_images, size, crop, classes = (96, 48, 32, 4) if smoke else (args.images, 256, 224, 1000)
@@ -204,6 +207,10 @@ def prepare(root: Path, args: argparse.Namespace, smoke: bool, raw: dict) -> dic
     for algo in ("transformer", "diffusion"):
         name = raw["algorithms"][algo]["dataset"]
         dcfg, module = dataset_config(raw, name), dataset_module(raw, name)
+        if smoke:  # a resident batch is all the rows read: a few hundred pairs, an evaluator of one epoch
+            dcfg = replace(dcfg, **{k: v for k, v in SMOKE_DATA.items() if hasattr(dcfg, k)})
+            if hasattr(dcfg, "evaluator"):
+                dcfg = replace(dcfg, evaluator=replace(dcfg.evaluator, epochs=1))
         if not out[algo].exists():
             module.preprocess(dcfg, root / "raw" / name, out[algo], module.ingest(dcfg, root / "raw" / name))
     done.touch()

@@ -12,6 +12,10 @@ the stage's own work, and the rest (Ray and interpreter shutdown, DVC hashing an
                                                        # data/, models/, .runs/ or mlflow.db yet)
 
 Run nothing else meanwhile: two processes on 2 cores slow each other down.
+
+The same machine runs the same code up to 1.5x slower at some hours (shared hosts): before and
+after the repro a speed probe times a fixed small training workload (a conv net on 8x8 images),
+so that two profiles compare by the ratio of their probes (``--probe-only``: the probe alone).
 """
 
 from __future__ import annotations
@@ -55,6 +59,31 @@ def repro(clone: Path, profile: Path) -> tuple[list[tuple[str, float]], float, i
     return spans, end - t0, proc.returncode
 
 
+PROBE = """
+import time, torch
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(32, 32, 3, padding=1),
+                          torch.nn.ReLU(), torch.nn.Conv2d(32, 64, 3, stride=2, padding=1), torch.nn.ReLU(),
+                          torch.nn.Flatten(), torch.nn.Linear(64 * 16, 10))
+opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+x, y = torch.rand(128, 1, 8, 8), torch.randint(0, 10, (128,))
+for i in range(STEPS + 20):
+    if i == 20:
+        t0 = time.perf_counter()
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    opt.step()
+print(time.perf_counter() - t0)
+"""
+
+
+def speed_probe(steps: int = 300) -> float:
+    """Seconds of a fixed small training workload in a fresh process: the machine's speed now."""
+    out = subprocess.run([sys.executable, "-c", PROBE.replace("STEPS", str(steps))], capture_output=True, text=True,
+                         check=True)
+    return float(out.stdout.strip())
+
+
 def table(spans: list[tuple[str, float]], entries: list[dict], total: float) -> list[dict]:
     rows = []
     for (stage, span), entry in zip(spans, entries):
@@ -82,7 +111,11 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="clone here and keep it (must not exist)")
     parser.add_argument("--json", type=Path, help="write the rows here")
     parser.add_argument("--here", action="store_true", help="run in this checkout instead of a clone")
+    parser.add_argument("--probe-only", action="store_true", help="time the speed probe, run nothing else")
     args = parser.parse_args()
+    if args.probe_only:
+        print(f"speed probe: {speed_probe():.2f}s")
+        return
     if args.here:
         clone = REPO
     else:
@@ -91,13 +124,17 @@ def main() -> None:
     profile = Path(tempfile.mkdtemp(prefix="m7-profile-")) / "profile.jsonl"
     profile.unlink(missing_ok=True)
     try:
+        probe = [speed_probe()]
         spans, total, code = repro(clone, profile)
+        probe.append(speed_probe())
         entries = [json.loads(x) for x in profile.read_text().splitlines()] if profile.exists() else []
         if len(entries) != len(spans):
             print(f"warning: {len(spans)} stages ran, {len(entries)} wrote a profile line", file=sys.stderr)
         rows = table(spans, entries, total)
+        print(f"speed probe (a fixed workload; compare profiles by its ratio): {probe[0]:.2f}s before, "
+              f"{probe[1]:.2f}s after")
         if args.json:
-            args.json.write_text(json.dumps({"total_s": total, "stages": rows}, indent=2) + "\n")
+            args.json.write_text(json.dumps({"total_s": total, "probe_s": probe, "stages": rows}, indent=2) + "\n")
         if code:
             raise SystemExit(f"dvc repro failed with exit code {code}")
     finally:
