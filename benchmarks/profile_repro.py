@@ -60,14 +60,14 @@ def repro(clone: Path, profile: Path) -> tuple[list[tuple[str, float]], float, i
 
 
 PROBE = """
-import time, torch
+import sys, time, torch
 torch.manual_seed(0)
 net = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(32, 32, 3, padding=1),
                           torch.nn.ReLU(), torch.nn.Conv2d(32, 64, 3, stride=2, padding=1), torch.nn.ReLU(),
                           torch.nn.Flatten(), torch.nn.Linear(64 * 16, 10))
 opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
 x, y = torch.rand(128, 1, 8, 8), torch.randint(0, 10, (128,))
-for i in range(STEPS + 20):
+for i in range(int(sys.argv[1]) + 20):
     if i == 20:
         t0 = time.perf_counter()
     opt.zero_grad()
@@ -79,8 +79,7 @@ print(time.perf_counter() - t0)
 
 def speed_probe(steps: int = 300) -> float:
     """Seconds of a fixed small training workload in a fresh process: the machine's speed now."""
-    out = subprocess.run([sys.executable, "-c", PROBE.replace("STEPS", str(steps))], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", PROBE, str(steps)], capture_output=True, text=True, check=True)
     return float(out.stdout.strip())
 
 
