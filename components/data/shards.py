@@ -653,10 +653,9 @@ def collate(samples: list[tuple]) -> tuple:
 
 def pad_sequences(values: Sequence[torch.Tensor]) -> torch.Tensor:
     """1-D tensors as one (N, longest) tensor, padded with 0 at the end (token id 0 is padding)."""
-    out = torch.zeros(len(values), max([len(v) for v in values] + [1]), dtype=values[0].dtype if values else torch.long)
-    for i, v in enumerate(values):
-        out[i, :len(v)] = v
-    return out
+    if not values:
+        return torch.zeros(0, 1, dtype=torch.long)
+    return torch.nn.utils.rnn.pad_sequence(list(values), batch_first=True, padding_value=0)
 
 
 def _collate_field(values: list) -> Any:

@@ -23,6 +23,7 @@ FAMILIES: dict[str, str] = {
     "diffusion": "components.models.diffusion",
     "gnn": "components.models.gnn",
     "clip": "components.models.clip",
+    "vgg": "components.models.vgg",  # no default algorithm: docs/pipeline.md's worked example of a new family
 }
 
 

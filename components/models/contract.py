@@ -10,23 +10,14 @@ through the contract end to end on tiny data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, ClassVar, Literal, Protocol
 
 from components.conformance import call_problems
+from components.evaluation.report import Report as Report  # what report() returns
 
 Mode = Literal["max", "min"]
 MODES = ("max", "min")
-
-
-@dataclass(frozen=True)
-class Report:
-    """What a family's ``report`` gives the evaluate stage, which writes it: a markdown section,
-    and figures (matplotlib) by file name, ``<what>_<name>.png`` for the candidate ``name``."""
-
-    markdown: str
-    figures: dict[str, Any] = field(default_factory=dict)
 
 
 class Family(Protocol):

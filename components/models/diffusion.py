@@ -30,18 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.config import ConfigError, bounds
-from components.models.common import (
-    bind_images,
-    check_evaluator,
-    ema_update,
-    generation_example,
-    generation_requests,
-    generation_signature,
-    image_shape,
-)
+from components.models.common import bind_images, check_evaluator, ema_update
 from components.models.contract import Report
 from components.models.diffusion_scheduler import NoiseScheduler
 from components.models.unet import UNet
+from components.tasks import image_generation as task
 from components.training.steps import StepResult, SupervisedStep
 
 PAPER = ("Ho et al. 2020, Denoising Diffusion Probabilistic Models (arXiv:2006.11239); DDIM: Song et al. 2021 "
@@ -195,16 +188,12 @@ def bind(cfg: Config, stats: dict, data_dir) -> Config:
     return cfg
 
 
-def _classes(cfg: Config) -> int | None:
-    return cfg.num_classes if cfg.conditional else None
-
-
 def validate(model: Diffusion, cfg: Config, data_dir) -> dict[str, float]:
     """Sample quality of EMA DDIM samples at ``val_steps`` against val, on fixed noise."""
     from components.evaluation import generative
 
     return generative.score_samples(data_dir, "val", lambda n, y: model.sample(n, 0, y, steps=cfg.val_steps,
-                                                                                sampler="ddim"), _classes(cfg))
+                                                                                sampler="ddim"), task.classes(cfg))
 
 
 # ------------------------------------------------------------------------------ evaluate
@@ -224,8 +213,8 @@ def evaluate(model: Diffusion, cfg: Config, shard_dir, split: str, detail: bool 
     seed = 1 if split == "test" else 0
 
     def score(bounds: bool = False, **kw) -> dict:
-        return generative.score_samples(shard_dir, split, lambda n, y: model.sample(n, seed, y, **kw), _classes(cfg),
-                                        bounds)
+        return generative.score_samples(shard_dir, split, lambda n, y: model.sample(n, seed, y, **kw),
+                                        task.classes(cfg), bounds)
 
     result: dict[str, Any] = score(bounds=True, steps=cfg.eval_steps, sampler="ddim")
     result.update(eval_steps=cfg.eval_steps, guidance_scale=cfg.guidance_scale)
@@ -243,11 +232,7 @@ def evaluate(model: Diffusion, cfg: Config, shard_dir, split: str, detail: bool 
         if cfg.conditional and cfg.guidance_scale != 1.0:
             plain = score(steps=cfg.eval_steps, guidance_scale=1.0)
             result["unguided_class_accuracy"], result["unguided_fid"] = plain["class_accuracy"], plain["fid"]
-    rows = cfg.num_classes if cfg.conditional else 8
-    grid_labels = torch.arange(cfg.num_classes).repeat_interleave(10) if cfg.conditional else None
-    grid = model.sample(rows * 10, 1234, grid_labels).numpy()
-    result["grid"] = grid.reshape(rows, 10, *grid.shape[1:])
-    result["classes"] = list(map(str, range(cfg.num_classes)))
+    result["grid"], result["classes"] = task.sample_grid(model.sample, cfg)
     trajectory: list = []
     model.sample(cfg.num_classes if cfg.conditional else 8, 99, torch.arange(cfg.num_classes) if cfg.conditional
                  else None, steps=cfg.eval_steps, trajectory=trajectory)
@@ -287,7 +272,6 @@ def report(result: dict, title: str, name: str, where: str) -> Report:
 
 # ------------------------------------------------------------------------------------ serving
 
-@torch.no_grad()
 def predict(model: Diffusion, model_input: Any, cfg: Config, steps: int | None = None, sampler: str | None = None,
             guidance_scale: float | None = None) -> np.ndarray:
     """Images for rows of (count, seed[, label]); ``steps``, ``sampler`` (ddim | ddpm) and
@@ -298,29 +282,20 @@ def predict(model: Diffusion, model_input: Any, cfg: Config, steps: int | None =
         raise ValueError(f"steps must be in [1, {cfg.timesteps}], got {steps}")
     if guidance_scale is not None and guidance_scale < 0:
         raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
-    out = []
-    for count, seed, label in generation_requests(model_input, cfg):
-        labels = torch.full((count,), label) if label is not None else None
-        out.append(model.sample(count, seed, labels, steps=steps, sampler=sampler, guidance_scale=guidance_scale).numpy())
-    images = np.concatenate(out).astype(np.float32)
-    return images[:, 0] if cfg.in_channels == 1 else images
+    return task.predict(model.sample, model_input, cfg, steps=steps, sampler=sampler, guidance_scale=guidance_scale)
 
 
 def signature(cfg: Config):
     from mlflow.types.schema import ParamSpec
 
-    return generation_signature(cfg, [ParamSpec("steps", "long", cfg.eval_steps),
-                                      ParamSpec("sampler", "string", cfg.sampler),
-                                      ParamSpec("guidance_scale", "double", cfg.guidance_scale)])
+    return task.signature(cfg, [ParamSpec("steps", "long", cfg.eval_steps), ParamSpec("sampler", "string", cfg.sampler),
+                                ParamSpec("guidance_scale", "double", cfg.guidance_scale)])
 
 
 def serving_example(cfg: Config):
-    return generation_example()
+    return task.serving_example(cfg)
 
 
 def usage(name: str, cfg: Config) -> str:
-    label = min(7, cfg.num_classes - 1)
-    return (f'`mlflow.pyfunc.load_model("models:/{name}@champion").predict(pd.DataFrame({{"count": [16], '
-            f'"seed": [0], "label": [{label}]}}), params={{"steps": 50, "sampler": "ddim", "guidance_scale": 2.0}})` '
-            f'returns 16 images of class {label}, float32 {image_shape(cfg, 16)} in [0, 1]; sampler "ddpm" runs '
-            f'all T steps.')
+    return task.usage(name, cfg, params='{"steps": 50, "sampler": "ddim", "guidance_scale": 2.0}',
+                      note='sampler "ddpm" runs all T steps.')

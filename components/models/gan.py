@@ -34,19 +34,12 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from components.config import ConfigError, OptimizerConfig, ScheduleConfig, bounds
-from components.models.common import (
-    base_resolution,
-    bind_images,
-    check_evaluator,
-    generation_example,
-    generation_requests,
-    generation_signature,
-    image_shape,
-)
+from components.models.common import base_resolution, bind_images, check_evaluator
 from components.models.contract import Report
 from components.models.gan_step import (
     Step as Step,  # the family's own step (the contract's Step)
 )
+from components.tasks import image_generation as task
 
 PAPER = ("Goodfellow et al. 2014, Generative Adversarial Nets (arXiv:1406.2661); DCGAN: Radford et al. 2016 "
          "(arXiv:1511.06434); spectral norm and projection D: Miyato et al. 2018 (arXiv:1802.05957, 1802.05637)")
@@ -222,11 +215,7 @@ def validate(model: GAN, cfg: Config, data_dir) -> dict[str, float]:
     against the val split, on fixed noise: the per-epoch metric tune compares."""
     from components.evaluation import generative
 
-    return generative.score_samples(data_dir, "val", lambda n, y: model.sample(n, 0, y), _classes(cfg))
-
-
-def _classes(cfg: Config) -> int | None:
-    return cfg.num_classes if cfg.conditional else None
+    return generative.score_samples(data_dir, "val", lambda n, y: model.sample(n, 0, y), task.classes(cfg))
 
 
 def evaluate(model: GAN, cfg: Config, shard_dir, split: str, detail: bool = True) -> dict:
@@ -235,14 +224,11 @@ def evaluate(model: GAN, cfg: Config, shard_dir, split: str, detail: bool = True
     from components.evaluation import generative
 
     seed = 1 if split == "test" else 0  # test samples are not the noise that selection saw
-    result = generative.score_samples(shard_dir, split, lambda n, y: model.sample(n, seed, y), _classes(cfg),
+    result = generative.score_samples(shard_dir, split, lambda n, y: model.sample(n, seed, y), task.classes(cfg),
                                       bounds=True)
     result["generator_fid"] = generative.score_samples(  # without EMA, for comparison
-        shard_dir, split, lambda n, y: model.sample(n, seed, y, ema=False), _classes(cfg))["fid"]
-    per_row, rows = 10, cfg.num_classes if cfg.conditional else 8
-    grid_labels = torch.arange(cfg.num_classes).repeat_interleave(per_row) if cfg.conditional else None
-    grid = model.sample(per_row * rows, seed=1234, labels=grid_labels).cpu().numpy()
-    result["grid"], result["classes"] = grid.reshape(rows, per_row, *grid.shape[1:]), list(map(str, range(cfg.num_classes)))
+        shard_dir, split, lambda n, y: model.sample(n, seed, y, ema=False), task.classes(cfg))["fid"]
+    result["grid"], result["classes"] = task.sample_grid(model.sample, cfg)
     return result
 
 
@@ -263,27 +249,18 @@ def report(result: dict, title: str, name: str, where: str) -> Report:
 
 # ------------------------------------------------------------------------------------ serving
 
-@torch.no_grad()
 def predict(model: GAN, model_input: Any, cfg: Config) -> np.ndarray:
     """Images (N, H, W) for one channel, else (N, C, H, W), float32 in [0, 1]; rows in request order."""
-    out = []
-    for count, seed, label in generation_requests(model_input, cfg):
-        labels = torch.full((count,), label) if label is not None else None
-        out.append(model.sample(count, seed, labels).cpu().numpy())
-    images = np.concatenate(out).astype(np.float32)
-    return images[:, 0] if cfg.in_channels == 1 else images
+    return task.predict(model.sample, model_input, cfg)
 
 
 def signature(cfg: Config):
-    return generation_signature(cfg)
+    return task.signature(cfg)
 
 
 def serving_example(cfg: Config):
-    return generation_example()
+    return task.serving_example(cfg)
 
 
 def usage(name: str, cfg: Config) -> str:
-    label = min(7, cfg.num_classes - 1)
-    return (f'`mlflow.pyfunc.load_model("models:/{name}@champion").predict(pd.DataFrame({{"count": [16], '
-            f'"seed": [0], "label": [{label}]}}))` returns 16 images of class {label}, float32 '
-            f'{image_shape(cfg, 16)} in [0, 1]; label -1 (or no label column) draws random classes.')
+    return task.usage(name, cfg)

@@ -36,8 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.config import ConfigError, bounds
-from components.models.common import base_resolution, bind_images, image_shape
+from components.models.common import base_resolution, bind_images
 from components.models.contract import Report
+from components.tasks.images import image_shape
 
 PAPER = "Kingma & Welling 2014, Auto-Encoding Variational Bayes (arXiv:1312.6114)"
 PRIMARY_METRIC, PRIMARY_MODE = "iwae", "max"  # test log p(x) estimate in nats; register compares it

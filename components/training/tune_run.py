@@ -65,7 +65,8 @@ def _sweep_trial(config: dict[str, Any], *, algo: str, family: str, base: TrainC
 class _TrialLog:
     """The driver's MLflow logging of a sweep's trials: at each epoch a trial reports, the rows its
     run directory gained since (``steps.jsonl``, ``epochs.jsonl``: written before the report) go to
-    the trial's run, in MLflow's logging thread.
+    the trial's run through a :class:`components.tracking.MlflowHook` of its own, as the loop's
+    hook would log them, in MLflow's logging thread.
 
     A trial process logging for itself imported MLflow (about 2 s of a 2-core machine per trial
     process, the sweep's driver has it already) and wrote to the tracking store beside the
@@ -74,43 +75,31 @@ class _TrialLog:
     logged to this run (a run of the stage starts new runs: they get the rows from the start).
     """
 
-    MAX_IN_FLIGHT = 64
-
     def __init__(self, uri: str, runs_root: str, run_ids: dict[str, str]) -> None:
-        self.uri, self.runs_root, self.run_ids = uri, runs_root, run_ids
+        from components.tracking import MlflowHook
+
+        self.runs_root = runs_root
+        self.hooks = {name: MlflowHook(uri, run_id) for name, run_id in run_ids.items() if run_id} if uri else {}
         self.logged: dict[str, tuple[int, int]] = {}  # trial -> (last step, last epoch) logged
-        self.pending: list = []
-        self._client = None
 
     def log(self, name: str) -> None:
-        run_id = self.run_ids.get(name)
-        if not run_id or not self.uri:
+        hook = self.hooks.get(name)
+        if hook is None:
             return
-        from mlflow.entities import Metric
-
-        from components import tracking
         from components.training.loop import EPOCHS, HISTORY, read_rows
 
-        if self._client is None:
-            self._client = tracking.MlflowClient(self.uri)
         last_step, last_epoch = self.logged.get(name, (-1, -1))
         steps = [r for r in read_rows(f"{self.runs_root}/{name}/{HISTORY}") if r["step"] > last_step]
         epochs = [e for e in read_rows(f"{self.runs_root}/{name}/{EPOCHS}") if e["epoch"] > last_epoch]
-        if not steps and not epochs:
-            return
         self.logged[name] = (steps[-1]["step"] if steps else last_step, epochs[-1]["epoch"] if epochs else last_epoch)
-        now = int(time.time() * 1000)
-        metrics = tracking.step_metrics(steps, "step/") + [  # as tracking.MlflowHook logs an epoch
-            Metric(k, float(v), now, int(e["epoch"])) for e in epochs for k, v in e.items() if k != "epoch"]
-        self.pending += tracking.log_batch(self._client, run_id, metrics=metrics, synchronous=False)
-        while len(self.pending) > self.MAX_IN_FLIGHT:  # a slow tracking server slows the sweep, not memory
-            self.pending.pop(0).wait()
+        hook.on_step(steps)
+        for epoch in epochs:
+            hook.on_epoch(epoch, None)
 
     def flush(self) -> None:
         """Wait until every row handed to MLflow is in the tracking store."""
-        pending, self.pending = self.pending, []
-        for op in pending:
-            op.wait()
+        for hook in self.hooks.values():
+            hook.on_end()
 
 
 _PENDING = "TUNE_MAX_PENDING_TRIALS_PG"  # how many trials Ray Tune stages ahead of a free process
@@ -134,7 +123,7 @@ class _Rungs:
 
     DECISION_WAIT_S = 30.0  # how long Tune's loop waits for a rung's decision (normally milliseconds)
 
-    def __init__(self, concurrent: int, log: _TrialLog | None = None) -> None:
+    def __init__(self, concurrent: int, log: _TrialLog) -> None:
         self.concurrent, self.log = concurrent, log
         self.lock, self.done, self.decided = threading.Lock(), threading.Event(), threading.Event()
         self.pending: list[dict[str, Any]] = []
@@ -328,9 +317,7 @@ class _RungProgress(Callback):
             rungs.wait_decision()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        log = _CHANNELS[self.key].log
-        if log is not None:
-            log.log(trial.config["trial"]["name"])
+        _CHANNELS[self.key].log.log(trial.config["trial"]["name"])
         if int(result.get("epoch", -1)) == trial.config["epochs"] - 1:
             self._end(trial, result, None)
 
@@ -338,8 +325,6 @@ class _RungProgress(Callback):
         self._end(trial, trial.last_result, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        log = _CHANNELS[self.key].log
-        if log is not None:  # the epochs it finished
-            log.log(trial.config["trial"]["name"])
+        _CHANNELS[self.key].log.log(trial.config["trial"]["name"])  # the epochs it finished
         error = trial.get_pickled_error() or RuntimeError(f"trial {trial.config['trial']['name']} failed")
         self._end(trial, None, launch.root_cause(error))

@@ -8,7 +8,6 @@ import json
 import sys
 import types
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch

@@ -81,7 +81,6 @@ def test_truncated_shard_is_named(tmp_path):
 
 
 def test_corrupt_shard_without_checksums_is_named(tmp_path):
-    from components.data.registry import open_split
     from components.data.shards import read_shard
 
     shards = numbered_shards(tmp_path, 32, 16)
@@ -113,7 +112,6 @@ def test_tar_members_reads_what_tarfile_writes(fmt):
     import io
     import tarfile
 
-    from components.data.registry import open_split
     from components.data.shards import tar_members
 
     files = [("a" * 150 + ".txt", b"hello"), ("dir/x.bin", bytes(1000)), ("e.cls", b""), ("ü.npy", b"y" * 513)]

@@ -22,6 +22,7 @@ from components.models import (
     gnn,
     resnet,
     vae,
+    vgg,
 )
 from components.models import transformer as T
 from components.models.contract import Report
@@ -76,6 +77,7 @@ TINY = {  # family -> (its tiny model config, the data fixture it trains on)
                     "number_shards"),
     "gnn": (lambda: gnn.Config(hidden=8, heads=2), "community_shards"),
     "clip": (lambda: clip.Config(width=16, heads=2, embed_dim=8, image_layers=1, text_layers=1), "caption_shards"),
+    "vgg": (lambda: vgg.Config(widths=[8, 16], convs=[1, 1]), "digits_shards"),
 }
 VARIANTS = {  # <family>/<variant>: a family's config option that builds another network, run as TINY's
     "resnet/vit": (lambda: resnet.Config(arch="vit", vit_width=16, vit_layers=1, vit_heads=2), "digits_shards"),

@@ -100,7 +100,6 @@ def train_cfg(model: gnn.Config, epochs: int, **kw) -> dict:
 
 
 def test_bind_takes_counts_from_the_data_and_refuses_the_wrong_task(community_shards, digits_shards):
-    from components.data.registry import open_split
     from components.data.shards import read_stats
 
     stats = read_stats(community_shards)
@@ -155,7 +154,6 @@ def test_training_tells_graph_families_apart_by_structure(families_shards, tmp_p
 
 
 def test_evaluate_reports_accuracy_macro_f1_and_embeddings(community_shards, families_shards, tmp_path):
-    from components.data.registry import open_split
     from components.data.shards import read_stats
     from components.evaluation.classification import macro_f1
 
@@ -245,7 +243,6 @@ def test_relation_wise_layers_see_what_a_type_blind_network_cannot(typed_shards,
 
 
 def test_a_relation_wise_model_predicts_its_papers_and_names_bad_types(typed_shards):
-    from components.data.registry import open_split
     from components.data.shards import read_stats
 
     cfg = gnn.bind(gnn.Config(conv="sage", hidden=8, hetero=True), read_stats(typed_shards), typed_shards)

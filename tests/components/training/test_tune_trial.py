@@ -1,5 +1,5 @@
 """A sweep trial's process: it trains and reports, and never imports MLflow (the sweep's driver
-logs every trial: ``tune_run._TrialLog``, covered by tests/pipelines/test_tune.py)."""
+logs every trial: ``tune_run._TrialLog``, below and through real sweeps in tests/pipelines/test_tune.py)."""
 
 import json
 import subprocess
@@ -30,3 +30,32 @@ def test_a_sweep_trial_trains_its_rung_without_importing_mlflow(digits_shards, t
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["epochs"] == [0, 1] and out["mlflow"] == [], out
+
+
+def test_the_drivers_trial_log_sends_each_new_row_to_the_trials_run_once(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from components.training import tune_run
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("sweep")).info.run_id
+    trial_dir = tmp_path / "runs" / "t01"
+    trial_dir.mkdir(parents=True)
+
+    def append(name: str, rows: list[dict]) -> None:
+        with open(trial_dir / name, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+
+    log = tune_run._TrialLog(uri, str(tmp_path / "runs"), {"t01": run_id, "t02": ""})
+    append("steps.jsonl", [{"step": s, "epoch": 0, "loss": 1.0 / (s + 1)} for s in range(3)])
+    append("epochs.jsonl", [{"epoch": 0, "train_loss": 0.5, "val_accuracy": 0.6}])
+    log.log("t01")
+    log.log("t01")  # nothing new: nothing logged twice
+    log.log("t02")  # a trial without a run: nothing to log, no error
+    append("steps.jsonl", [{"step": s, "epoch": 1, "loss": 1.0 / (s + 1)} for s in range(3, 5)])
+    append("epochs.jsonl", [{"epoch": 1, "train_loss": 0.4, "val_accuracy": 0.7}])
+    log.log("t01")
+    log.flush()
+    assert [m.step for m in client.get_metric_history(run_id, "step/loss")] == [0, 1, 2, 3, 4]
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val_accuracy")] == [(0, 0.6), (1, 0.7)]
