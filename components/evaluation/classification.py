@@ -1,7 +1,8 @@
 """Classification metrics on predicted class probabilities.
 
-Macro-F1: the unweighted mean over classes of F1 = 2·precision·recall / (precision + recall),
-so a small class counts as much as a large one (0 for a class never predicted correctly).
+Macro-F1: the unweighted mean over all classes of F1 = 2·precision·recall / (precision + recall),
+so a small class counts as much as a large one (0 for a class never predicted correctly, and
+for a class absent from the split); scikit-learn computes it and the confusion matrix.
 
 Expected calibration error (Guo et al. 2017): ECE = sum_b |B_b|/n * |acc(B_b) - conf(B_b)|
 over ``n_bins`` equal-width confidence bins.
@@ -10,11 +11,13 @@ over ``n_bins`` equal-width confidence bins.
 from __future__ import annotations
 
 import numpy as np
+from sklearn.metrics import confusion_matrix as counts
+from sklearn.metrics import f1_score
 
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
     """(num_classes, num_classes) counts; rows are true classes, columns predictions."""
-    return np.bincount(labels * num_classes + preds, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    return counts(labels, preds, labels=np.arange(num_classes))
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
@@ -30,13 +33,6 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
     return float(ece)
 
 
-def macro_f1(cm: np.ndarray) -> float:
-    """Mean per-class F1 from a confusion matrix (rows true, columns predicted)."""
-    tp = cm.diagonal().astype(np.float64)
-    denom = cm.sum(0) + cm.sum(1)  # 2·TP + FP + FN
-    return float(np.mean(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)))
-
-
 def classification_report(probs: np.ndarray, labels: np.ndarray) -> dict:
     """Top-1 accuracy, macro-F1, per-class accuracy, NLL, ECE and the confusion matrix."""
     num_classes = probs.shape[1]
@@ -46,7 +42,7 @@ def classification_report(probs: np.ndarray, labels: np.ndarray) -> dict:
     nll = float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
     return {
         "accuracy": float((preds == labels).mean()),
-        "macro_f1": macro_f1(cm),
+        "macro_f1": float(f1_score(labels, preds, labels=np.arange(num_classes), average="macro", zero_division=0)),
         "per_class_accuracy": {str(c): float(a) for c, a in enumerate(per_class)},
         "min_class_accuracy": float(per_class.min()),
         "nll": nll,

@@ -224,3 +224,19 @@ def test_config_errors_name_the_fix():
 def test_malformed_edge_index_gets_a_clear_error(bad, message):
     with pytest.raises(ValueError, match=message):
         graphs.check_edge_index(bad, 4)
+
+
+def test_whole_graphs_batch_as_torch_geometrics_batch_does():
+    # collate_graphs builds the batch directly (about 5x faster than PyG's Batch.from_data_list
+    # on 16 small graphs, which makes a Data object per graph); the result must be PyG's.
+    from torch_geometric.data import Batch, Data
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(6):
+        n = int(rng.integers(3, 9))
+        samples.append((rng.standard_normal((n, 2)).astype(np.float32), rng.integers(0, n, (2, 7)), int(rng.integers(5))))
+    x, edge_index, index, target = graphs.collate_graphs(samples)
+    ref = Batch.from_data_list([Data(x=torch.as_tensor(s[0]), edge_index=torch.as_tensor(s[1]).long()) for s in samples])
+    assert torch.equal(x, ref.x) and torch.equal(edge_index, ref.edge_index) and torch.equal(index, ref.batch)
+    assert target.tolist() == [s[2] for s in samples]
