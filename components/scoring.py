@@ -29,7 +29,7 @@ from components.data import transforms
 from components.data.manifest import DataError
 from components.data.shards import iter_shard, read_stats
 
-TASKS = {"resnet": "classify", "clip": "embed"}  # family -> what its scoring writes
+TASKS = {"resnet": "classify", "vgg": "classify", "clip": "embed"}  # family -> what its scoring writes
 
 
 def task_of(family: str) -> str:
