@@ -12,6 +12,7 @@ them through ``best.yaml``, not every train stage directly.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import threading
 import time
@@ -24,9 +25,15 @@ from ray.tune import Callback
 from ray.tune.search import Searcher
 
 from components.config import TrainConfig
-from components.training import launch
+from components.training import launch, storage
 from components.training import sweep as sha
-from components.training.loop import LoopConfig, train_loop_per_worker
+from components.training.loop import (
+    EPOCHS,
+    HISTORY,
+    LoopConfig,
+    read_rows,
+    train_loop_per_worker,
+)
 
 
 class TuneReport:
@@ -62,6 +69,35 @@ def _sweep_trial(config: dict[str, Any], *, algo: str, family: str, base: TrainC
                    callbacks=[TuneReportCallback()], workers_param=f"tune.{algo}.workers_per_trial")
 
 
+class _TableTail:
+    """The rows a step or epoch table (JSON lines) gained since the last read.
+
+    On a local disk the file is read from where the last read stopped, so a report costs the
+    rows it adds, not the table so far; a table rewritten since (a resumed run drops the rows
+    past its checkpoint: a new file) is read again from its start. Under a URL (an object store
+    has no append: each append rewrites it) the whole table is read."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.path = url, storage.local_path(url)
+        self.inode, self.offset = -1, 0
+
+    def rows(self) -> list[dict]:
+        if self.path is None:
+            return read_rows(self.url)
+        try:
+            with open(self.path, "rb") as f:
+                stat = os.fstat(f.fileno())
+                if stat.st_ino != self.inode or stat.st_size < self.offset:
+                    self.inode, self.offset = stat.st_ino, 0
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        whole = data[:data.rfind(b"\n") + 1]  # a row being written waits for the next read
+        self.offset += len(whole)
+        return [json.loads(x) for x in whole.splitlines() if x.strip()]
+
+
 class _TrialLog:
     """The driver's MLflow logging of a sweep's trials: at each epoch a trial reports, the rows its
     run directory gained since (``steps.jsonl``, ``epochs.jsonl``: written before the report) go to
@@ -73,24 +109,25 @@ class _TrialLog:
     driver. Each step and epoch reaches the run once: a trial that resumes (its next rung, or
     the stage run again) appends after its checkpoint, and rows are logged past the last one
     logged to this run (a run of the stage starts new runs: they get the rows from the start).
+    A report reads only the rows its tables gained (:class:`_TableTail`).
     """
 
     def __init__(self, uri: str, runs_root: str, run_ids: dict[str, str]) -> None:
         from components.tracking import MlflowHook
 
-        self.runs_root = runs_root
         self.hooks = {name: MlflowHook(uri, run_id) for name, run_id in run_ids.items() if run_id} if uri else {}
+        self.tails = {name: (_TableTail(f"{runs_root}/{name}/{HISTORY}"), _TableTail(f"{runs_root}/{name}/{EPOCHS}"))
+                      for name in self.hooks}
         self.logged: dict[str, tuple[int, int]] = {}  # trial -> (last step, last epoch) logged
 
     def log(self, name: str) -> None:
         hook = self.hooks.get(name)
         if hook is None:
             return
-        from components.training.loop import EPOCHS, HISTORY, read_rows
-
+        step_rows, epoch_rows = self.tails[name]
         last_step, last_epoch = self.logged.get(name, (-1, -1))
-        steps = [r for r in read_rows(f"{self.runs_root}/{name}/{HISTORY}") if r["step"] > last_step]
-        epochs = [e for e in read_rows(f"{self.runs_root}/{name}/{EPOCHS}") if e["epoch"] > last_epoch]
+        steps = [r for r in step_rows.rows() if r["step"] > last_step]
+        epochs = [e for e in epoch_rows.rows() if e["epoch"] > last_epoch]
         self.logged[name] = (steps[-1]["step"] if steps else last_step, epochs[-1]["epoch"] if epochs else last_epoch)
         hook.on_step(steps)
         for epoch in epochs:
@@ -102,6 +139,7 @@ class _TrialLog:
             hook.on_end()
 
 
+_LAUNCHER_CPU = 0.01  # a DDP trial's own process: it waits on its Ray Train job
 _PENDING = "TUNE_MAX_PENDING_TRIALS_PG"  # how many trials Ray Tune stages ahead of a free process
 _CHANNELS: dict[str, _Rungs] = {}  # by key: what a Tune search algorithm (pickled by Tune) talks to
 
@@ -219,16 +257,19 @@ def sweep(trials: list[sha.Trial], *, grace_period: int, reduction_factor: int, 
     import ray
     from ray import tune
 
-    from components.training.loop import EPOCHS, read_rows
-
     launch.init_ray()
     launch.check_resources(max(1, workers_per_trial), bool(workers_per_trial and base.use_gpu),
                            f"tune.{algo}.workers_per_trial")
     # Tune's console output prints a configuration table and result paths for every Tuner, even
     # at verbose=0: a sweep prints its own line per trial and decision instead.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    per_trial = max(1, workers_per_trial)
-    concurrent = max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1)) // per_trial)
+    # A trial that launches a Ray Train job (a DDP job per trial) holds almost nothing itself; its
+    # workers take the CPUs. Ray counts its share all the same, so on 2 CPUs two 1-worker trials
+    # (2.02 CPUs) cannot train at once: the second job's workers would wait for the first's to
+    # end, and Ray Train gives up on a worker group that waits a minute.
+    resources = {"CPU": 1} if workers_per_trial == 0 else {"CPU": _LAUNCHER_CPU}
+    per_trial = 1 if workers_per_trial == 0 else workers_per_trial + _LAUNCHER_CPU
+    concurrent = max_concurrent or max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
     run_ids = run_ids or {}
     key = f"{name}-{uuid.uuid4().hex[:8]}"
     trial_log = _TrialLog(uri, runs_root, run_ids)
@@ -261,8 +302,6 @@ def sweep(trials: list[sha.Trial], *, grace_period: int, reduction_factor: int, 
     trainable = tune.with_parameters(
         _sweep_trial, algo=algo, family=family, base=base, data_dir=data_dir, runs_root=runs_root,
         workers_per_trial=workers_per_trial, storage_path=storage_path, train_fraction=train_fraction)
-    # A trial that launches a TorchTrainer holds almost nothing itself; its workers take the CPUs.
-    resources = {"CPU": 1} if workers_per_trial == 0 else {"CPU": 0.01}
     tuner = tune.Tuner(
         tune.with_resources(trainable, resources),
         tune_config=tune.TuneConfig(search_alg=_RungSearch(key), num_samples=-1, reuse_actors=True),

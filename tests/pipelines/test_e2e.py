@@ -55,7 +55,7 @@ def tiny_params() -> dict:
     params["tune"]["vae"]["space"]["schedule"] = ["cosine", "onecycle"]
     t = params["train"]["diffusion"]
     t.update(epochs=3)
-    t["model"].update(width=16, groups=4, timesteps=100, eval_steps=10, val_steps=4,
+    t["model"].update(width=16, groups=4, timesteps=50, eval_steps=10, val_steps=4,
                       sweep=["ddim10", "ddpm"])  # the fewest and the most steps
     params["tune"]["diffusion"].update(samples_per_schedule=1, epochs=1, grace_period=1)
     params["tune"]["diffusion"]["space"]["schedule"] = ["cosine", "linear"]

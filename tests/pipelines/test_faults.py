@@ -28,6 +28,7 @@ from pipelines import dag
 from tests.conftest import copy_project
 
 EPOCHS_RUN = 4
+EPOCHS_CTRL_C = 15  # Ctrl-C lands after epoch 3, seconds before the end (an epoch: about half a second)
 
 
 def ddp_config(run_dir: Path, data_dir: Path, hooks: list) -> dict:
@@ -156,7 +157,7 @@ def debris(root: Path) -> list[str]:
 def test_ctrl_c_during_train_leaves_no_half_output_and_repro_resumes(tmp_path, repo_params):
     params = yaml.safe_load(yaml.safe_dump(repo_params))
     params["data"]["digits"]["evaluator"]["epochs"] = 1
-    params["train"]["resnet"].update(epochs=30, num_workers=0, checkpoint_every=1,  # a checkpoint per epoch
+    params["train"]["resnet"].update(epochs=EPOCHS_CTRL_C, num_workers=0, checkpoint_every=1,  # a checkpoint per epoch
                                      tuned=False)  # train alone: no sweep runs before it
     params["train"]["resnet"]["model"]["depth"] = 8  # what is tested is the interruption, not the network
     env = git_dvc_project(tmp_path, params)
@@ -175,7 +176,7 @@ def test_ctrl_c_during_train_leaves_no_half_output_and_repro_resumes(tmp_path, r
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
     out = proc.communicate(timeout=120)[0]
     done_at_interrupt = len(read_rows(str(epochs_file)))
-    assert proc.returncode != 0 and done_at_interrupt < 30, out[-2000:]
+    assert proc.returncode != 0 and done_at_interrupt < EPOCHS_CTRL_C, out[-2000:]
     # An epoch's rows are appended before its checkpoint is written, so Ctrl-C may land between the
     # two: the last complete checkpoint is then one epoch behind the table, and resume truncates it.
     latest = ckpt.latest(str(epochs_file.parent / "checkpoints"))
@@ -194,10 +195,10 @@ def test_ctrl_c_during_train_leaves_no_half_output_and_repro_resumes(tmp_path, r
     again = subprocess.run(["dvc", "repro", dag.address("train-resnet")], cwd=tmp_path, env=env, capture_output=True, text=True,
                            timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert f"resuming after epoch {resume_after} of 30" in again.stdout, again.stdout[-3000:]
+    assert f"resuming after epoch {resume_after} of {EPOCHS_CTRL_C}" in again.stdout, again.stdout[-3000:]
     assert "Running stage 'preprocess-digits'" not in again.stdout  # finished stages are not redone
     epochs = [e["epoch"] for e in read_rows(str(epochs_file))]
-    assert epochs == list(range(30))  # every epoch once: the interrupted one was truncated and redone
+    assert epochs == list(range(EPOCHS_CTRL_C))  # every epoch once: the interrupted one was truncated and redone
     assert sorted(p.name for p in (tmp_path / "models" / "resnet" / "train").iterdir()) == ["config.json",
                                                                                             "model.safetensors"]
     status = subprocess.run(["dvc", "status", dag.address("train-resnet")], cwd=tmp_path, env=env, capture_output=True, text=True)

@@ -144,7 +144,7 @@ def test_a_ddp_job_per_trial_gets_the_numbers_of_local_mode(tmp_path, serial_swe
     same first two trials: params.yaml's own config (which always reaches the last rung, as a
     competitor or as the control) ends with the same val accuracy as in local mode."""
     c1, _, sweep1 = serial_sweep
-    ddp = sweep_params(2, workers_per_trial=1)
+    ddp = sweep_params(0, workers_per_trial=1)  # as many at once as fit: on 2 CPUs, one (1.01 CPUs each)
     ddp["tune"]["resnet"].update(samples_per_schedule=1, grace_period=3)  # t00 and t01, one rung at 3 epochs
     ddp["tune"]["resnet"]["space"]["schedule"] = ["cosine"]  # t01: the first draw, cosine, as in c1
     _, sweep_ddp, out = _sweep(tmp_path / "ddp", ddp, data_from=c1)

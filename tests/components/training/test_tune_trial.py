@@ -59,3 +59,24 @@ def test_the_drivers_trial_log_sends_each_new_row_to_the_trials_run_once(tmp_pat
     log.flush()
     assert [m.step for m in client.get_metric_history(run_id, "step/loss")] == [0, 1, 2, 3, 4]
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val_accuracy")] == [(0, 0.6), (1, 0.7)]
+
+
+def test_the_trial_log_reads_only_the_rows_a_table_gained_and_a_rewritten_table_from_its_start(tmp_path):
+    from components.training import storage, tune_run
+
+    table = tmp_path / "steps.jsonl"
+    tail = tune_run._TableTail(str(table))
+    assert tail.rows() == []  # not written yet
+    storage.append_text(str(table), "".join(json.dumps({"step": s}) + "\n" for s in range(3)))
+    assert [r["step"] for r in tail.rows()] == [0, 1, 2]
+    with open(table, "a") as f:
+        f.write(json.dumps({"step": 3}) + "\n" + '{"step": 4')  # a row being written
+    assert [r["step"] for r in tail.rows()] == [3]
+    with open(table, "a") as f:
+        f.write("}\n")
+    assert [r["step"] for r in tail.rows()] == [4]
+    # A resumed run drops the rows past its checkpoint (a new file), then appends.
+    storage.write_text(str(table), "".join(json.dumps({"step": s}) + "\n" for s in range(2)))
+    storage.append_text(str(table), json.dumps({"step": 2}) + "\n")
+    assert [r["step"] for r in tail.rows()] == [0, 1, 2]
+    assert tail.rows() == []
