@@ -25,15 +25,14 @@ from ray.tune import Callback
 from ray.tune.search import Searcher
 
 from components.config import TrainConfig
-from components.training import launch, storage
+from components.training import storage
 from components.training import sweep as sha
-from components.training.loop import (
-    EPOCHS,
-    HISTORY,
-    LoopConfig,
-    read_rows,
-    train_loop_per_worker,
-)
+
+# The loop and the launcher (torch, the families) are imported inside the functions that use
+# them: a trial process unpickles this module when Ray Tune starts it, and Tune may start one it
+# then throws away (a trial that gets a process freed by another instead), waiting for it to
+# finish starting before it stops it, at the end of a sweep too. Such a process costs a second of
+# Python and Ray, not the seconds of importing torch.
 
 
 class TuneReport:
@@ -55,6 +54,8 @@ def _sweep_trial(config: dict[str, Any], *, algo: str, family: str, base: TrainC
     """One trial of one rung (runs in a Ray Tune trial actor): train ``config["trial"]`` up to epoch
     ``config["epochs"]``, resuming from its run directory, reporting each epoch to Tune. The driver
     logs the trial to MLflow (:class:`_TrialLog`): a trial process never imports MLflow."""
+    from components.training.loop import LoopConfig, train_loop_per_worker
+
     t = config["trial"]
     trial = sha.Trial(t["name"], t["schedule"], t["lr"], t["warmup"])
     loop = LoopConfig(algo, trial.apply(base), data_dir, f"{runs_root}/{trial.name}", family=family,
@@ -63,6 +64,8 @@ def _sweep_trial(config: dict[str, Any], *, algo: str, family: str, base: TrainC
         train_loop_per_worker(dataclasses.replace(loop, hooks=(TuneReport(),), single_thread=True))
     else:
         from ray.tune.integration.ray_train import TuneReportCallback
+
+        from components.training import launch
 
         launch.fit(dataclasses.replace(loop, hooks=(launch.RayTrainReport(),)), num_workers=workers_per_trial,
                    use_gpu=base.use_gpu, storage_path=storage_path, name=f"{algo}-{trial.name}-to-{config['epochs']}",
@@ -83,7 +86,7 @@ class _TableTail:
 
     def rows(self) -> list[dict]:
         if self.path is None:
-            return read_rows(self.url)
+            return [json.loads(x) for x in (storage.read_text(self.url) or "").splitlines() if x.strip()]
         try:
             with open(self.path, "rb") as f:
                 stat = os.fstat(f.fileno())
@@ -114,6 +117,7 @@ class _TrialLog:
 
     def __init__(self, uri: str, runs_root: str, run_ids: dict[str, str]) -> None:
         from components.tracking import MlflowHook
+        from components.training.loop import EPOCHS, HISTORY
 
         self.hooks = {name: MlflowHook(uri, run_id) for name, run_id in run_ids.items() if run_id} if uri else {}
         self.tails = {name: (_TableTail(f"{runs_root}/{name}/{HISTORY}"), _TableTail(f"{runs_root}/{name}/{EPOCHS}"))
@@ -257,6 +261,9 @@ def sweep(trials: list[sha.Trial], *, grace_period: int, reduction_factor: int, 
     import ray
     from ray import tune
 
+    from components.training import launch
+    from components.training.loop import EPOCHS, read_rows
+
     launch.init_ray()
     launch.check_resources(max(1, workers_per_trial), bool(workers_per_trial and base.use_gpu),
                            f"tune.{algo}.workers_per_trial")
@@ -365,5 +372,7 @@ class _RungProgress(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         _CHANNELS[self.key].log.log(trial.config["trial"]["name"])  # the epochs it finished
+        from components.training import launch
+
         error = trial.get_pickled_error() or RuntimeError(f"trial {trial.config['trial']['name']} failed")
         self._end(trial, None, launch.root_cause(error))

@@ -1,5 +1,6 @@
 """A sweep trial's process: it trains and reports, and never imports MLflow (the sweep's driver
-logs every trial: ``tune_run._TrialLog``, below and through real sweeps in tests/pipelines/test_tune.py)."""
+logs every trial: ``tune_run._TrialLog``, below and through real sweeps in tests/pipelines/test_tune.py);
+it imports torch when it trains, not when Ray Tune starts it (unpickling ``tune_run``)."""
 
 import json
 import subprocess
@@ -9,9 +10,10 @@ from tests.conftest import REPO
 
 TRIAL = """
 import json, sys
+from components.training import tune_run
+started = sorted(m for m in ("torch", "mlflow") if m in sys.modules)  # what a process Tune starts has loaded
 from components.config import ScheduleConfig, TrainConfig
 from components.models import resnet
-from components.training import tune_run
 from components.training.loop import EPOCHS, read_rows
 
 base = TrainConfig(lr=0.05, epochs=2, batch_size=64, schedule=ScheduleConfig(name="cosine"))
@@ -20,16 +22,16 @@ trial = {"name": "t01", "schedule": "cosine", "lr": 0.05, "warmup": 0.0, "run_id
 tune_run._sweep_trial({"trial": trial, "epochs": 2}, algo="resnet", family="resnet", base=base, data_dir=sys.argv[1],
                       runs_root=sys.argv[2], workers_per_trial=0, storage_path=sys.argv[2], train_fraction=1.0)
 print(json.dumps({"epochs": [e["epoch"] for e in read_rows(sys.argv[2] + "/t01/" + EPOCHS)],
-                  "mlflow": sorted(m for m in sys.modules if m.split(".")[0] == "mlflow")}))
+                  "mlflow": sorted(m for m in sys.modules if m.split(".")[0] == "mlflow"), "started": started}))
 """
 
 
-def test_a_sweep_trial_trains_its_rung_without_importing_mlflow(digits_shards, tmp_path):
+def test_a_sweep_trial_trains_its_rung_without_importing_mlflow_and_starts_without_torch(digits_shards, tmp_path):
     proc = subprocess.run([sys.executable, "-c", TRIAL, str(digits_shards), str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["epochs"] == [0, 1] and out["mlflow"] == [], out
+    assert out["epochs"] == [0, 1] and out["mlflow"] == [] and out["started"] == [], out
 
 
 def test_the_drivers_trial_log_sends_each_new_row_to_the_trials_run_once(tmp_path):
