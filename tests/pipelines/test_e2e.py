@@ -87,6 +87,12 @@ def tiny_params() -> dict:
     t["model"].update(width=32, heads=2, embed_dim=32, image_layers=1, text_layers=1)
     params["tune"]["clip"].update(samples_per_schedule=1, epochs=2, grace_period=1)
     params["tune"]["clip"]["space"]["schedule"] = ["cosine", "onecycle"]
+    # One trial process per sweep (three tiny trials each), not two: each imports torch and the
+    # project, and the two cores are the suite's. ResNet's sweep keeps one per CPU, the default
+    # that test_exp_run_... changes.
+    for algo in params["tune"]:
+        if algo != "resnet":
+            params["tune"][algo]["max_concurrent"] = 1
     return params
 
 
