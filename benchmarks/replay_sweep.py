@@ -7,13 +7,15 @@ which other trials ran (each trial is seeded by its own config). Successive halv
 live trials' val metric at each rung's end, so a smaller sweep can be replayed exactly from the
 larger one's recorded epochs (``<runs>/<trial>/epochs.jsonl``) wherever the trials it would keep
 were kept by the larger one too; where it would need an epoch the larger sweep never trained,
-the line says "unknown". Trains nothing, in a second.
+the line says "unknown". Trains nothing, in a few seconds (most of them importing torch with the loop's
+table reader).
 
     python benchmarks/replay_sweep.py                 # every algorithm of params.yaml
     python benchmarks/replay_sweep.py --algo resnet   # one
 
-Reads ``models/<algo>/tune/sweep.json`` and the newest ``.runs/runs/<algo>/tune-*`` (the storage
-root's run directories, as the tune stage left them); the rungs are params.yaml's ``tune.<algo>``.
+Reads ``models/<algo>/tune/sweep.json`` and the newest ``runs/<algo>/tune-*`` under the storage root
+(``runtime.storage_root``: the run directories, as the tune stage left them; a local root only);
+the rungs are params.yaml's ``tune.<algo>``.
 A replayed winner equal to the sweep's own means a smaller sweep would train, evaluate and
 register the same model, bit for bit, for fewer epochs; another winner must be trained to be judged.
 """
@@ -31,6 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from components.training import sweep as sha
+from components.training.loop import EPOCHS, read_rows
+from pipelines.layout import Layout
 
 
 class _Missing(Exception):
@@ -43,9 +47,7 @@ def replay(algo: str, runs: Path, params: dict, record: dict) -> list[str]:
     schedules = len(tcfg["space"]["schedule"])
     rows: dict[str, dict[int, dict]] = {}
     for o in record["outcomes"]:
-        path = runs / o["trial"] / "epochs.jsonl"
-        lines = path.read_text().splitlines() if path.exists() else []
-        rows[o["trial"]] = {r["epoch"]: r for r in map(json.loads, lines) if metric in r}
+        rows[o["trial"]] = {r["epoch"]: r for r in read_rows(str(runs / o["trial"] / EPOCHS)) if metric in r}
     trials = [sha.Trial(o["trial"], o["schedule"], o["lr"], o["warmup"]) for o in record["outcomes"]]
 
     def run_rung(live: list[sha.Trial], r: int) -> dict[str, dict]:
@@ -75,15 +77,16 @@ def replay(algo: str, runs: Path, params: dict, record: dict) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--algo", action="append", help="an algorithm of params.yaml (default: all)")
-    parser.add_argument("--runs-root", type=Path, default=REPO / ".runs" / "runs", help="the storage root's runs/")
     args = parser.parse_args()
     params = yaml.safe_load((REPO / "params.yaml").read_text())
+    layout = Layout(REPO)
+    runs_root = Path(layout.storage_root(params.get("runtime", {}).get("storage_root", ""))) / "runs"
     for algo in args.algo or list(params["tune"]):
-        found = sorted((args.runs_root / algo).glob("tune-*"), key=lambda p: p.stat().st_mtime)
-        if not found or not (REPO / "models" / algo / "tune" / "sweep.json").exists():
+        found = sorted((runs_root / algo).glob("tune-*"), key=lambda p: p.stat().st_mtime)
+        if not found or not layout.sweep(algo).exists():
             print(f"{algo:12s} no finished sweep here: run `dvc repro tune-{algo}` first")
             continue
-        record = json.loads((REPO / "models" / algo / "tune" / "sweep.json").read_text())
+        record = json.loads(layout.sweep(algo).read_text())
         print(f"{algo:12s} the sweep: {record['trials']} trials, winner {record['winner']['trial']}, "
               f"{record['epochs_spent']} epochs")
         for line in replay(algo, found[-1], params, record):

@@ -31,12 +31,12 @@ def test_a_replayed_smaller_sweep_picks_what_the_smaller_sweep_itself_picks(tmp_
             trained[t.name] = r
         return {t.name: {"epoch": r - 1, "val_accuracy": curve(t, r - 1)} for t in live}
 
-    kw = {"grace_period": 1, "reduction_factor": 3, "epochs": 9, "metric": "val_accuracy", "mode": "max"}
+    kw = {k: TUNE[k] for k in ("grace_period", "reduction_factor", "epochs")} | {"metric": "val_accuracy", "mode": "max"}
     full = sha.successive_halving(trials, run_rung, **kw)
     for t in trials:
         (tmp_path / t.name).mkdir()
         rows = [{"epoch": e, "val_accuracy": curve(t, e)} for e in range(trained[t.name])
-                if e + 1 in sha.rungs(1, 3, 9)]
+                if e + 1 in sha.rungs(TUNE["grace_period"], TUNE["reduction_factor"], TUNE["epochs"])]
         (tmp_path / t.name / "epochs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     record = {"metric": "val_accuracy", "mode": "max", "winner": {"trial": full.winner.trial.name},
               "outcomes": [{"trial": t.name, "schedule": t.schedule, "lr": t.lr, "warmup": t.warmup} for t in trials]}
